@@ -1,0 +1,180 @@
+"""`coordinator` command line. Each subcommand is added by one `add_*` function; errors a user can
+cause are QfarmError and print as one line with exit code 2, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from shared.errors import InvalidArgument, NotFound, QfarmError
+
+log = logging.getLogger("coordinator")
+
+# Defaults of the demo model (EfficientNet-Lite0 was trained with mean 127, std 128 on [0,255]).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--images", type=Path, required=True, help="image folder (JPEG/PNG)")
+    p.add_argument("--calibration-images", type=Path, help="separate calibration folder (default: --images)")
+    p.add_argument("--labels", choices=("synset", "none"), default="synset",
+                   help="labels from the file name's synset prefix, or none")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, metavar=("R", "G", "B"))
+    p.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, metavar=("R", "G", "B"))
+    p.add_argument("--pixel-scale", type=int, choices=(1, 255), default=1)
+    p.add_argument("--bgr", action="store_true", help="feed channels as BGR")
+    p.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
+    p.add_argument("--calibration", type=int, default=64, help="calibration images")
+    p.add_argument("--eval", type=int, default=300, help="evaluation images")
+
+
+def add_quant_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("static", "dynamic"), default="static")
+    p.add_argument("--format", choices=("qdq", "qoperator"), default="qdq")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--per-channel", dest="per_channel", action="store_true", default=True)
+    group.add_argument("--per-tensor", dest="per_channel", action="store_false")
+    p.add_argument("--reduce-range", action="store_true", help="7-bit weights (helps non-VNNI CPUs)")
+    p.add_argument("--calibrate", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--activation-type", choices=("uint8", "int8", "uint16", "int16"), default="uint8")
+    p.add_argument("--weight-type", choices=("int8", "uint8"), default="int8")
+
+
+def settings_from_args(args: argparse.Namespace):
+    from shared.settings import QuantSettings
+
+    return QuantSettings(mode=args.mode, format=args.format, per_channel=args.per_channel,
+                         reduce_range=args.reduce_range, calibrate=args.calibrate,
+                         activation_type=args.activation_type, weight_type=args.weight_type,
+                         calibration_images=args.calibration)
+
+
+def preprocess_from_args(args: argparse.Namespace):
+    from coordinator.data import Preprocess
+
+    return Preprocess(input_size=args.input_size, mean=tuple(args.mean), std=tuple(args.std),
+                      pixel_scale=args.pixel_scale, bgr=args.bgr, layout=args.layout)
+
+
+def add_tune(sub) -> None:
+    p = sub.add_parser("tune", help="rank layers, build and evaluate selectively quantized candidates")
+    p.add_argument("model", type=Path, help="FP32 ONNX model")
+    p.add_argument("--out", type=Path, required=True, help="output dir; report.json there is the checkpoint")
+    add_data_arguments(p)
+    add_quant_arguments(p)
+    p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names always kept in float")
+    p.add_argument("--strategy", default="sweep")
+    p.add_argument("--max-candidates", type=int, help="cap the sweep, sampling k evenly")
+    p.add_argument("--rank-by", choices=("seqto", "quantune"), default="seqto")
+    p.add_argument("--ranking-images", type=int, default=16)
+    p.add_argument("--objectives", nargs="+", default=["accuracy_loss", "size_bytes"])
+    p.add_argument("--latency-runs", type=int, default=20, help="batch-1 timed runs per candidate")
+    p.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tune)
+
+
+def tune_config_from_args(args: argparse.Namespace):
+    from coordinator.tune import TuneConfig
+
+    return TuneConfig(
+        model=args.model, images=args.images, out=args.out, calibration_images=args.calibration_images,
+        labels=args.labels, preprocess=preprocess_from_args(args), n_calibration=args.calibration,
+        n_eval=args.eval, settings=settings_from_args(args), excludes=tuple(args.exclude),
+        strategy=args.strategy, seed=args.seed, max_candidates=args.max_candidates, ranking_method=args.rank_by,
+        ranking_images=args.ranking_images, objectives=tuple(args.objectives), latency_runs=args.latency_runs)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from agent.runners.ort import OrtConfig, OrtRunner
+    from coordinator.console import console, front_table, out, progress_events
+    from coordinator.evaluators import LocalEvaluator
+    from coordinator.plots import write_plots
+    from coordinator.tune import Tuner
+
+    config = tune_config_from_args(args)
+    runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads))
+    evaluator = LocalEvaluator(runner, args.out / "cache")
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False, disable=not console.is_terminal) as progress:
+        report = Tuner(config, evaluator, progress_events(progress)).run()
+    write_plots(report, args.out)
+    for device in report["devices"]:
+        out.print(front_table(report, device))
+    status = report["status"]
+    out.print(f"evaluated {status['evaluations']} candidates ({status['resumed']} already in the report) in "
+              f"{status['elapsed_seconds']:.0f} s; recommended: {report['pareto'].get('recommended')}")
+    out.print(f"report: {args.out / 'report.json'}")
+    return 0
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="copy a candidate's model out of a report")
+    p.add_argument("report", type=Path)
+    p.add_argument("--candidate", required=True, help="candidate id, or 'recommended'")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from coordinator.prepare import sha256_file
+    from coordinator.report import find_candidate, read_report
+
+    report = read_report(args.report)
+    cid = args.candidate
+    if cid == "recommended":
+        cid = report.get("pareto", {}).get("recommended")
+        if not cid:
+            raise NotFound(f"{args.report} has no recommended candidate yet", step="export")
+    cand = find_candidate(report, cid)
+    if not cand.get("path"):
+        raise NotFound(f"candidate {cid} was never built (build failed: see its results)", step="export")
+    src = args.report.parent / cand["path"]
+    if not src.is_file():
+        raise NotFound(f"candidate file {src} is missing; rerun the tune to rebuild it", step="export")
+    if sha256_file(src) != cand["sha256"]:
+        raise InvalidArgument(f"candidate file {src} does not match the sha256 in the report (corrupted); "
+                              "delete it and rerun the tune", step="export")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    tmp.replace(args.output)
+    print(f"wrote {args.output} (candidate {cid}, sha256 {cand['sha256'][:12]})")
+    return 0
+
+
+SUBCOMMANDS = [add_tune, add_export]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coordinator", description="qfarm coordinator")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except QfarmError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Evaluation data: an image folder -> preprocessed float32 batches, labels from file names,
+and fixed, seeded, disjoint calibration/evaluation subsets."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from shared.errors import DataError, InvalidArgument, NotFound
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CLASSES_TSV = Path(__file__).resolve().parent.parent / "shared" / "imagenet_classes.tsv"
+_SYNSET = re.compile(r"^(n\d{8})")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels become the model's input tensor."""
+
+    input_size: int = 224
+    resize_ratio: float = 256 / 224         # shorter side resized to input_size * ratio, then center crop
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    pixel_scale: int = 1                   # 1: pixels in [0,1] before mean/std; 255: in [0,255]
+    bgr: bool = False
+    layout: str = "NCHW"
+
+    def __post_init__(self) -> None:
+        if self.input_size < 8 or self.input_size > 4096:
+            raise InvalidArgument(f"--input-size {self.input_size} must be between 8 and 4096")
+        if self.pixel_scale not in (1, 255):
+            raise InvalidArgument(f"--pixel-scale {self.pixel_scale} must be 1 or 255")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise InvalidArgument(f"--layout {self.layout!r} must be NCHW or NHWC")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise InvalidArgument(f"--mean and --std take 3 values each, got {self.mean} and {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise InvalidArgument(f"--std values must be > 0, got {self.std}")
+
+    def to_dict(self) -> dict:
+        return {"input_size": self.input_size, "resize_ratio": self.resize_ratio, "mean": list(self.mean),
+                "std": list(self.std), "pixel_scale": self.pixel_scale, "bgr": self.bgr, "layout": self.layout}
+
+    def input_shape(self) -> tuple[int, int, int]:
+        s = self.input_size
+        return (3, s, s) if self.layout == "NCHW" else (s, s, 3)
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    files: tuple[Path, ...]
+    labels: tuple[int, ...] | None
+
+    def subset(self, indices: list[int]) -> "ImageSet":
+        return ImageSet(tuple(self.files[i] for i in indices),
+                        None if self.labels is None else tuple(self.labels[i] for i in indices))
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def digest(self) -> str:
+        """Identity of the set: file names and contents' sizes (cheap, stable across machines)."""
+        h = hashlib.sha256()
+        for f in self.files:
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+        return h.hexdigest()
+
+
+def load_synsets(tsv: Path = CLASSES_TSV) -> dict[str, int]:
+    index = {}
+    for line in tsv.read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) >= 2:
+            index[parts[1]] = int(parts[0])
+    return index
+
+
+def list_images(folder: Path, labels: str = "synset") -> ImageSet:
+    folder = Path(folder)
+    if labels not in ("synset", "none"):
+        raise InvalidArgument(f"--labels {labels!r} must be synset or none")
+    if not folder.is_dir():
+        raise NotFound(f"image folder {folder} does not exist", step="data")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"image folder {folder} has no JPEG or PNG images")
+    if labels == "none":
+        return ImageSet(tuple(files), None)
+    synsets = load_synsets()
+    label_ids = []
+    for f in files:
+        match = _SYNSET.match(f.name)
+        if not match or match.group(1) not in synsets:
+            raise DataError(f"cannot read an ImageNet synset from the file name {f.name!r} "
+                            "(expected e.g. n01440764_tench.jpg); use --labels none for unlabelled images")
+        label_ids.append(synsets[match.group(1)])
+    return ImageSet(tuple(files), tuple(label_ids))
+
+
+def split(images: ImageSet, n_calibration: int, n_eval: int, seed: int,
+          calibration_images: ImageSet | None = None) -> tuple[ImageSet, ImageSet]:
+    """Seeded subsets; disjoint when both come from the same folder."""
+    if n_calibration < 1 or n_eval < 1:
+        raise InvalidArgument(f"--calibration {n_calibration} and --eval {n_eval} must both be >= 1")
+    rng = np.random.default_rng(seed)
+    if calibration_images is not None:
+        if len(calibration_images) < n_calibration:
+            raise DataError(f"--calibration {n_calibration} asks for more images than the calibration folder "
+                            f"has ({len(calibration_images)})")
+        if len(images) < n_eval:
+            raise DataError(f"--eval {n_eval} asks for more images than the folder has ({len(images)})")
+        cal = sorted(rng.permutation(len(calibration_images))[:n_calibration].tolist())
+        ev = sorted(rng.permutation(len(images))[:n_eval].tolist())
+        return calibration_images.subset(cal), images.subset(ev)
+    if len(images) < n_calibration + n_eval:
+        raise DataError(f"--calibration {n_calibration} + --eval {n_eval} need {n_calibration + n_eval} images; "
+                        f"the folder has {len(images)} (lower them or pass --calibration-images)")
+    order = rng.permutation(len(images)).tolist()
+    return images.subset(sorted(order[:n_calibration])), images.subset(sorted(order[n_calibration:][:n_eval]))
+
+
+def load_image(path: Path, pre: Preprocess) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            short = round(pre.input_size * pre.resize_ratio)
+            scale = short / min(w, h)
+            img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BILINEAR)
+            w, h = img.size
+            left, top = (w - pre.input_size) // 2, (h - pre.input_size) // 2
+            img = img.crop((left, top, left + pre.input_size, top + pre.input_size))
+            arr = np.asarray(img, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    if pre.pixel_scale == 1:
+        arr = arr / 255.0
+    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    if pre.bgr:
+        arr = arr[..., ::-1]
+    if pre.layout == "NCHW":
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def load_batch(images: ImageSet, pre: Preprocess) -> np.ndarray:
+    return np.stack([load_image(f, pre) for f in images.files])
+
+
+def labels_array(images: ImageSet) -> np.ndarray | None:
+    return None if images.labels is None else np.asarray(images.labels, dtype=np.int64)
+
+
+def check_fits_model(pre: Preprocess, model_shape: tuple[int | None, ...], input_name: str) -> None:
+    """The preprocessed image must match the model's declared input (ignoring symbolic dims)."""
+    want = pre.input_shape()
+    have = model_shape[1:]
+    for w, h in zip(want, have):
+        if h is not None and w != h:
+            shown = "x".join("?" if d is None else str(d) for d in model_shape)
+            raise DataError(f"model input {input_name!r} expects {shown} but the images are preprocessed to "
+                            f"{pre.layout} {'x'.join(map(str, want))} (check --input-size and --layout)")

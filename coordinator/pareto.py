@@ -1,0 +1,67 @@
+"""Pareto fronts over measured candidates (pymoo's non-dominated sorting) and one recommended
+trade-off: the front member closest to the ideal point after normalising each objective."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from shared.errors import InvalidArgument
+
+# objective name -> (value from a result dict and the candidate's size, minimise)
+OBJECTIVES = {
+    "accuracy_loss": lambda r: 1.0 - r["top1_agreement"],
+    "top5_loss": lambda r: 1.0 - r["top5_agreement"],
+    "label_loss": lambda r: 1.0 - (r["top1_accuracy"] if r.get("top1_accuracy") is not None else r["top1_agreement"]),
+    "size_bytes": lambda r: float(r["size_bytes"]),
+    "latency_ms": lambda r: float(r["latency_ms_p50"]),
+}
+DEFAULT_OBJECTIVES = ("accuracy_loss", "size_bytes")
+
+
+def check_objectives(names: Sequence[str]) -> tuple[str, ...]:
+    for name in names:
+        if name not in OBJECTIVES:
+            raise InvalidArgument(f"objective {name!r} is not one of {', '.join(OBJECTIVES)}")
+    if len(names) < 1:
+        raise InvalidArgument("at least one objective is needed")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class ParetoResult:
+    fronts: list[list[str]]                 # candidate ids, best front first
+    recommended: str | None
+    best: dict[str, str]                    # objective -> candidate id
+    points: dict[str, list[float]]          # candidate id -> objective values
+
+
+def objective_matrix(results: Mapping[str, Mapping], objectives: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    ids = sorted(cid for cid, r in results.items() if r.get("status") == "ok")
+    F = np.array([[OBJECTIVES[o](results[cid]) for o in objectives] for cid in ids], dtype=float)
+    return ids, F.reshape(len(ids), len(objectives))
+
+
+def _argbest(F: np.ndarray, j: int) -> int:
+    """Row minimising objective j, ties broken by the other objectives in order."""
+    keys = [j] + [k for k in range(F.shape[1]) if k != j]
+    return int(np.lexsort(tuple(F[:, k] for k in reversed(keys)))[0])
+
+
+def pareto(results: Mapping[str, Mapping], objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> ParetoResult:
+    """`results`: candidate id -> result dict (status, top1_agreement, size_bytes, ...) on one device."""
+    ids, F = objective_matrix(results, objectives)
+    if not ids:
+        return ParetoResult([], None, {}, {})
+    fronts = [[ids[i] for i in sorted(front, key=lambda i: tuple(F[i]))]
+              for front in NonDominatedSorting().do(F)]
+    best = {o: ids[_argbest(F, j)] for j, o in enumerate(objectives)}
+    first = [ids.index(c) for c in fronts[0]]
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    norm = (F[first] - lo) / span
+    dist = np.linalg.norm(norm, axis=1)
+    recommended = fronts[0][int(np.argmin(dist))]
+    return ParetoResult(fronts, recommended, best, {cid: F[i].tolist() for i, cid in enumerate(ids)})

@@ -1,0 +1,184 @@
+"""Model preparation: load, check, fold Constant weights into initializers, name nodes, run
+onnxruntime's quant_pre_process, hash. Each step names itself in its errors."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from shared.errors import ModelError, NotFound
+
+log = logging.getLogger(__name__)
+
+#: bump when preparation changes, so cached prepared files are not reused across versions
+PREPARE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    source: Path
+    path: Path                         # the prepared FP32 model every candidate is built from
+    sha256: str                        # of the prepared file
+    size_bytes: int
+    input_name: str
+    input_shape: tuple[int | None, ...]   # None for symbolic dims
+    output_name: str
+    node_names: tuple[str, ...]
+    op_types: tuple[str, ...]          # parallel to node_names
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.node_names)
+
+    def op_type_of(self, node: str) -> str:
+        return self.op_types[self.node_names.index(node)]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"model file {path} does not exist", step="prepare/load")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError, ValueError, OSError...
+        raise ModelError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})", step="prepare/load") from exc
+    if not model.graph.node:
+        raise ModelError(f"{path} is not an ONNX model with a graph (no nodes)", step="prepare/load")
+    return model
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Move main-graph Constant nodes holding tensors into initializers.
+
+    Some exporters (Paddle) keep weights in Constant nodes; onnxruntime's quantizer only looks at
+    initializers, so without this the model is silently left unquantized."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    keep = []
+    names = {init.name for init in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+            keep.append(node)
+            continue
+        attr = {a.name: a for a in node.attribute}
+        if "value" in attr:
+            arr = numpy_helper.to_array(attr["value"].t)
+        elif "value_float" in attr:
+            arr = np.array(attr["value_float"].f, dtype=np.float32)
+        elif "value_floats" in attr:
+            arr = np.array(list(attr["value_floats"].floats), dtype=np.float32)
+        elif "value_int" in attr:
+            arr = np.array(attr["value_int"].i, dtype=np.int64)
+        elif "value_ints" in attr:
+            arr = np.array(list(attr["value_ints"].ints), dtype=np.int64)
+        else:  # sparse or string constants: leave them to the runtime
+            keep.append(node)
+            continue
+        if node.output[0] in names:
+            keep.append(node)
+            continue
+        out.graph.initializer.append(numpy_helper.from_array(arr, name=node.output[0]))
+        names.add(node.output[0])
+    del out.graph.node[:]
+    out.graph.node.extend(keep)
+    return out
+
+
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name: exclusion lists address nodes by name."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    seen: set[str] = set()
+    for i, node in enumerate(out.graph.node):
+        name = node.name or f"{node.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        node.name = name
+        seen.add(name)
+    return out
+
+
+def _graph_io(model: onnx.ModelProto, path: Path) -> tuple[str, tuple[int | None, ...], str]:
+    inits = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise ModelError(f"{path.name} has {len(inputs)} graph inputs "
+                         f"({', '.join(i.name for i in inputs) or 'none'}); qfarm tunes single-input image classifiers",
+                         step="prepare/check")
+    if not model.graph.output:
+        raise ModelError(f"{path.name} has no graph outputs", step="prepare/check")
+    tensor_type = inputs[0].type.tensor_type
+    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        raise ModelError(f"input {inputs[0].name!r} of {path.name} is "
+                         f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, expected FLOAT",
+                         step="prepare/check")
+    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in tensor_type.shape.dim)
+    if len(dims) != 4:
+        raise ModelError(f"input {inputs[0].name!r} of {path.name} has rank {len(dims)}; expected a 4-D image "
+                         "batch (NCHW or NHWC)", step="prepare/check")
+    return inputs[0].name, dims, model.graph.output[0].name
+
+
+def prepare_model(source: Path, work_dir: Path) -> PreparedModel:
+    """Prepare `source` into `work_dir/prepared-<sha>.onnx` (reused when already there)."""
+    source = Path(source)
+    raw = load_model(source)
+    src_sha = sha256_file(source)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    target = work_dir / f"prepared-{src_sha[:16]}-v{PREPARE_VERSION}.onnx"
+    if not target.exists():
+        try:
+            onnx.checker.check_model(raw)
+        except Exception as exc:
+            raise ModelError(f"{source.name} fails onnx.checker: {str(exc).splitlines()[0]}",
+                             step="prepare/check") from exc
+        _graph_io(raw, source)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(raw, check_type=True, strict_mode=True)
+        except Exception as exc:
+            raise ModelError(f"shape inference failed on {source.name}: {str(exc).splitlines()[0]}",
+                             step="prepare/shape-inference") from exc
+        model = name_nodes(constants_to_initializers(inferred))
+        _preprocess(model, target, source)
+    prepared = onnx.load(str(target))
+    input_name, dims, output_name = _graph_io(prepared, source)
+    return PreparedModel(
+        source=source, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size,
+        input_name=input_name, input_shape=dims, output_name=output_name,
+        node_names=tuple(n.name for n in prepared.graph.node),
+        op_types=tuple(n.op_type for n in prepared.graph.node))
+
+
+def _preprocess(model: onnx.ModelProto, target: Path, source: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="qfarm-prep-") as tmp:
+        staged = Path(tmp) / "in.onnx"
+        out = Path(tmp) / "out.onnx"
+        onnx.save(model, str(staged))
+        try:
+            quant_pre_process(str(staged), str(out), skip_symbolic_shape=False)
+        except Exception as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"onnxruntime quant_pre_process failed on {source.name}: {message}",
+                             step="prepare/preprocess") from exc
+        # quant_pre_process may fold/rename nodes: name any it left unnamed, then publish atomically
+        final = name_nodes(onnx.load(str(out)))
+        tmp_target = target.with_suffix(".onnx.tmp")
+        onnx.save(final, str(tmp_target))
+        tmp_target.replace(target)

@@ -1,0 +1,194 @@
+"""Building candidates: one prepared FP32 model + settings + nodes kept in float -> one file.
+
+Calibration is computed once per (model, calibration set, method) and cached: excluding nodes
+does not change the FP32 activations, so every candidate of a campaign reuses the same ranges
+(the seed tool recalibrated for every candidate)."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from coordinator.prepare import PreparedModel, sha256_file
+from shared.errors import InvalidArgument, ModelError
+from shared.settings import QuantSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CandidateSpec:
+    """What makes a candidate: identity is derived, never assigned."""
+
+    model_sha256: str
+    settings: QuantSettings
+    excluded_nodes: tuple[str, ...]       # sorted, unique
+    int16_nodes: tuple[str, ...] = ()     # precision ladder: activations at 16 bit
+    calibration_digest: str = ""          # the calibration images decide the ranges, so they are a setting
+
+    @property
+    def id(self) -> str:
+        return candidate_id(self.model_sha256, self.excluded_nodes, self.settings, self.int16_nodes,
+                            self.calibration_digest)
+
+
+@dataclass(frozen=True)
+class BuiltCandidate:
+    spec: CandidateSpec
+    path: Path
+    sha256: str
+    size_bytes: int
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+def candidate_id(model_sha256: str, excluded: Iterable[str], settings: QuantSettings,
+                 int16_nodes: Iterable[str] = (), calibration_digest: str = "") -> str:
+    """Stable hash of what decides the candidate's bytes: the same candidate is never built twice."""
+    payload = {"model": model_sha256, "exclude": sorted(set(excluded)), "settings": json.loads(settings.canonical())}
+    if settings.mode == "static":
+        payload["calibration"] = calibration_digest
+    int16 = sorted(set(int16_nodes))
+    if int16:  # only present when used, so ids of plain candidates stay stable
+        payload["int16"] = int16
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def validate_node_names(prepared: PreparedModel, names: Iterable[str], what: str = "--exclude") -> tuple[str, ...]:
+    """Every name must be a node of the prepared graph: an unknown name is an error, never ignored."""
+    known = set(prepared.node_names)
+    result = sorted(set(names))
+    for name in result:
+        if name not in known:
+            close = difflib.get_close_matches(name, prepared.node_names, n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise InvalidArgument(f"{what} {name!r} is not a node of {prepared.source.name} "
+                                  f"(it has {prepared.num_nodes} nodes; tensor names are not node names){hint}",
+                                  step="quantize")
+    return tuple(result)
+
+
+class ArrayReader:
+    """onnxruntime CalibrationDataReader over an in-memory batch, one image per feed."""
+
+    def __init__(self, input_name: str, data: np.ndarray):
+        self.input_name = input_name
+        self.data = data
+        self._pos = 0
+
+    def get_next(self):
+        if self._pos >= len(self.data):
+            return None
+        item = {self.input_name: self.data[self._pos:self._pos + 1]}
+        self._pos += 1
+        return item
+
+    def rewind(self) -> None:
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.data = self.data[start_index:end_index]
+        self._pos = 0
+
+
+def _ort_enums(settings: QuantSettings):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8,
+             "uint16": QuantType.QUInt16, "int16": QuantType.QInt16}
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    fmt = QuantFormat.QDQ if settings.format == "qdq" else QuantFormat.QOperator
+    return fmt, types[settings.activation_type], types[settings.weight_type], methods[settings.calibrate]
+
+
+def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration: np.ndarray | None,
+                    cache_dir: Path, extra_options: dict | None = None) -> BuiltCandidate:
+    """Quantize `prepared` per `spec` into out_dir/<id>.onnx (reused when already built)."""
+    if spec.model_sha256 != prepared.sha256:
+        raise ModelError(f"candidate {spec.id} was made for model {spec.model_sha256[:12]}, "
+                         f"not {prepared.sha256[:12]}", step="quantize")
+    validate_node_names(prepared, spec.excluded_nodes)
+    validate_node_names(prepared, spec.int16_nodes, what="int16 node")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{spec.id}.onnx"
+    if not target.exists():
+        with tempfile.TemporaryDirectory(prefix="qfarm-q-", dir=out_dir) as tmp:
+            staged = Path(tmp) / "candidate.onnx"
+            _quantize(prepared, spec, staged, calibration, cache_dir, extra_options or {})
+            staged.replace(target)
+    return BuiltCandidate(spec=spec, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size)
+
+
+def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, calibration: np.ndarray,
+                           cache_dir: Path) -> Path:
+    h = hashlib.sha256()
+    h.update(prepared.sha256.encode())
+    h.update(settings.calibrate.encode())
+    h.update(json.dumps(dict(settings.recipe), sort_keys=True).encode())
+    h.update(np.ascontiguousarray(calibration).tobytes())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return cache_dir / f"calibration-{h.hexdigest()[:20]}.json"
+
+
+def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibration: np.ndarray | None,
+              cache_dir: Path, extra_options: dict) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
+
+    settings = spec.settings
+    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer warns through the root logger
+    try:
+        if settings.mode == "dynamic":
+            quantize_dynamic(str(prepared.path), str(out), per_channel=settings.per_channel,
+                             reduce_range=settings.reduce_range,
+                             weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
+                             nodes_to_exclude=list(spec.excluded_nodes), extra_options=dict(extra_options))
+            return
+        if calibration is None or len(calibration) == 0:
+            raise ModelError("static quantization needs calibration images", step="quantize")
+        fmt, act, wt, method = _ort_enums(settings)
+        options = {"ActivationSymmetric": False, **extra_options}
+        quantize_static(
+            str(prepared.path), str(out), ArrayReader(prepared.input_name, calibration), quant_format=fmt,
+            per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
+            weight_type=wt, nodes_to_exclude=list(spec.excluded_nodes), calibrate_method=method,
+            extra_options=options,
+            calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir))
+    except ModelError:
+        raise
+    except Exception as exc:  # the quantizer raises plain exceptions; name the candidate and the cause
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelError(f"onnxruntime quantization of candidate {spec.id} failed: {first}",
+                         step="quantize") from exc
+
+
+def quantizable_nodes(prepared: PreparedModel, settings: QuantSettings) -> tuple[str, ...]:
+    """Nodes whose op onnxruntime quantizes in this mode/format (the ones worth excluding)."""
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+
+    if settings.mode == "dynamic":
+        ops = set(IntegerOpsRegistry)
+    elif settings.format == "qdq":
+        ops = set(QDQRegistry) | set(QLinearOpsRegistry)
+    else:
+        ops = set(QLinearOpsRegistry)
+    return tuple(n for n, op in zip(prepared.node_names, prepared.op_types) if op in ops)
+
+
+def spec_for(prepared: PreparedModel, settings: QuantSettings, excluded: Sequence[str],
+             int16_nodes: Sequence[str] = (), calibration_digest: str = "") -> CandidateSpec:
+    return CandidateSpec(prepared.sha256, settings, validate_node_names(prepared, excluded),
+                         validate_node_names(prepared, int16_nodes, what="int16 node"), calibration_digest)

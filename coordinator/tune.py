@@ -1,0 +1,298 @@
+"""The tuning pipeline: prepare -> data -> reference -> rank -> strategy batches -> build ->
+evaluate -> Pareto -> report. One code path for local and farm runs: only the Evaluator differs."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from coordinator import data as data_mod
+from coordinator.evaluators import EvalInputs, Evaluator, failure_result
+from coordinator.pareto import DEFAULT_OBJECTIVES, check_objectives, pareto
+from coordinator.prepare import PreparedModel, prepare_model
+from coordinator.quantize import BuiltCandidate, CandidateSpec, build_candidate, quantizable_nodes, spec_for
+from coordinator.report import SCHEMA_VERSION, identity_mismatch, read_report, write_report
+from coordinator.strategies import StrategyContext, make_strategy
+from shared.errors import InvalidArgument, ModelError, QfarmError
+from shared.settings import QuantSettings
+
+log = logging.getLogger(__name__)
+
+RANKING_METHODS = ("seqto", "quantune")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    model: Path
+    images: Path
+    out: Path
+    calibration_images: Path | None = None
+    labels: str = "synset"
+    preprocess: data_mod.Preprocess = field(default_factory=data_mod.Preprocess)
+    n_calibration: int = 64
+    n_eval: int = 300
+    settings: QuantSettings = field(default_factory=QuantSettings)
+    excludes: tuple[str, ...] = ()
+    strategy: str = "sweep"
+    seed: int = 0
+    max_candidates: int | None = None
+    ranking_method: str = "seqto"
+    ranking_images: int = 16
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    latency_runs: int = 20
+
+    def __post_init__(self) -> None:
+        if self.ranking_method not in RANKING_METHODS:
+            raise InvalidArgument(f"--rank-by {self.ranking_method!r} is not one of {', '.join(RANKING_METHODS)}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise InvalidArgument(f"--max-candidates {self.max_candidates} must be >= 1")
+        if self.ranking_images < 1:
+            raise InvalidArgument(f"--ranking-images {self.ranking_images} must be >= 1")
+        if self.latency_runs < 0:
+            raise InvalidArgument(f"--latency-runs {self.latency_runs} must be >= 0")
+        check_objectives(self.objectives)
+
+
+@dataclass
+class TuneEvents:
+    """Callbacks for progress display; all optional."""
+
+    on_stage: Callable[[str], None] = lambda stage: None
+    on_plan: Callable[[int], None] = lambda total: None
+    on_result: Callable[[str, str, dict], None] = lambda cid, device, result: None
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Everything derived from the config before any candidate is built."""
+
+    prepared: PreparedModel
+    calibration: np.ndarray | None
+    eval_inputs: EvalInputs
+    calibration_digest: str
+    identity: dict
+
+
+def load_workspace(config: TuneConfig) -> Workspace:
+    prepared = prepare_model(config.model, config.out / "prepared")
+    data_mod.check_fits_model(config.preprocess, prepared.input_shape, prepared.input_name)
+    images = data_mod.list_images(config.images, config.labels)
+    cal_set = None if config.calibration_images is None else data_mod.list_images(config.calibration_images, "none")
+    n_cal = config.settings.calibration_images if config.settings.is_static else config.n_calibration
+    calib, evals = data_mod.split(images, n_cal, config.n_eval, config.seed, cal_set)
+    calibration = data_mod.load_batch(calib, config.preprocess) if config.settings.is_static else None
+    eval_inputs = EvalInputs(data_mod.load_batch(evals, config.preprocess), data_mod.labels_array(evals),
+                             prepared.input_name, config.latency_runs)
+    identity = {
+        "model_sha256": prepared.sha256,
+        "settings": config.settings.canonical(),
+        "preprocess": config.preprocess.to_dict(),
+        "eval_digest": eval_inputs.digest(),
+        "calibration_digest": calib.digest(),
+    }
+    return Workspace(prepared, calibration, eval_inputs, calib.digest(), identity)
+
+
+class Tuner:
+    """Runs one tune; `report` (a dict) is the state and is written after every result."""
+
+    def __init__(self, config: TuneConfig, evaluator: Evaluator, events: TuneEvents | None = None):
+        self.config = config
+        self.evaluator = evaluator
+        self.events = events or TuneEvents()
+        self.report_path = config.out / "report.json"
+        self.evaluations = 0
+        self.resumed = 0
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.config
+        start = time.monotonic()
+        self.events.on_stage("preparing model and data")
+        ws = load_workspace(cfg)
+        self.ws = ws
+        excludes = self._validated_excludes(ws.prepared)
+        self.report = self._load_or_new_report(ws)
+        self.events.on_stage("measuring the FP32 reference")
+        self.report["fp32"] = self.evaluator.reference(ws.prepared.path, ws.prepared.sha256, ws.eval_inputs)
+        self._save()
+        self.events.on_stage("ranking layer sensitivity")
+        ranking = self._ranking(ws, excludes)
+        context = StrategyContext(ranking=tuple(r for r in ranking if r not in excludes),
+                                  fixed_excludes=excludes, max_candidates=cfg.max_candidates, seed=cfg.seed)
+        strategy = make_strategy(cfg.strategy, context)
+        self.events.on_stage("evaluating candidates")
+        while True:
+            batch = strategy.next_batch(self._history())
+            todo = [ex for ex in batch if not self._complete(self._spec(ws, ex).id)]
+            self.resumed += len(batch) - len(todo)
+            if not batch:
+                break
+            self.events.on_plan(len(todo))
+            self._evaluate_batch(ws, todo)
+        self._finish(time.monotonic() - start)
+        return self.report
+
+    # -- steps --------------------------------------------------------------------------------
+    def _validated_excludes(self, prepared: PreparedModel) -> tuple[str, ...]:
+        from coordinator.quantize import validate_node_names
+
+        return validate_node_names(prepared, self.config.excludes)
+
+    def _spec(self, ws: Workspace, excluded) -> CandidateSpec:
+        return spec_for(ws.prepared, self.config.settings, excluded, calibration_digest=ws.calibration_digest)
+
+    def _build(self, ws: Workspace, spec: CandidateSpec) -> BuiltCandidate:
+        return build_candidate(ws.prepared, spec, self.config.out / "candidates", ws.calibration,
+                               self.config.out / "cache")
+
+    def _ranking(self, ws: Workspace, excludes: tuple[str, ...]) -> list[str]:
+        """Both sensitivity methods, reported per node; the chosen one orders the search."""
+        cfg = self.config
+        existing = self.report.get("ranking")
+        if existing and self.report.get("ranking_method") == cfg.ranking_method:
+            return [r["node"] for r in existing]
+        from coordinator.sensitivity import rank
+
+        qdq_settings = cfg.settings if (cfg.settings.is_static and cfg.settings.format == "qdq") else \
+            QuantSettings(per_channel=cfg.settings.per_channel, reduce_range=cfg.settings.reduce_range,
+                          calibration_images=cfg.settings.calibration_images)
+        calibration = ws.calibration if ws.calibration is not None else \
+            ws.eval_inputs.inputs[: cfg.n_calibration]
+        spec = spec_for(ws.prepared, qdq_settings, (), calibration_digest=ws.calibration_digest)
+        full_qdq = build_candidate(ws.prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
+        feeds = [{ws.prepared.input_name: calibration[i:i + 1]} for i in range(min(cfg.ranking_images,
+                                                                                  len(calibration)))]
+        by_method = {m: rank(m, ws.prepared.path, full_qdq.path, feeds) for m in RANKING_METHODS}
+        allowed = set(quantizable_nodes(ws.prepared, cfg.settings))
+        primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]
+        others = {m: {s.node: s for s in ranked} for m, ranked in by_method.items()}
+        rows = []
+        for position, s in enumerate(primary):
+            row: dict[str, Any] = {"node": s.node, "op_type": s.op_type, "score": s.score, "rank": position + 1,
+                                   "tensor": s.tensor}
+            for method in RANKING_METHODS:
+                hit = others[method].get(s.node)
+                row[method] = None if hit is None else {"score": hit.score, **dict(hit.details)}
+            rows.append(row)
+        self.report["ranking"] = rows
+        self.report["ranking_method"] = cfg.ranking_method
+        self._save()
+        return [r["node"] for r in rows]
+
+    def _evaluate_batch(self, ws: Workspace, batch: list[tuple[str, ...]]) -> None:
+        def built() -> Iterator[BuiltCandidate]:
+            for excluded in batch:
+                spec = self._spec(ws, excluded)
+                try:
+                    cand = self._build(ws, spec)
+                except ModelError as exc:
+                    self._record_build_failure(spec, exc)
+                    continue
+                self._upsert_candidate(cand)
+                self._save()
+                yield cand
+
+        for cid, device, result in self.evaluator.evaluate(built(), ws.eval_inputs):
+            self._record(cid, device, result)
+
+    # -- report state -------------------------------------------------------------------------
+    def _load_or_new_report(self, ws: Workspace) -> dict:
+        cfg = self.config
+        if self.report_path.exists():
+            report = read_report(self.report_path)
+            diff = identity_mismatch(report, ws.identity)
+            if diff:
+                raise InvalidArgument(
+                    f"{self.report_path} belongs to another tune (different {', '.join(diff)}); "
+                    "use a new --out directory to start a new one", step="resume")
+            log.info("resuming %s", self.report_path)
+            report["status"] = {**report.get("status", {}), "state": "running"}
+            return report
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "identity": ws.identity,
+            "model": {"path": str(cfg.model), "sha256": ws.prepared.sha256, "size_bytes": ws.prepared.size_bytes,
+                      "nodes": ws.prepared.num_nodes, "input_name": ws.prepared.input_name,
+                      "input_shape": list(ws.prepared.input_shape), "prepared_path": str(ws.prepared.path)},
+            "settings": {**cfg.settings.to_dict(), "strategy": cfg.strategy, "seed": cfg.seed,
+                         "max_candidates": cfg.max_candidates, "ranking_method": cfg.ranking_method,
+                         "objectives": list(cfg.objectives), "excludes": list(cfg.excludes)},
+            "data": {"images": str(cfg.images), "calibration_images": None if cfg.calibration_images is None
+                     else str(cfg.calibration_images), "labels": cfg.labels, "calibration": len(ws.calibration)
+                     if ws.calibration is not None else 0, "eval": len(ws.eval_inputs.inputs),
+                     "preprocess": cfg.preprocess.to_dict()},
+            "devices": list(self.evaluator.devices),
+            "ranking": [],
+            "candidates": [],
+            "fp32": {},
+            "pareto": {},
+            "status": {"state": "running"},
+        }
+
+    def _candidate_entry(self, cid: str) -> dict | None:
+        return next((c for c in self.report["candidates"] if c["id"] == cid), None)
+
+    def _upsert_candidate(self, cand: BuiltCandidate) -> None:
+        entry = self._candidate_entry(cand.id)
+        if entry is None:
+            entry = {"id": cand.id, "results": {}}
+            self.report["candidates"].append(entry)
+        entry.update({"excluded_nodes": list(cand.spec.excluded_nodes),
+                      "num_excluded": len(cand.spec.excluded_nodes), "int16_nodes": list(cand.spec.int16_nodes),
+                      "size_bytes": cand.size_bytes, "sha256": cand.sha256,
+                      "path": str(cand.path.relative_to(self.config.out))})
+
+    def _record_build_failure(self, spec: CandidateSpec, exc: QfarmError) -> None:
+        entry = self._candidate_entry(spec.id)
+        if entry is None:
+            entry = {"id": spec.id, "excluded_nodes": list(spec.excluded_nodes),
+                     "num_excluded": len(spec.excluded_nodes), "int16_nodes": list(spec.int16_nodes),
+                     "size_bytes": 0, "results": {}}
+            self.report["candidates"].append(entry)
+        for device in self.evaluator.devices:
+            entry["results"][device] = {**failure_result(exc, 0), "status": "crash",
+                                        "crash_cause": f"build:{exc}"}
+            self.events.on_result(spec.id, device, entry["results"][device])
+        self._save()
+
+    def _record(self, cid: str, device: str, result: dict) -> None:
+        entry = self._candidate_entry(cid)
+        if entry is None:
+            raise QfarmError(f"result for unknown candidate {cid}", step="tune")
+        if device not in entry["results"]:
+            self.evaluations += 1
+        entry["results"][device] = result
+        self._update_pareto()
+        self._save()
+        self.events.on_result(cid, device, result)
+
+    def _complete(self, cid: str) -> bool:
+        entry = self._candidate_entry(cid)
+        return entry is not None and all(d in entry["results"] for d in self.evaluator.devices)
+
+    def _history(self) -> dict:
+        return {tuple(c["excluded_nodes"]): c["results"] for c in self.report["candidates"]}
+
+    def _update_pareto(self) -> None:
+        per_device = {}
+        for device in self.evaluator.devices:
+            results = {c["id"]: {**c["results"][device], "size_bytes": c["size_bytes"]}
+                       for c in self.report["candidates"] if device in c["results"]}
+            res = pareto(results, self.config.objectives)
+            per_device[device] = {"fronts": res.fronts, "recommended": res.recommended, "best": res.best}
+        primary = per_device[self.evaluator.devices[0]]
+        self.report["pareto"] = {"objectives": list(self.config.objectives), **primary, "per_device": per_device}
+
+    def _finish(self, elapsed: float) -> None:
+        self._update_pareto()
+        self.report["status"] = {"state": "done", "evaluations": self.evaluations, "resumed": self.resumed,
+                                 "elapsed_seconds": round(elapsed, 2)}
+        self._save()
+
+    def _save(self) -> None:
+        write_report(self.report_path, self.report)

@@ -1,0 +1,24 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.models import make_classifier  # noqa: E402
+
+FIXTURE_IMAGES = ROOT / "tests" / "fixtures" / "imagenet-100"
+
+
+@pytest.fixture(scope="session")
+def images_dir() -> Path:
+    return FIXTURE_IMAGES
+
+
+@pytest.fixture()
+def tiny_model(tmp_path: Path) -> Path:
+    return make_classifier(tmp_path / "tiny.onnx")
