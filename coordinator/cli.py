@@ -67,8 +67,13 @@ def add_tune(sub) -> None:
     add_data_arguments(p)
     add_quant_arguments(p)
     p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names always kept in float")
-    p.add_argument("--strategy", default="sweep")
+    p.add_argument("--strategy", default="sweep", help="sweep | bisect | greedy | nsga2")
     p.add_argument("--max-candidates", type=int, help="cap the sweep, sampling k evenly")
+    p.add_argument("--max-drop", "--max-agreement-drop", dest="max_agreement_drop", type=float,
+                   help="target: at most this fraction of images may change top-1 vs FP32 (e.g. 0.03)")
+    p.add_argument("--max-top1-drop", type=float, help="target: labelled top-1 within this fraction of FP32")
+    p.add_argument("--budget-evals", type=int, help="stop after this many candidate evaluations")
+    p.add_argument("--budget-seconds", type=float, help="stop starting new candidates after this many seconds")
     p.add_argument("--rank-by", choices=("seqto", "quantune"), default="seqto")
     p.add_argument("--ranking-images", type=int, default=16)
     p.add_argument("--objectives", nargs="+", default=["accuracy_loss", "size_bytes"])
@@ -87,7 +92,9 @@ def tune_config_from_args(args: argparse.Namespace):
         labels=args.labels, preprocess=preprocess_from_args(args), n_calibration=args.calibration,
         n_eval=args.eval, settings=settings_from_args(args), excludes=tuple(args.exclude),
         strategy=args.strategy, seed=args.seed, max_candidates=args.max_candidates, ranking_method=args.rank_by,
-        ranking_images=args.ranking_images, objectives=tuple(args.objectives), latency_runs=args.latency_runs)
+        ranking_images=args.ranking_images, objectives=tuple(args.objectives), latency_runs=args.latency_runs,
+        max_agreement_drop=args.max_agreement_drop, max_top1_drop=args.max_top1_drop,
+        budget_evals=args.budget_evals, budget_seconds=args.budget_seconds)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -111,6 +118,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     status = report["status"]
     out.print(f"evaluated {status['evaluations']} candidates ({status['resumed']} already in the report) in "
               f"{status['elapsed_seconds']:.0f} s; recommended: {report['pareto'].get('recommended')}")
+    for device, summary in report["pareto"]["per_device"].items():
+        if summary.get("target"):
+            out.print(summary["target"]["line"])
+    if status.get("stopped_by"):
+        out.print(f"stopped early: {status['stopped_by']}")
     out.print(f"report: {args.out / 'report.json'}")
     return 0
 

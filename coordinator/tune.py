@@ -44,6 +44,10 @@ class TuneConfig:
     ranking_images: int = 16
     objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
     latency_runs: int = 20
+    max_agreement_drop: float | None = None   # target: 1 - top1_agreement <= this
+    max_top1_drop: float | None = None        # target: fp32 top1 - candidate top1 <= this (labels needed)
+    budget_evals: int | None = None
+    budget_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.ranking_method not in RANKING_METHODS:
@@ -55,6 +59,20 @@ class TuneConfig:
         if self.latency_runs < 0:
             raise InvalidArgument(f"--latency-runs {self.latency_runs} must be >= 0")
         check_objectives(self.objectives)
+        for name in ("max_agreement_drop", "max_top1_drop"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise InvalidArgument(f"--{name.replace('_', '-')} {value} must be a fraction in [0, 1]")
+        if self.budget_evals is not None and self.budget_evals < 1:
+            raise InvalidArgument(f"--budget-evals {self.budget_evals} must be >= 1")
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise InvalidArgument(f"--budget-seconds {self.budget_seconds} must be > 0")
+        if self.max_top1_drop is not None and self.labels == "none":
+            raise InvalidArgument("--max-top1-drop needs labelled images (--labels synset)")
+
+    @property
+    def has_target(self) -> bool:
+        return self.max_agreement_drop is not None or self.max_top1_drop is not None
 
 
 @dataclass
@@ -107,6 +125,8 @@ class Tuner:
         self.report_path = config.out / "report.json"
         self.evaluations = 0
         self.resumed = 0
+        self.stop_reason: str | None = None
+        self._deadline: float | None = None
 
     # -- public -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -123,14 +143,23 @@ class Tuner:
         self.events.on_stage("ranking layer sensitivity")
         ranking = self._ranking(ws, excludes)
         context = StrategyContext(ranking=tuple(r for r in ranking if r not in excludes),
-                                  fixed_excludes=excludes, max_candidates=cfg.max_candidates, seed=cfg.seed)
+                                  fixed_excludes=excludes, max_candidates=cfg.max_candidates, seed=cfg.seed,
+                                  meets_target=self._meets_target if cfg.has_target else None,
+                                  parallelism=getattr(self.evaluator, "parallelism", 1))
         strategy = make_strategy(cfg.strategy, context)
         self.events.on_stage("evaluating candidates")
-        while True:
+        self._deadline = None if cfg.budget_seconds is None else start + cfg.budget_seconds
+        idle_rounds = 0
+        while not self._budget_spent():
             batch = strategy.next_batch(self._history())
-            todo = [ex for ex in batch if not self._complete(self._spec(ws, ex).id)]
-            self.resumed += len(batch) - len(todo)
             if not batch:
+                break
+            todo = list(dict.fromkeys(ex for ex in batch if not self._complete(self._spec(ws, ex).id)))
+            self.resumed += len(set(batch)) - len(todo)
+            if cfg.budget_evals is not None:
+                todo = todo[: max(0, cfg.budget_evals - self.evaluations)]
+            idle_rounds = idle_rounds + 1 if not todo else 0
+            if idle_rounds > 1000:  # a strategy that only re-proposes measured sets is finished
                 break
             self.events.on_plan(len(todo))
             self._evaluate_batch(ws, todo)
@@ -187,6 +216,8 @@ class Tuner:
     def _evaluate_batch(self, ws: Workspace, batch: list[tuple[str, ...]]) -> None:
         def built() -> Iterator[BuiltCandidate]:
             for excluded in batch:
+                if self._deadline is not None and time.monotonic() >= self._deadline:
+                    return
                 spec = self._spec(ws, excluded)
                 try:
                     cand = self._build(ws, spec)
@@ -276,7 +307,51 @@ class Tuner:
         return entry is not None and all(d in entry["results"] for d in self.evaluator.devices)
 
     def _history(self) -> dict:
-        return {tuple(c["excluded_nodes"]): c["results"] for c in self.report["candidates"]}
+        """Primary-device results by exclusion set, as strategies see them."""
+        device = self.evaluator.devices[0]
+        return {tuple(c["excluded_nodes"]): {**c["results"][device], "size_bytes": c["size_bytes"]}
+                for c in self.report["candidates"] if device in c["results"] and not c.get("int16_nodes")}
+
+    def _budget_spent(self) -> bool:
+        cfg = self.config
+        if cfg.budget_evals is not None and self.evaluations >= cfg.budget_evals:
+            self.stop_reason = f"budget of {cfg.budget_evals} evaluations spent"
+            return True
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            self.stop_reason = f"budget of {cfg.budget_seconds:g} s spent"
+            return True
+        return False
+
+    def _meets_target(self, result: dict, device: str | None = None) -> bool:
+        cfg = self.config
+        if result.get("status") != "ok":
+            return False
+        if cfg.max_agreement_drop is not None and 1.0 - result["top1_agreement"] > cfg.max_agreement_drop + 1e-12:
+            return False
+        if cfg.max_top1_drop is not None:
+            fp32 = self.report["fp32"].get(device or self.evaluator.devices[0], {}).get("top1_accuracy")
+            if fp32 is None or result.get("top1_accuracy") is None:
+                return False
+            if fp32 - result["top1_accuracy"] > cfg.max_top1_drop + 1e-12:
+                return False
+        return True
+
+    def _target_summary(self, device: str, results: dict) -> dict | None:
+        cfg = self.config
+        if not cfg.has_target:
+            return None
+        meeting = [cid for cid, r in results.items() if self._meets_target(r, device)]
+        target = {"max_agreement_drop": cfg.max_agreement_drop, "max_top1_drop": cfg.max_top1_drop}
+        if meeting:
+            best = min(meeting, key=lambda cid: (results[cid]["size_bytes"], -results[cid]["top1_agreement"], cid))
+            return {**target, "met": True, "candidate": best,
+                    "line": f"target met on {device} by {best} "
+                            f"(agreement {results[best]['top1_agreement'] * 100:.1f}%)"}
+        ok = {cid: r for cid, r in results.items() if r.get("status") == "ok"}
+        best_agree = max((r["top1_agreement"] for r in ok.values()), default=None)
+        shown = "none measured" if best_agree is None else f"best agreement {best_agree * 100:.1f}%"
+        return {**target, "met": False, "candidate": None,
+                "line": f"target not met on {device}: {shown}; the best-so-far front is kept"}
 
     def _update_pareto(self) -> None:
         per_device = {}
@@ -284,14 +359,17 @@ class Tuner:
             results = {c["id"]: {**c["results"][device], "size_bytes": c["size_bytes"]}
                        for c in self.report["candidates"] if device in c["results"]}
             res = pareto(results, self.config.objectives)
-            per_device[device] = {"fronts": res.fronts, "recommended": res.recommended, "best": res.best}
+            target = self._target_summary(device, results)
+            recommended = target["candidate"] if target and target["met"] else res.recommended
+            per_device[device] = {"fronts": res.fronts, "recommended": recommended, "best": res.best,
+                                  "target": target}
         primary = per_device[self.evaluator.devices[0]]
         self.report["pareto"] = {"objectives": list(self.config.objectives), **primary, "per_device": per_device}
 
     def _finish(self, elapsed: float) -> None:
         self._update_pareto()
         self.report["status"] = {"state": "done", "evaluations": self.evaluations, "resumed": self.resumed,
-                                 "elapsed_seconds": round(elapsed, 2)}
+                                 "elapsed_seconds": round(elapsed, 2), "stopped_by": self.stop_reason}
         self._save()
 
     def _save(self) -> None:

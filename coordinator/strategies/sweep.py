@@ -9,14 +9,8 @@ from coordinator.strategies.base import ExclusionSet, History, StrategyContext
 def sweep_ks(n_ranked: int, max_candidates: int | None) -> list[int]:
     ks = list(range(n_ranked + 1))
     if max_candidates is not None and max_candidates < len(ks):
-        if max_candidates < 1:
-            return []
-        ks = sorted({int(round(x)) for x in np.linspace(0, n_ranked, max_candidates)})
+        ks = sorted({int(round(x)) for x in np.linspace(0, n_ranked, max(max_candidates, 1))})
     return ks
-
-
-def exclusion_for(context: StrategyContext, k: int) -> ExclusionSet:
-    return tuple(sorted(set(context.fixed_excludes) | set(context.ranking[:k])))
 
 
 class SweepStrategy:
@@ -30,7 +24,7 @@ class SweepStrategy:
         self._done = True
         out: list[ExclusionSet] = []
         for k in sweep_ks(len(self.context.ranking), self.context.max_candidates):
-            ex = exclusion_for(self.context, k)
+            ex = self.context.exclusion(self.context.ranking[:k])
             if ex not in out:
                 out.append(ex)
         return out

@@ -1,0 +1,120 @@
+"""Search strategies: their logic against a known synthetic response surface, and each one end to
+end on a real tiny model under budgets."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coordinator import cli
+from coordinator.strategies import StrategyContext, make_strategy
+from coordinator.strategies.sweep import sweep_ks
+from shared.errors import InvalidArgument
+from tests.models import make_classifier
+
+NODES = tuple(f"n{i}" for i in range(20))
+HARMFUL = {"n2": 0.05, "n5": 0.04, "n11": 0.02}   # agreement lost when these stay quantized
+
+
+def surface(ex) -> dict:
+    """Agreement = 1 - damage of harmful nodes still quantized; size grows with float nodes."""
+    lost = sum(v for n, v in HARMFUL.items() if n not in ex)
+    return {"status": "ok", "top1_agreement": 1.0 - lost, "size_bytes": 100 + 10 * len(ex)}
+
+
+def drive(strategy, limit=200):
+    history, order = {}, []
+    for _ in range(limit):
+        batch = strategy.next_batch(history)
+        if not batch:
+            return history, order
+        for ex in batch:
+            if ex not in history:
+                history[ex] = surface(ex)
+                order.append(ex)
+    raise AssertionError("strategy did not finish")
+
+
+def ctx(**kw):
+    return StrategyContext(ranking=NODES, fixed_excludes=(), **kw)
+
+
+def meets(drop):
+    return lambda r: 1.0 - r["top1_agreement"] <= drop + 1e-9
+
+
+def test_sweep_caps_evenly():
+    assert sweep_ks(20, None) == list(range(21))
+    assert sweep_ks(20, 5) == [0, 5, 10, 15, 20]
+    _, order = drive(make_strategy("sweep", ctx(max_candidates=3)))
+    assert [len(ex) for ex in order] == [0, 10, 20]
+
+
+def test_bisect_finds_minimal_set_and_prunes():
+    history, order = drive(make_strategy("bisect", ctx(meets_target=meets(0.0))))
+    met = [ex for ex in order if meets(0.0)(history[ex])]
+    smallest = min(met, key=len)
+    assert set(smallest) == set(HARMFUL)  # pruning removed every node that does not matter
+    assert len(order) < 21                # fewer evaluations than the full sweep
+
+
+def test_bisect_needs_a_target():
+    with pytest.raises(InvalidArgument, match="needs a target"):
+        make_strategy("bisect", ctx())
+
+
+def test_greedy_reverts_harmful_nodes_first():
+    history, order = drive(make_strategy("greedy", ctx(meets_target=meets(0.0), parallelism=4)))
+    final = order[-1]
+    assert meets(0.0)(history[final]) or any(meets(0.0)(history[ex]) for ex in order)
+    best = min((ex for ex in order if meets(0.0)(history[ex])), key=len)
+    assert set(best) == set(HARMFUL)
+
+
+def test_nsga2_is_seeded_and_deterministic():
+    a_hist, a_order = drive(make_strategy("nsga2", ctx(top_m=12, generations=4, population=6, seed=1)))
+    b_hist, b_order = drive(make_strategy("nsga2", ctx(top_m=12, generations=4, population=6, seed=1)))
+    assert a_order == b_order and len(a_order) > 6
+    assert all(set(ex) <= set(NODES[:12]) for ex in a_order)
+    best = max(a_hist.values(), key=lambda r: (r["top1_agreement"], -r["size_bytes"]))
+    assert best["top1_agreement"] >= 0.95
+
+
+def test_unknown_strategy():
+    with pytest.raises(InvalidArgument, match="'annealing'"):
+        make_strategy("annealing", ctx())
+
+
+TUNE = ["--input-size", "32", "--calibration", "8", "--eval", "24", "--latency-runs", "1", "--ranking-images", "4"]
+
+
+@pytest.mark.parametrize("strategy", ["bisect", "greedy", "nsga2"])
+def test_strategies_end_to_end_under_budget(tmp_path, images_dir, strategy):
+    model = make_classifier(tmp_path / "m.onnx", channels=(8, 16, 16, 16), outlier_layer=1)
+    out = tmp_path / "out"
+    code = cli.main(["tune", str(model), "--images", str(images_dir), "--out", str(out), *TUNE,
+                     "--strategy", strategy, "--max-drop", "0.0", "--budget-evals", "5"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    evaluated = [c for c in report["candidates"] if c["results"]]
+    ids = [c["id"] for c in report["candidates"]]
+    assert len(ids) == len(set(ids)) and 1 <= len(evaluated) <= 5
+    assert report["status"]["evaluations"] == len(evaluated)
+    target = report["pareto"]["per_device"]["local"]["target"]
+    assert target["line"].startswith("target met" if target["met"] else "target not met")
+    assert report["pareto"]["fronts"], "a best-so-far front is always reported"
+
+
+def test_target_not_met_is_said(tmp_path, images_dir, capsys):
+    model = make_classifier(tmp_path / "m.onnx", outlier_layer=0)
+    out = tmp_path / "out"
+    assert cli.main(["tune", str(model), "--images", str(images_dir), "--out", str(out), *TUNE,
+                     "--strategy", "sweep", "--max-top1-drop", "0.0", "--max-drop", "0.0",
+                     "--max-candidates", "1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    target = report["pareto"]["per_device"]["local"]["target"]
+    printed = capsys.readouterr().out
+    if not target["met"]:
+        assert "target not met" in printed
+    else:
+        assert "target met" in printed
