@@ -13,6 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from shared.errors import ModelError, NotFound
+from shared.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +49,69 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: Path) -> onnx.ModelProto:
+def load_model(path: Path, limits: Limits = DEFAULT_LIMITS) -> onnx.ModelProto:
+    """Load an untrusted model: size-bounded, external data confined to the model's folder."""
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"model file {path} does not exist", step="prepare/load")
+    limits.check("max_model_bytes", path.stat().st_size, f"model file {path.name} size")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValueError, OSError...
         raise ModelError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})", step="prepare/load") from exc
     if not model.graph.node:
         raise ModelError(f"{path} is not an ONNX model with a graph (no nodes)", step="prepare/load")
+    limits.check("max_nodes", len(model.graph.node), f"node count of {path.name}")
+    _check_tensor_sizes(model, limits, path)
+    if _external_locations(model):
+        _check_external_data(model, path)
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise ModelError(f"cannot load the external data of {path.name}: {exc}", step="prepare/load") from exc
     return model
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    out = []
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            out.append(entries.get("location", ""))
+    return out
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Model files are hostile input: external data must stay inside the model's own folder."""
+    base = path.parent.resolve()
+    for location in _external_locations(model):
+        candidate = Path(location)
+        if not location or candidate.is_absolute() or ".." in candidate.parts:
+            raise ModelError(f"{path.name} refers to external data {location!r} outside its folder; refused",
+                             step="prepare/load")
+        resolved = (base / candidate).resolve()
+        if base not in resolved.parents:
+            raise ModelError(f"{path.name} refers to external data {location!r} that resolves outside its "
+                             f"folder (symlink?); refused", step="prepare/load")
+        if not resolved.is_file():
+            raise ModelError(f"{path.name} refers to external data {location!r} that does not exist",
+                             step="prepare/load")
+
+
+def _check_tensor_sizes(model: onnx.ModelProto, limits: Limits, path: Path) -> None:
+    for value in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                if dim.dim_value < 0:
+                    raise ModelError(f"{path.name}: tensor {value.name!r} has a negative dimension {dim.dim_value}",
+                                     step="prepare/check")
+                limits.check("max_tensor_dim", dim.dim_value, f"a dimension of tensor {value.name!r}")
+    for init in model.graph.initializer:
+        if any(d < 0 for d in init.dims):
+            raise ModelError(f"{path.name}: initializer {init.name!r} has a negative dimension {list(init.dims)}",
+                             step="prepare/check")
+        limits.check("max_tensor_elements", int(np.prod(init.dims, dtype=np.float64)),
+                     f"element count of initializer {init.name!r}")
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -134,10 +187,18 @@ def _graph_io(model: onnx.ModelProto, path: Path) -> tuple[str, tuple[int | None
     return inputs[0].name, dims, model.graph.output[0].name
 
 
-def prepare_model(source: Path, work_dir: Path) -> PreparedModel:
+def _check_opset(model: onnx.ModelProto, path: Path) -> None:
+    latest = onnx.defs.onnx_opset_version()
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx") and not 7 <= entry.version <= latest:
+            raise ModelError(f"{path.name} uses ai.onnx opset {entry.version}; supported: 7..{latest}",
+                             step="prepare/check")
+
+
+def prepare_model(source: Path, work_dir: Path, limits: Limits = DEFAULT_LIMITS) -> PreparedModel:
     """Prepare `source` into `work_dir/prepared-<sha>.onnx` (reused when already there)."""
     source = Path(source)
-    raw = load_model(source)
+    raw = load_model(source, limits)
     src_sha = sha256_file(source)
     work_dir.mkdir(parents=True, exist_ok=True)
     target = work_dir / f"prepared-{src_sha[:16]}-v{PREPARE_VERSION}.onnx"
@@ -148,6 +209,7 @@ def prepare_model(source: Path, work_dir: Path) -> PreparedModel:
             raise ModelError(f"{source.name} fails onnx.checker: {str(exc).splitlines()[0]}",
                              step="prepare/check") from exc
         _graph_io(raw, source)
+        _check_opset(raw, source)
         try:
             inferred = onnx.shape_inference.infer_shapes(raw, check_type=True, strict_mode=True)
         except Exception as exc:
