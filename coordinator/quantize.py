@@ -161,6 +161,17 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
             raise ModelError("static quantization needs calibration images", step="quantize")
         fmt, act, wt, method = _ort_enums(settings)
         options = {"ActivationSymmetric": False, **extra_options}
+        if spec.int16_nodes:  # precision ladder: these nodes' activations at 16 bit, weights at 8
+            import onnx
+
+            from coordinator.recipes import int16_overrides
+
+            if settings.format != "qdq":
+                raise ModelError("int16 activations (precision ladder) need --format qdq", step="quantize")
+            ladder = int16_overrides(onnx.load(str(prepared.path)), spec.int16_nodes,
+                                     activation_type=settings.activation_type)
+            options.update(ladder)
+            options["UseQDQContribOps"] = True
         quantize_static(
             str(prepared.path), str(out), ArrayReader(prepared.input_name, calibration), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -95,8 +96,40 @@ class Workspace:
     identity: dict
 
 
+def apply_model_recipes(prepared: PreparedModel, settings: QuantSettings, work_dir: Path) -> PreparedModel:
+    """FP32-equivalent rewrites chosen in the recipe (CLE), as a new prepared model."""
+    mode = settings.recipe.get("cle")
+    if not mode:
+        return prepared
+    import onnx
+
+    from coordinator.prepare import PREPARE_VERSION, sha256_file
+    from coordinator.recipes import equalize
+
+    target = work_dir / f"cle-{mode}-{prepared.sha256[:16]}-v{PREPARE_VERSION}.onnx"
+    if not target.exists():
+        model, pairs = equalize(onnx.load(str(prepared.path)), through_relu6=(mode == "relu6"))
+        log.info("CLE equalised %d conv pairs", len(pairs))
+        tmp = target.with_suffix(".onnx.tmp")
+        onnx.save(model, str(tmp))
+        tmp.replace(target)
+    return dataclass_replace(prepared, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size)
+
+
+def preset_excludes(prepared: PreparedModel, settings: QuantSettings) -> tuple[str, ...]:
+    presets = settings.recipe.get("keep_float")
+    if not presets:
+        return ()
+    import onnx
+
+    from coordinator.recipes import preset_nodes
+
+    return tuple(preset_nodes(onnx.load(str(prepared.path)), presets.split(",")))
+
+
 def load_workspace(config: TuneConfig) -> Workspace:
-    prepared = prepare_model(config.model, config.out / "prepared")
+    prepared = apply_model_recipes(prepare_model(config.model, config.out / "prepared"), config.settings,
+                                   config.out / "prepared")
     data_mod.check_fits_model(config.preprocess, prepared.input_shape, prepared.input_name)
     images = data_mod.list_images(config.images, config.labels)
     cal_set = None if config.calibration_images is None else data_mod.list_images(config.calibration_images, "none")
@@ -170,7 +203,8 @@ class Tuner:
     def _validated_excludes(self, prepared: PreparedModel) -> tuple[str, ...]:
         from coordinator.quantize import validate_node_names
 
-        return validate_node_names(prepared, self.config.excludes)
+        return tuple(sorted(set(validate_node_names(prepared, self.config.excludes))
+                            | set(preset_excludes(prepared, self.config.settings))))
 
     def _spec(self, ws: Workspace, excluded) -> CandidateSpec:
         return spec_for(ws.prepared, self.config.settings, excluded, calibration_digest=ws.calibration_digest)

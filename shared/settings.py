@@ -15,6 +15,11 @@ FORMATS = ("qdq", "qoperator")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
+#: recipe switches: key -> allowed values ("keep_float" takes a comma list of presets)
+RECIPES = {
+    "cle": ("off", "on", "relu6"),            # cross-layer equalisation (relu6: also through ReLU6)
+    "keep_float": ("depthwise", "first", "last", "first-last"),
+}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -29,7 +34,7 @@ class QuantSettings:
     mode: str = "static"
     format: str = "qdq"
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True   # measured best on AVX2 without VNNI: README "Recipes"
     calibrate: str = "minmax"
     activation_type: str = "uint8"
     weight_type: str = "int8"
@@ -53,6 +58,14 @@ class QuantSettings:
         for key, value in recipe.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise InvalidArgument(f"recipe entry {key!r}={value!r} must map text to text", step="settings")
+            if key not in RECIPES:
+                raise InvalidArgument(f"unknown recipe {key!r}; known: {', '.join(RECIPES)}", step="settings")
+            values = value.split(",") if key == "keep_float" else [value]
+            for item in values:
+                if item not in RECIPES[key]:
+                    raise InvalidArgument(f"recipe {key}={item!r} is not one of {', '.join(RECIPES[key])}",
+                                          step="settings")
+        recipe = {k: v for k, v in recipe.items() if not (k == "cle" and v == "off")}
         object.__setattr__(self, "recipe", MappingProxyType(dict(sorted(recipe.items()))))
 
     @property
