@@ -38,7 +38,12 @@ def add_quant_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--per-channel", dest="per_channel", action="store_true", default=True)
     group.add_argument("--per-tensor", dest="per_channel", action="store_false")
-    p.add_argument("--reduce-range", action="store_true", help="7-bit weights (helps non-VNNI CPUs)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=True,
+                   help="7-bit weights: avoids u8s8 saturation on CPUs without VNNI (default: on)")
+    p.add_argument("--cle", choices=("off", "on", "relu6"), default="off",
+                   help="cross-layer equalisation before quantizing (relu6: also through ReLU6 clips)")
+    p.add_argument("--keep-float", nargs="+", default=[], choices=("depthwise", "first", "last", "first-last"),
+                   help="node presets always kept in float")
     p.add_argument("--calibrate", choices=("minmax", "entropy", "percentile"), default="minmax")
     p.add_argument("--activation-type", choices=("uint8", "int8", "uint16", "int16"), default="uint8")
     p.add_argument("--weight-type", choices=("int8", "uint8"), default="int8")
@@ -50,7 +55,16 @@ def settings_from_args(args: argparse.Namespace):
     return QuantSettings(mode=args.mode, format=args.format, per_channel=args.per_channel,
                          reduce_range=args.reduce_range, calibrate=args.calibrate,
                          activation_type=args.activation_type, weight_type=args.weight_type,
-                         calibration_images=args.calibration)
+                         calibration_images=args.calibration, recipe=recipe_from_args(args))
+
+
+def recipe_from_args(args: argparse.Namespace) -> dict[str, str]:
+    recipe = {}
+    if args.cle != "off":
+        recipe["cle"] = args.cle
+    if args.keep_float:
+        recipe["keep_float"] = ",".join(sorted(set(args.keep_float)))
+    return recipe
 
 
 def preprocess_from_args(args: argparse.Namespace):
@@ -81,6 +95,9 @@ def add_tune(sub) -> None:
     p.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     p.add_argument("--seed", type=int, default=0)
+    from coordinator.farm.commands import add_farm_tune_arguments  # farm mode: --coordinator, --devices
+
+    add_farm_tune_arguments(p)
     p.set_defaults(func=cmd_tune)
 
 
@@ -106,6 +123,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from coordinator.plots import write_plots
     from coordinator.tune import Tuner
 
+    if args.coordinator:  # farm mode: the same tune as a campaign on the coordinator's agents
+        from coordinator.farm.commands import cmd_tune_farm
+
+        return cmd_tune_farm(args)
     config = tune_config_from_args(args)
     runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads))
     evaluator = LocalEvaluator(runner, args.out / "cache")
@@ -162,7 +183,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS = [add_tune, add_export]
+def _farm_subcommands() -> list:
+    from coordinator.farm.commands import SUBCOMMANDS as farm  # serve, submit, status, report
+
+    return farm
+
+
+SUBCOMMANDS = [add_tune, add_export, *_farm_subcommands()]
 
 
 def build_parser() -> argparse.ArgumentParser:

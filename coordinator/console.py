@@ -1,6 +1,7 @@
 """Terminal output: progress while candidates run, and the Pareto table at the end."""
 from __future__ import annotations
 
+import sys
 from typing import Mapping
 
 from rich.console import Console
@@ -9,7 +10,7 @@ from rich.table import Table
 from coordinator.tune import TuneEvents
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 140)  # no terminal: do not squeeze tables to 80
 
 
 def pct(value) -> str:

@@ -149,7 +149,6 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     settings = spec.settings
-    logging.getLogger("root").setLevel(logging.ERROR)  # ORT's quantizer warns through the root logger
     try:
         if settings.mode == "dynamic":
             quantize_dynamic(str(prepared.path), str(out), per_channel=settings.per_channel,

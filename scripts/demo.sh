@@ -8,7 +8,7 @@ OUT=${QFARM_DEMO_OUT:-demo-out}
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e .
 
 # torch lives only in the export venv: the coordinator and agents never import it.
 if [ ! -f models/efficientnet-lite0.onnx ]; then

@@ -1,0 +1,121 @@
+"""Measurements in their own process: `python -m agent.child --serve` (the agent's long-lived
+worker, one per slot) or `python -m agent.child REQUEST.json` (one job, for debugging).
+
+A runtime that segfaults, aborts or hangs takes down only this process; the agent sees the exit
+status, reports a crash, and starts a fresh worker for the next job. A warm worker keeps the
+runtime imported (and its caches) between jobs, so small jobs are not dominated by start-up.
+A request names local files (already fetched and verified by the agent); the outcome is written
+to `<out>/result.json` (and, for a reference job, the FP32 logits to `<out>/fp32.npy`).
+In serve mode the request paths arrive one per line on stdin and each finished job is answered
+by one line on the original stdout; everything else the process prints goes to stderr."""
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """A job must not outlive a SIGKILLed agent (Linux; elsewhere the timeout still applies)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        return
+    if os.getppid() != parent_pid:
+        os._exit(3)
+
+
+def run(request: dict) -> dict:
+    from agent.evaluate import evaluate_model
+    from agent.runners.base import UnsupportedModel
+    from agent.runtimes import RuntimeOptions, make_runner
+    from shared.errors import QfarmError
+    from shared.metrics import percentiles_ms
+
+    out = Path(request["out"])
+    model = Path(request["model"])
+    try:
+        runner = make_runner(RuntimeOptions.from_dict(request["runtime"]))
+        info = runner.info()
+        runtime = {"runtime": info.runtime, "version": info.version, "providers": list(info.providers),
+                   "options": info.options}
+        inputs = np.load(request["inputs"], mmap_mode="r")
+        labels = np.load(request["labels"]) if request.get("labels") else None
+        name, runs = request["input_name"], int(request["latency_runs"])
+        if request["reference"]:
+            start = time.perf_counter()
+            logits = runner.infer(model, inputs, name)
+            tmp = out / "fp32.tmp.npy"
+            np.save(tmp, np.ascontiguousarray(logits, dtype=np.float32))
+            os.replace(tmp, out / "fp32.npy")
+            times = runner.latency_seconds(model, inputs[:1], name, runs) if runs > 0 else []
+            p50, p90 = percentiles_ms(times)
+            top1 = np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)
+            acc = None if labels is None else float((top1 == labels.reshape(-1)).mean())
+            return {"status": "ok", "top1_agreement": 1.0, "top5_agreement": 1.0, "top1_accuracy": acc,
+                    "num_images": int(len(logits)), "size_bytes": model.stat().st_size, "latency_ms_p50": p50,
+                    "latency_ms_p90": p90, "wall_seconds": time.perf_counter() - start, "runtime": runtime}
+        reference = np.load(request["fp32_outputs"])
+        m = evaluate_model(runner, model, inputs, name, reference, labels, runs)
+        return {"status": "ok", "top1_agreement": m.top1_agreement, "top5_agreement": m.top5_agreement,
+                "top1_accuracy": m.top1_accuracy, "num_images": m.num_images, "size_bytes": m.size_bytes,
+                "latency_ms_p50": m.latency_ms_p50, "latency_ms_p90": m.latency_ms_p90,
+                "wall_seconds": m.wall_seconds, "runtime": runtime}
+    except UnsupportedModel as exc:
+        return {"status": "unsupported", "crash_cause": f"error:{exc.args[0]}", "size_bytes": model.stat().st_size}
+    except QfarmError as exc:
+        return {"status": "crash", "crash_cause": f"error:{exc.args[0]}", "size_bytes": model.stat().st_size}
+
+
+def answer(request_path: Path) -> None:
+    """Run one request file and write its result.json (atomically)."""
+    request = json.loads(Path(request_path).read_text())
+    try:
+        result = run(request)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure is this job's crash, not the worker's
+        traceback.print_exc()
+        result = {"status": "crash", "crash_cause": f"error:{type(exc).__name__}: {exc}"}
+    out = Path(request["out"])
+    tmp = out / "result.tmp.json"
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, out / "result.json")
+
+
+def serve(parent_pid: int) -> int:
+    """Answer request paths from stdin until it closes; the protocol keeps its own copy of stdout."""
+    _die_with_parent(parent_pid)
+    protocol = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)                       # stray prints of runtimes cannot corrupt the protocol
+    sys.stdout = sys.stderr
+    for line in sys.stdin:
+        path = line.strip()
+        if not path:
+            continue
+        answer(Path(path))
+        sys.stderr.flush()
+        protocol.write(f"done {path}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args[:1] == ["--serve"]:
+        return serve(int(args[1]))
+    _die_with_parent(os.getppid())
+    answer(Path(args[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

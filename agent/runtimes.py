@@ -1,0 +1,61 @@
+"""Which runtime an agent measures with (`--runtime ort|tvm`), as a plain, serialisable value.
+
+The agent process and its per-job child process both build the runner from the same
+`RuntimeOptions`, so what the coordinator is told at registration is what the child runs.
+A runtime is a factory `module:function` taking RuntimeOptions and returning a Runner; TVM's
+lives in agent.runners.tvm and is imported only when asked for."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from agent.runners.base import Runner
+from shared.errors import InvalidArgument
+
+FACTORIES = {
+    "ort": "agent.runtimes:ort_runner",
+    "tvm": "agent.runners.tvm:runner_from_options",
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    runtime: str = "ort"
+    threads: int = 1                     # intra-op threads per job (0 = the runtime's default)
+    optimization: str = "all"            # ORT graph optimization level
+    extra: Mapping[str, str] = field(default_factory=dict)   # runtime-specific (TVM target, tracker, ...)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in FACTORIES:
+            raise InvalidArgument(f"--runtime {self.runtime!r} is not one of {', '.join(FACTORIES)}", step="agent")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise InvalidArgument(f"--threads {self.threads!r} must be an integer >= 0", step="agent")
+        object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "threads": self.threads, "optimization": self.optimization,
+                "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "RuntimeOptions":
+        return cls(runtime=data["runtime"], threads=int(data["threads"]), optimization=data["optimization"],
+                   extra=dict(data.get("extra", {})))
+
+
+def make_runner(options: RuntimeOptions) -> Runner:
+    """Build the runner; a runtime whose module is missing is a clear error, not an ImportError."""
+    module_name, func = FACTORIES[options.runtime].split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), func)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidArgument(f"runtime {options.runtime!r} is not available here ({module_name}.{func}: {exc})",
+                              step="agent") from exc
+    return factory(options)
+
+
+def ort_runner(options: RuntimeOptions) -> Runner:
+    from agent.runners.ort import OrtConfig, OrtRunner
+
+    return OrtRunner(OrtConfig(optimization=options.optimization, intra_op_threads=options.threads))

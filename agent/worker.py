@@ -1,0 +1,377 @@
+"""The agent: register with the coordinator, heartbeat, lease jobs of its device class, fetch their
+artifacts once (cached by sha256, verified), measure each job in a child process, report results.
+
+Every call to the coordinator is a unary RPC that may fail: an unreachable coordinator is retried
+with backoff, and an agent the coordinator no longer knows (restart, eviction) registers again by
+itself, handing over the jobs it is still running so their leases are kept."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import shutil
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+
+import agent as agent_pkg
+from agent.host import host_info
+from agent.runtimes import RuntimeOptions, make_runner
+from agent.sandbox import ChildWorker
+from coordinator.farm.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
+from shared.errors import InvalidArgument, QfarmError
+from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
+
+log = logging.getLogger(__name__)
+
+_RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+          grpc.StatusCode.RESOURCE_EXHAUSTED)
+_REREGISTER = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+_STATUS = {"ok": job_pb2.RESULT_STATUS_OK, "crash": job_pb2.RESULT_STATUS_CRASH,
+           "unsupported": job_pb2.RESULT_STATUS_UNSUPPORTED}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    device: str
+    coordinator: str                      # HOST:PORT
+    work_dir: Path
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    slots: int = 1
+    job_timeout_s: float = 1800.0
+    name: str = ""                        # default: host + device + work dir (stable across restarts)
+    lease_wait_s: float = 2.0
+    backoff_s: tuple[float, float] = (0.2, 5.0)
+    python: str = sys.executable
+    max_message_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if not self.device or not self.device.strip():
+            raise InvalidArgument("--device must name a device class, e.g. cpu-x86", step="agent")
+        host, sep, port = self.coordinator.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise InvalidArgument(f"--coordinator {self.coordinator!r} is not HOST:PORT", step="agent")
+        if self.slots < 1:
+            raise InvalidArgument(f"--slots {self.slots} must be >= 1", step="agent")
+        if self.job_timeout_s <= 0:
+            raise InvalidArgument(f"--job-timeout {self.job_timeout_s} must be > 0", step="agent")
+
+    def agent_name(self) -> str:
+        if self.name:
+            return self.name
+        where = hashlib.sha256(str(Path(self.work_dir).resolve()).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}/{self.device}/{where}"
+
+
+class JobCancelled(Exception):
+    """The coordinator took the job back (or the agent is stopping): drop it without a result."""
+
+
+@dataclass
+class _Running:
+    job_id: str
+    attempt: int
+    cancelled: bool = False      # set by other threads; the job's thread stops its worker within 0.1 s
+
+
+class Agent:
+    def __init__(self, config: AgentConfig):
+        self.config = config
+        self.work_dir = Path(config.work_dir).resolve()   # workers run in their own folder
+        self.cache = ArtifactStore(self.work_dir / "cache")
+        self.jobs_dir = self.work_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        info = make_runner(config.runtime).info()  # fails here, at start, if the runtime is unusable
+        self.runtime_info = job_pb2.RuntimeInfo(runtime=info.runtime, version=info.version,
+                                                providers=list(info.providers), options=info.options)
+        options = [("grpc.max_receive_message_length", config.max_message_bytes),
+                   ("grpc.max_send_message_length", config.max_message_bytes)]
+        self._channel = grpc.insecure_channel(config.coordinator, options=options)
+        self._stub = farm_pb2_grpc.AgentServiceStub(self._channel)
+        self._lock = threading.Condition()
+        self._register_lock = threading.Lock()
+        self._agent_id: str | None = None
+        self._heartbeat_s = 2.0
+        self._running: dict[str, _Running] = {}
+        self._verified: set[str] = set()
+        self._fetch_locks: dict[str, threading.Lock] = {}
+        self._stop = threading.Event()
+        self.counters = {"jobs_run": 0, "bytes_fetched": 0, "registrations": 0}
+        env = dict(os.environ)
+        root = str(Path(agent_pkg.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._workers: queue.Queue[ChildWorker] = queue.Queue()
+        for slot in range(config.slots):
+            self._workers.put(ChildWorker(config.python, env, self.work_dir / "workers" / f"slot{slot}.log"))
+
+    # ---------------------------------------------------------------- lifecycle
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+
+    def run(self) -> None:
+        """Serve jobs until `stop()`; then kill running children and deregister."""
+        heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        heartbeat.start()
+        pool = ThreadPoolExecutor(max_workers=self.config.slots, thread_name_prefix="job")
+        try:
+            while not self._stop.is_set():
+                agent_id = self._ensure_registered()
+                if agent_id is None:
+                    break
+                with self._lock:
+                    self._lock.wait_for(lambda: self._free() > 0 or self._stop.is_set(), timeout=1.0)
+                    free = self._free()
+                if free <= 0 or self._stop.is_set():
+                    continue
+                try:
+                    resp = self._stub.Lease(farm_pb2.LeaseRequest(agent_id=agent_id, max_jobs=free,
+                                                                  wait_s=self.config.lease_wait_s),
+                                            timeout=self.config.lease_wait_s + 30)
+                except grpc.RpcError as exc:
+                    self._rpc_failed("lease", exc, agent_id)
+                    continue
+                for job in resp.jobs:
+                    with self._lock:
+                        self._running[job.job_id] = _Running(job.job_id, job.attempt)
+                    log.info("leased %s (attempt %d)", job.job_id, job.attempt)
+                    pool.submit(self._execute, job)
+        finally:
+            self._shutdown(pool, heartbeat)
+
+    def _shutdown(self, pool: ThreadPoolExecutor, heartbeat: threading.Thread) -> None:
+        self._stop.set()
+        with self._lock:
+            for run in self._running.values():
+                self._kill(run)
+        pool.shutdown(wait=True)
+        heartbeat.join()
+        while not self._workers.empty():
+            self._workers.get().close()
+        agent_id = self._agent_id
+        if agent_id:
+            try:
+                self._stub.Deregister(farm_pb2.DeregisterRequest(agent_id=agent_id), timeout=5)
+            except grpc.RpcError as exc:
+                log.info("could not deregister (%s): the coordinator will evict this agent", exc.code().name)
+        self._channel.close()
+
+    def _free(self) -> int:
+        return self.config.slots - len(self._running)
+
+    # ---------------------------------------------------------------- registration and heartbeats
+    def _ensure_registered(self) -> str | None:
+        """The current agent id, registering (again) with backoff when there is none."""
+        with self._register_lock:
+            delay = self.config.backoff_s[0]
+            while self._agent_id is None and not self._stop.is_set():
+                with self._lock:
+                    running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
+                caps = farm_pb2.AgentCapabilities(runtime=self.runtime_info, host=host_info(),
+                                                  slots=self.config.slots)
+                try:
+                    resp = self._stub.Register(farm_pb2.RegisterRequest(
+                        device=self.config.device, name=self.config.agent_name(), capabilities=caps,
+                        running=running), timeout=10)
+                except grpc.RpcError as exc:
+                    if exc.code() not in _RETRY:
+                        log.error("registration refused: %s %s", exc.code().name, exc.details())
+                    self._stop.wait(delay)
+                    delay = min(delay * 2, self.config.backoff_s[1])
+                    continue
+                self._agent_id = resp.agent_id
+                self._heartbeat_s = resp.heartbeat_interval_s or self._heartbeat_s
+                self.counters["registrations"] += 1
+                log.info("registered as %s for device class %s (%d running job(s) handed over)",
+                         resp.agent_id, self.config.device, len(running))
+            return self._agent_id
+
+    def _forget(self, agent_id: str) -> None:
+        with self._register_lock:
+            if self._agent_id == agent_id:
+                self._agent_id = None
+
+    def _rpc_failed(self, what: str, exc: grpc.RpcError, agent_id: str) -> None:
+        code = exc.code()
+        if code in _REREGISTER:
+            log.info("%s: %s; registering again", what, exc.details())
+            self._forget(agent_id)
+        else:
+            log.warning("%s failed: %s %s", what, code.name, exc.details())
+            self._stop.wait(self.config.backoff_s[0] if code in _RETRY else self.config.backoff_s[1])
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self._heartbeat_s):
+            agent_id = self._ensure_registered()
+            if agent_id is None:
+                return
+            with self._lock:
+                running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
+                free = self._free()
+            try:
+                resp = self._stub.Heartbeat(farm_pb2.HeartbeatRequest(
+                    agent_id=agent_id, running=running, free_slots=free, busy_slots=len(running)), timeout=10)
+            except grpc.RpcError as exc:
+                self._rpc_failed("heartbeat", exc, agent_id)
+                continue
+            for ref in resp.cancel:
+                with self._lock:
+                    run = self._running.get(ref.job_id)
+                    if run is not None and run.attempt == ref.attempt:
+                        log.info("coordinator took back %s (attempt %d): stopping it", ref.job_id, ref.attempt)
+                        self._kill(run)
+
+    @staticmethod
+    def _kill(run: _Running) -> None:
+        run.cancelled = True
+
+    # ---------------------------------------------------------------- one job
+    def _execute(self, job: job_pb2.Job) -> None:
+        run = self._running[job.job_id]
+        job_dir = self.jobs_dir / f"{hashlib.sha256(job.job_id.encode()).hexdigest()[:16]}-{job.attempt}"
+        try:
+            files = self._fetch_job_files(job, run)
+            outcome = self._run_child(job, files, job_dir, run)
+            result = self._device_result(job, outcome)
+            fp32 = None
+            if job.reference and outcome["status"] == "ok":
+                fp32 = self._upload(job_dir / "fp32.npy", "fp32_outputs", f"fp32 {job.device}")
+            with self._lock:
+                self.counters["jobs_run"] += 1
+            self._report(job, run, result, fp32)
+        except JobCancelled:
+            log.info("dropped %s (attempt %d)", job.job_id, job.attempt)
+        except (grpc.RpcError, QfarmError, OSError) as exc:
+            # not the candidate's fault: give no result; the lease runs out and another attempt follows
+            log.error("could not run %s: %s", job.job_id, exc)
+        except Exception:  # noqa: BLE001 - a bug here must be visible; the lease still runs out
+            log.exception("agent bug while running %s", job.job_id)
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            with self._lock:
+                self._running.pop(job.job_id, None)
+                self._lock.notify_all()
+
+    def _fetch_job_files(self, job: job_pb2.Job, run: _Running) -> dict[str, Path | None]:
+        files: dict[str, Path | None] = {
+            "model": self._artifact(job.candidate.model.sha256, run),
+            "inputs": self._artifact(job.data.inputs.sha256, run),
+            "labels": self._artifact(job.data.labels.sha256, run) if job.data.labels.sha256 else None,
+            "fp32_outputs": None,
+        }
+        if not job.reference:
+            files["fp32_outputs"] = self._artifact(job.fp32_outputs.sha256, run)
+        return files
+
+    def _artifact(self, sha: str, run: _Running) -> Path:
+        """A verified local copy, downloaded at most once per sha (concurrent slots share it)."""
+        with self._lock:
+            lock = self._fetch_locks.setdefault(sha, threading.Lock())
+        with lock:
+            if self.cache.has(sha):
+                if sha in self._verified:
+                    return self.cache.path_of(sha)
+                try:
+                    path = self.cache.get(sha).path        # re-hash once per agent process
+                    self._verified.add(sha)
+                    return path
+                except CorruptArtifact as exc:
+                    log.warning("%s; fetching it again", exc)
+            stored = self.cache.put_stream(self._download(sha, run), expected_sha256=sha)
+            self._verified.add(sha)
+            with self._lock:
+                self.counters["bytes_fetched"] += stored.size_bytes
+            return stored.path
+
+    def _download(self, sha: str, run: _Running) -> Iterator[bytes]:
+        for chunk in self._stub.FetchArtifact(farm_pb2.FetchArtifactRequest(sha256=sha), timeout=3600):
+            if run.cancelled:
+                raise JobCancelled()
+            yield chunk.data
+
+    def _run_child(self, job: job_pb2.Job, files: dict[str, Path | None], job_dir: Path, run: _Running) -> dict:
+        """Measure in a slot's worker process; its death, a timeout or a non-zero exit is a crash."""
+        job_dir.mkdir(parents=True, exist_ok=True)
+        request = {
+            "out": str(job_dir), "reference": job.reference,
+            "model": str(files["model"]), "inputs": str(files["inputs"]),
+            "labels": None if files["labels"] is None else str(files["labels"]),
+            "fp32_outputs": None if files["fp32_outputs"] is None else str(files["fp32_outputs"]),
+            "input_name": job.data.input_name, "latency_runs": job.data.latency_runs,
+            "runtime": self.config.runtime.to_dict(),
+        }
+        (job_dir / "request.json").write_text(json.dumps(request))
+        worker = self._workers.get()
+        try:
+            outcome = worker.run(job_dir / "request.json", self.config.job_timeout_s,
+                                 lambda: run.cancelled or self._stop.is_set())
+        finally:
+            self._workers.put(worker)
+        if run.cancelled or outcome.crash_cause == "cancelled":
+            raise JobCancelled()
+        size = files["model"].stat().st_size if files["model"] else 0
+        if not outcome.finished:
+            log.warning("%s crashed: %s", job.job_id, outcome.crash_cause)
+            return {"status": "crash", "crash_cause": outcome.crash_cause, "stderr_tail": outcome.stderr_tail,
+                    "size_bytes": size}
+        result = json.loads((job_dir / "result.json").read_text())
+        if result["status"] != "ok":
+            result["stderr_tail"] = outcome.stderr_tail
+            result.setdefault("size_bytes", size)
+        return result
+
+    def _device_result(self, job: job_pb2.Job, outcome: dict) -> job_pb2.DeviceResult:
+        result = job_pb2.DeviceResult(
+            job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate.id, device=job.device,
+            status=_STATUS[outcome["status"]], crash_cause=outcome.get("crash_cause", ""),
+            stderr_tail=outcome.get("stderr_tail", ""), size_bytes=int(outcome.get("size_bytes", 0)),
+            top1_agreement=outcome.get("top1_agreement", 0.0), top5_agreement=outcome.get("top5_agreement", 0.0),
+            latency_ms_p50=outcome.get("latency_ms_p50", 0.0), latency_ms_p90=outcome.get("latency_ms_p90", 0.0),
+            num_images=int(outcome.get("num_images", 0)), wall_seconds=outcome.get("wall_seconds", 0.0))
+        if outcome.get("top1_accuracy") is not None:
+            result.top1_accuracy = outcome["top1_accuracy"]
+        runtime = outcome.get("runtime")
+        result.runtime.CopyFrom(self.runtime_info if runtime is None else job_pb2.RuntimeInfo(**runtime))
+        return result
+
+    def _upload(self, path: Path, kind: str, name: str) -> job_pb2.Artifact:
+        meta = job_pb2.Artifact(sha256=sha256_file(path), size_bytes=path.stat().st_size, kind=kind, name=name)
+
+        def chunks() -> Iterator[farm_pb2.ArtifactChunk]:
+            first = True
+            for offset, data in iter_file_chunks(path, 0, CHUNK_BYTES):
+                yield farm_pb2.ArtifactChunk(artifact=meta if first else None, data=data, offset=offset)
+                first = False
+            if first:  # empty file: still name it
+                yield farm_pb2.ArtifactChunk(artifact=meta, data=b"", offset=0)
+
+        return self._stub.UploadArtifact(chunks(), timeout=600).artifact
+
+    def _report(self, job: job_pb2.Job, run: _Running, result: job_pb2.DeviceResult,
+                fp32: job_pb2.Artifact | None) -> None:
+        """Deliver the result, retrying while the coordinator is unreachable (results are idempotent)."""
+        delay = self.config.backoff_s[0]
+        while not self._stop.is_set() and not run.cancelled:
+            request = farm_pb2.ReportResultRequest(agent_id=self._agent_id or "", result=result, fp32_outputs=fp32)
+            try:
+                resp = self._stub.ReportResult(request, timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() not in _RETRY:
+                    log.warning("result of %s refused: %s %s", job.job_id, exc.code().name, exc.details())
+                    return
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.config.backoff_s[1])
+                continue
+            log.info("%s %s (attempt %d): %s%s", job.job_id, "accepted" if resp.accepted else "not recorded",
+                     job.attempt, job_pb2.ResultStatus.Name(result.status),
+                     f" ({resp.reason})" if resp.reason else "")
+            return

@@ -1,0 +1,1 @@
+"""The device farm: coordinator-side state, scheduling, gRPC services and campaigns."""

@@ -1,0 +1,138 @@
+"""Content-addressed artifact files (models, input sets, FP32 outputs) named by their sha256.
+
+Used by the coordinator (its data dir) and by agents (their work-dir cache) alike. Writes go to
+a temp file and are renamed into place only once the bytes hash to the declared sha256, so a
+crash or a bad transfer never leaves a wrong file under a good name; reads verify again, so a
+file corrupted on disk is detected (and can be fetched again) instead of silently used."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from shared.errors import InvalidArgument, NotFound
+
+CHUNK_BYTES = 1 << 20
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+class CorruptArtifact(InvalidArgument):
+    """The bytes do not hash to the declared sha256."""
+
+    step = "artifact"
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    sha256: str
+    size_bytes: int
+    path: Path
+
+
+def check_sha(sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA.match(sha256):
+        raise InvalidArgument(f"artifact sha256 {sha256!r} is not 64 lowercase hex digits", step="artifact")
+    return sha256
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore:
+    """A directory of files `<root>/<sha[:2]>/<sha>`; safe for concurrent writers of the same sha."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / "tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def path_of(self, sha256: str) -> Path:
+        check_sha(sha256)
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_of(sha256).is_file()
+
+    def get(self, sha256: str, *, verify: bool = True) -> StoredArtifact:
+        """The stored file, re-hashed when `verify`; a corrupted file is removed and reported."""
+        path = self.path_of(sha256)
+        if not path.is_file():
+            raise NotFound(f"artifact {sha256} is not stored", step="artifact")
+        if verify:
+            actual = sha256_file(path)
+            if actual != sha256:
+                path.unlink(missing_ok=True)
+                raise CorruptArtifact(f"stored artifact {sha256} hashes to {actual}: removed")
+        return StoredArtifact(sha256, path.stat().st_size, path)
+
+    def put_file(self, source: Path) -> StoredArtifact:
+        """Copy a file in (the source is never moved or changed)."""
+        with open(source, "rb") as fh:
+            return self.put_stream(iter(lambda: fh.read(CHUNK_BYTES), b""))
+
+    def put_bytes(self, data: bytes, expected_sha256: str | None = None) -> StoredArtifact:
+        return self.put_stream([data], expected_sha256)
+
+    def put_stream(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
+                   max_bytes: int | None = None) -> StoredArtifact:
+        """Write chunks to a temp file, hash as they come, rename into place if the hash matches."""
+        if expected_sha256 is not None:
+            check_sha(expected_sha256)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="part-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if max_bytes is not None and size > max_bytes:
+                        raise InvalidArgument(f"artifact exceeds {max_bytes} bytes", step="artifact")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = digest.hexdigest()
+            if expected_sha256 is not None and sha != expected_sha256:
+                raise CorruptArtifact(f"received {size} bytes hashing to {sha}, expected {expected_sha256}")
+            final = self.path_of(sha)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)  # atomic; a concurrent writer of the same sha writes the same bytes
+            return StoredArtifact(sha, size, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def chunks(self, sha256: str, offset: int = 0, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+        """(offset, bytes) pieces of a verified artifact, from `offset`."""
+        stored = self.get(sha256)
+        if offset < 0 or offset > stored.size_bytes:
+            raise InvalidArgument(f"offset {offset} is outside artifact {sha256} of {stored.size_bytes} bytes",
+                                  step="artifact")
+        yield from iter_file_chunks(stored.path, offset, chunk_bytes)
+
+
+def iter_file_chunks(path: Path, offset: int = 0, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        pos = offset
+        while True:
+            data = fh.read(chunk_bytes)
+            if not data:
+                return
+            yield pos, data
+            pos += len(data)
+

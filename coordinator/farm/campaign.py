@@ -1,0 +1,249 @@
+"""Campaigns on the coordinator: accept a spec, run the tuner pipeline for each of its models with
+a FarmEvaluator, keep a report per campaign, and resume running campaigns after a restart.
+
+Each model's tune works in `data/work/<work key>`, a folder named by everything that decides its
+results, so the Tuner's own report.json checkpoint makes an identical resubmission (or a resumed
+campaign) skip what is done; campaigns sharing a key run one after the other."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+from coordinator.farm.evaluator import CampaignStopped, FarmContext, FarmEvaluator
+from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, spec_from_wire
+from coordinator.farm.states import CampaignState
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, QfarmError
+
+log = logging.getLogger(__name__)
+
+SHARED_DIRS = ("prepared", "candidates", "cache")   # the Tuner's build folders under its --out
+
+
+class CampaignManager:
+    def __init__(self, ctx: FarmContext, data_dir: Path):
+        self.ctx = ctx
+        self.data_dir = Path(data_dir)
+        self._threads: dict[str, threading.Thread] = {}
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Resume every campaign a previous run left queued or running."""
+        with self.ctx.store.transaction() as c:
+            unfinished = c.campaigns([CampaignState.QUEUED, CampaignState.RUNNING])
+        for row in unfinished:
+            log.info("resuming campaign %s (%s)", row.campaign_id, row.name)
+            self._launch(row.campaign_id)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Ask every campaign thread to pause at its next check, and wait for them (bounded)."""
+        self.ctx.stop.set()
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+
+    def submit(self, spec_json: str) -> str:
+        spec = spec_from_wire(spec_json)
+        missing = self._missing_files(spec)
+        if missing:
+            names = ", ".join(f"{f.name} ({f.sha256[:12]})" for f in missing[:5])
+            raise FailedPrecondition(f"{len(missing)} file(s) of the campaign were not uploaded: {names}"
+                                     f"{', ...' if len(missing) > 5 else ''}", step="submit")
+        campaign_id = uuid.uuid4().hex[:12]
+        with self.ctx.store.transaction() as c:
+            c.insert_campaign(campaign_id, spec.name, spec.wire_json(), self.ctx.scheduler.clock())
+        log.info("campaign %s (%s) submitted: %d model(s) on %s", campaign_id, spec.name, len(spec.models),
+                 ", ".join(spec.devices))
+        self._launch(campaign_id)
+        return campaign_id
+
+    def wait(self, campaign_id: str, timeout: float | None = None) -> CampaignState:
+        """Block until the campaign's runner thread ends (tests, `coordinator tune --coordinator`)."""
+        thread = self._threads.get(campaign_id)
+        if thread is not None:
+            thread.join(timeout)
+        with self.ctx.store.transaction() as c:
+            return c.campaign(campaign_id).state
+
+    def report_files(self, campaign_id: str) -> tuple[CampaignState, list[tuple[str, bytes]]]:
+        """The campaign's report.json and PNGs; while it runs, the partial report.json so far."""
+        with self.ctx.store.transaction() as c:
+            row = c.campaign(campaign_id)
+        spec = spec_from_wire(row.spec_json)
+        files: list[tuple[str, bytes]] = []
+        for model in spec.models:
+            prefix = "" if len(spec.models) == 1 else f"{model.name}/"
+            done = self.report_dir(campaign_id, model)
+            if done.is_dir():
+                for path in sorted(done.iterdir()):
+                    if path.is_file():
+                        files.append((prefix + path.name, path.read_bytes()))
+                continue
+            partial = self.work_dir(spec, model) / "report.json"
+            if partial.is_file():
+                files.append((prefix + "report.json", partial.read_bytes()))
+        if not files:
+            raise NotFound(f"campaign {campaign_id} has no report yet (state {row.state.value}: {row.message})",
+                           step="report")
+        return row.state, files
+
+    # -- paths --------------------------------------------------------------------------------
+    def work_dir(self, spec: CampaignSpec, model: ModelEntry) -> Path:
+        return self.data_dir / "work" / spec.work_key(model)
+
+    def report_dir(self, campaign_id: str, model: ModelEntry) -> Path:
+        return self.data_dir / "campaigns" / campaign_id / model.name
+
+    # -- running ------------------------------------------------------------------------------
+    def _launch(self, campaign_id: str) -> None:
+        thread = threading.Thread(target=self._run, args=(campaign_id,), name=f"campaign-{campaign_id}",
+                                  daemon=True)
+        self._threads[campaign_id] = thread
+        thread.start()
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._guard:
+            return self._key_locks.setdefault(key, threading.Lock())
+
+    def _set(self, campaign_id: str, state: CampaignState, message: str) -> None:
+        with self.ctx.store.transaction() as c:
+            c.set_campaign_state(campaign_id, state, message, self.ctx.scheduler.clock())
+
+    def _message(self, campaign_id: str, message: str) -> None:
+        with self.ctx.store.transaction() as c:
+            c.set_campaign_message(campaign_id, message, self.ctx.scheduler.clock())
+
+    def _run(self, campaign_id: str) -> None:
+        try:
+            with self.ctx.store.transaction() as c:
+                row = c.campaign(campaign_id)
+            spec = spec_from_wire(row.spec_json)
+            self._set(campaign_id, CampaignState.RUNNING, "starting")
+            for model in spec.models:
+                self._run_model(campaign_id, spec, model)
+            self._set(campaign_id, CampaignState.DONE,
+                      f"done: {len(spec.models)} model(s) on {', '.join(spec.devices)}")
+            log.info("campaign %s done", campaign_id)
+        except CampaignStopped:
+            log.info("campaign %s paused by shutdown; it resumes on the next start", campaign_id)
+        except QfarmError as exc:
+            self._fail(campaign_id, str(exc))
+        except Exception as exc:  # a bug must fail the campaign visibly, never kill the thread silently
+            if self.ctx.stop.is_set():
+                log.info("campaign %s interrupted by shutdown (%s); it resumes on the next start", campaign_id,
+                         type(exc).__name__)
+                return
+            log.exception("campaign %s crashed", campaign_id)
+            self._fail(campaign_id, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _fail(self, campaign_id: str, reason: str) -> None:
+        log.warning("campaign %s failed: %s", campaign_id, reason)
+        self._set(campaign_id, CampaignState.FAILED, reason)
+        self.ctx.scheduler.cancel_unwanted(campaign_id)
+
+    def _run_model(self, campaign_id: str, spec: CampaignSpec, model: ModelEntry) -> None:
+        from coordinator.plots import write_plots
+        from coordinator.report import write_report
+        from coordinator.tune import Tuner, TuneEvents
+
+        work = self.work_dir(spec, model)
+        label = f"{model.name}:"
+        with self._key_lock(spec.work_key(model)):
+            self._share_builds(work)
+            config = self._tune_config(spec, model, work)
+            done = [0]
+            planned = [0]
+
+            def on_plan(total: int) -> None:
+                planned[0] += total * len(spec.devices)
+
+            def on_result(cid: str, device: str, result: dict) -> None:
+                done[0] += 1
+                self._message(campaign_id, f"{label} {done[0]}/{planned[0]} results")
+
+            evaluator = FarmEvaluator(self.ctx, campaign_id, spec.devices, spec.device_timeout_s,
+                                      on_status=lambda m: self._message(campaign_id, f"{label} {m}"))
+            events = TuneEvents(on_stage=lambda stage: self._message(campaign_id, f"{label} {stage}"),
+                                on_plan=on_plan, on_result=on_result)
+            report = Tuner(config, evaluator, events).run()
+        out = self.report_dir(campaign_id, model)
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write_report(staging / "report.json", report)
+        write_plots(report, staging)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+
+    def _share_builds(self, work: Path) -> None:
+        """Prepared models, candidate files and calibration ranges are named by content, so every
+        tune shares them: a candidate is built once per coordinator, whichever campaign needs it."""
+        work.mkdir(parents=True, exist_ok=True)
+        for name in SHARED_DIRS:
+            shared = self.data_dir / "shared" / name
+            shared.mkdir(parents=True, exist_ok=True)
+            link = work / name
+            if not link.is_symlink() and not link.exists():   # relative: the data dir may move
+                link.symlink_to(os.path.relpath(shared, work), target_is_directory=True)
+
+    def _tune_config(self, spec: CampaignSpec, model: ModelEntry, work: Path):
+        from coordinator.data import Preprocess
+        from coordinator.tune import TuneConfig
+
+        model_dir = self.data_dir / "inputs" / "models" / model.file.sha256
+        images = self._materialize(spec.images, "images")
+        cal = self._materialize(spec.calibration_images, "images") if spec.calibration_images else None
+        pre = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.preprocess.items()}
+        return TuneConfig(
+            model=self._link(model.file, model_dir), images=images, out=work, calibration_images=cal,
+            labels=spec.labels, preprocess=Preprocess(**pre), n_calibration=spec.n_calibration, n_eval=spec.n_eval,
+            settings=spec.settings(), excludes=model.excludes, strategy=spec.strategy, seed=spec.seed,
+            max_candidates=spec.max_candidates, ranking_method=spec.ranking_method,
+            ranking_images=spec.ranking_images, objectives=spec.objectives, latency_runs=spec.latency_runs,
+            **self._targets(spec))
+
+    @staticmethod
+    def _targets(spec: CampaignSpec) -> dict:
+        """Targets and budgets the spec sets, passed on only when set (the core may not know them all)."""
+        from coordinator.tune import TuneConfig
+
+        values = {"max_agreement_drop": spec.max_agreement_drop, "max_top1_drop": spec.max_top1_drop,
+                  "budget_evals": spec.budget_evals, "budget_seconds": spec.budget_seconds}
+        known = TuneConfig.__dataclass_fields__
+        unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
+        if unknown:
+            raise InvalidArgument(f"this coordinator's tuner does not support strategy.{', strategy.'.join(unknown)}",
+                                  step="spec")
+        return {k: v for k, v in values.items() if v is not None}
+
+    def _materialize(self, files: tuple[FileRef, ...], kind: str) -> Path:
+        """An image folder rebuilt from artifacts under the original file names (labels come from them)."""
+        key = hashlib.sha256("|".join(f"{f.name}:{f.sha256}" for f in files).encode()).hexdigest()[:20]
+        folder = self.data_dir / "inputs" / kind / key
+        for ref in files:
+            self._link(ref, folder)
+        return folder
+
+    def _link(self, ref: FileRef, folder: Path) -> Path:
+        target = folder / ref.name
+        if target.is_file() and target.stat().st_size == ref.size_bytes:
+            return target
+        stored = self.ctx.artifacts.get(ref.sha256)  # verified
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{ref.name}.{uuid.uuid4().hex[:8]}"
+        try:
+            os.link(stored.path, tmp)
+        except OSError:
+            shutil.copyfile(stored.path, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def _missing_files(self, spec: CampaignSpec) -> list[FileRef]:
+        with self.ctx.store.transaction() as c:
+            have = c.has_artifacts([f.sha256 for f in spec.files()])
+        return [f for f in spec.files() if f.sha256 not in have or not self.ctx.artifacts.has(f.sha256)]

@@ -1,0 +1,233 @@
+"""The farm's `coordinator` subcommands: serve, submit, status, report, and `tune --coordinator`.
+coordinator/cli.py registers them; each is a thin layer over server.py / client.py."""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from shared.errors import InvalidArgument, NotFound
+
+log = logging.getLogger("coordinator")
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+# ------------------------------------------------------------------------------------ serve
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the farm coordinator (gRPC) until SIGINT/SIGTERM")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port (see --port-file)")
+    p.add_argument("--data-dir", type=Path, default=Path("qfarm-data"), help="SQLite state and artifacts")
+    p.add_argument("--port-file", type=Path, help="write the bound port here once listening")
+    p.add_argument("--heartbeat-interval", type=float, default=2.0, help="seconds between agent heartbeats")
+    p.add_argument("--missing-after", type=float, default=6.0, help="no heartbeat this long: agent missing")
+    p.add_argument("--evict-after", type=float, default=20.0, help="no heartbeat this long: evicted, jobs re-queued")
+    p.add_argument("--lease-ttl", type=float, default=30.0, help="a lease not renewed this long is re-queued")
+    p.add_argument("--max-workers", type=int, default=64, help="RPC threads (>= agents + clients at once)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from coordinator.report import atomic_write_text
+    from coordinator.farm.scheduler import LeasePolicy
+    from coordinator.farm.server import ServerConfig, build_server
+
+    # our own loggers, not the root: onnxruntime's quantizer lowers the root logger's level at run time
+    logging.getLogger("coordinator").setLevel(logging.INFO)
+    policy = LeasePolicy(heartbeat_interval_s=args.heartbeat_interval, missing_after_s=args.missing_after,
+                         evict_after_s=args.evict_after, lease_ttl_s=args.lease_ttl)
+    server, port = build_server(ServerConfig(data_dir=args.data_dir, host=args.host, port=args.port, policy=policy,
+                                             max_workers=args.max_workers))
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    if args.port_file:
+        atomic_write_text(args.port_file, f"{port}\n")
+    log.info("coordinator listening on %s:%d, data in %s", args.host, port, args.data_dir)
+    stop.wait()
+    server.stop(grace=2.0)
+    log.info("coordinator stopped")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ submit
+def add_coordinator_argument(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--coordinator", metavar="HOST:PORT", required=required, default=None if required
+                   else DEFAULT_ADDRESS, help=f"coordinator address (default {DEFAULT_ADDRESS})")
+
+
+def add_submit(sub) -> None:
+    p = sub.add_parser("submit", help="send a campaign spec (TOML) to the coordinator")
+    p.add_argument("spec", type=Path, help="campaign spec, see deploy/campaign.example.toml")
+    add_coordinator_argument(p)
+    p.add_argument("--wait", action="store_true", help="wait until the campaign ends")
+    p.add_argument("-o", "--out", type=Path, help="with --wait: write the report here")
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from coordinator.farm.client import CampaignClient
+    from coordinator.farm.spec import load_spec_file
+
+    spec = load_spec_file(args.spec)
+    with CampaignClient(args.coordinator) as client:
+        campaign_id = client.submit(spec)
+        print(campaign_id, flush=True)
+        if not args.wait:
+            return 0
+        return _wait_and_report(client, campaign_id, args.out)
+
+
+def _wait_and_report(client, campaign_id: str, out: Path | None) -> int:
+    from coordinator.console import console
+
+    last = [""]
+
+    def show(status) -> None:
+        line = f"{status.state}: {status.message}"
+        if line != last[0]:
+            console.print(line)
+            last[0] = line
+
+    final = client.wait(campaign_id, on_update=show)
+    if final.state != "done":
+        console.print(f"[red]campaign {campaign_id} {final.state}: {final.message}")
+    if out is not None:
+        try:
+            _write_report(client, campaign_id, out)
+        except NotFound:
+            if final.state == "done":
+                raise
+    return 0 if final.state == "done" else 1
+
+
+def _write_report(client, campaign_id: str, out: Path) -> None:
+    import json
+
+    from coordinator.console import front_table
+    from coordinator.console import out as stdout
+
+    state, paths = client.report(campaign_id, out)
+    for path in paths:
+        if path.name == "report.json":
+            report = json.loads(path.read_text())
+            for device in report.get("devices", []):
+                stdout.print(front_table(report, device))
+            stdout.print(f"recommended: {report.get('pareto', {}).get('recommended')}; report: {path}")
+    if state != "done":
+        stdout.print(f"campaign {campaign_id} is {state}: the report is partial")
+
+
+# ------------------------------------------------------------------------------------ status
+def add_status(sub) -> None:
+    p = sub.add_parser("status", help="agents (state, device, job, heartbeat) and campaigns (progress)")
+    p.add_argument("campaign", nargs="?", default="", help="only this campaign")
+    add_coordinator_argument(p)
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from coordinator.console import out
+    from coordinator.farm.client import CampaignClient
+
+    with CampaignClient(args.coordinator) as client:
+        resp = client.status(args.campaign)
+    agents = Table(title=f"agents on {args.coordinator}")
+    for col in ("agent", "name", "device", "state", "jobs", "heartbeat", "runtime", "host"):
+        agents.add_column(col)
+    for a in resp.agents:
+        caps = a.capabilities
+        agents.add_row(a.agent_id, a.name, a.device, a.state, ", ".join(a.jobs) or "-",
+                       f"{a.last_heartbeat_age_s:.1f} s ago", f"{caps.runtime.runtime} {caps.runtime.version}",
+                       f"{caps.host.cpu_model} x{caps.host.cores} {caps.host.arch}")
+    out.print(agents)
+    campaigns = Table(title="campaigns")
+    for col in ("campaign", "name", "state", "progress", "message"):
+        campaigns.add_column(col)
+    for c in resp.campaigns:
+        progress = "; ".join(f"{d.device} {d.done}/{d.total} ({d.leased} running, {d.agents} agents)"
+                             for d in c.devices) or "-"
+        campaigns.add_row(c.campaign_id, c.name, c.state, progress, c.message)
+    out.print(campaigns)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ report
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="write a campaign's report.json and PNGs")
+    p.add_argument("campaign")
+    p.add_argument("-o", "--out", type=Path, required=True)
+    add_coordinator_argument(p)
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from coordinator.farm.client import CampaignClient
+
+    with CampaignClient(args.coordinator) as client:
+        _write_report(client, args.campaign, args.out)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ tune on the farm
+def add_farm_tune_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coordinator", metavar="HOST:PORT", help="evaluate on the farm instead of in this process")
+    p.add_argument("--devices", help="with --coordinator: device classes, comma-separated (e.g. cpu-x86,mali-g68)")
+    p.add_argument("--device-timeout", type=float, default=600.0,
+                   help="with --coordinator: fail if a device class has no agent for this long")
+
+
+def cmd_tune_farm(args: argparse.Namespace) -> int:
+    """`coordinator tune ... --coordinator HOST:PORT --devices A,B`: the same tune as a campaign."""
+    from coordinator.farm.client import CampaignClient
+
+    spec = spec_from_tune_args(args)
+    started = time.monotonic()
+    with CampaignClient(args.coordinator) as client:
+        campaign_id = client.submit(spec)
+        log.warning("campaign %s submitted to %s", campaign_id, args.coordinator)
+        code = _wait_and_report(client, campaign_id, args.out)
+    log.info("farm tune took %.1f s", time.monotonic() - started)
+    return code
+
+
+def spec_from_tune_args(args: argparse.Namespace):
+    from coordinator.cli import preprocess_from_args, settings_from_args
+    from coordinator.farm.spec import spec_from_local
+
+    if not args.devices:
+        raise InvalidArgument("--coordinator needs --devices KEY[,KEY...]", step="tune")
+    model = Path(args.model).resolve()
+    raw = {
+        "name": model.stem,
+        "devices": [d.strip() for d in args.devices.split(",") if d.strip()],
+        "device_timeout_s": args.device_timeout,
+        "objectives": list(args.objectives),
+        "models": [{"path": str(model), "excludes": list(args.exclude)}],
+        "data": {"images": str(Path(args.images).resolve()), "labels": args.labels, "calibration": args.calibration,
+                 "eval": args.eval, "latency_runs": args.latency_runs, "seed": args.seed},
+        "preprocess": preprocess_from_args(args).to_dict(),
+        "quantization": settings_from_args(args).to_dict(),    # recipes included: the same settings as local
+        "strategy": {"name": args.strategy, "ranking": args.rank_by, "ranking_images": args.ranking_images},
+    }
+    if args.calibration_images is not None:
+        raw["data"]["calibration_images"] = str(Path(args.calibration_images).resolve())
+    for key in ("max_candidates", "max_agreement_drop", "max_top1_drop", "budget_evals", "budget_seconds"):
+        if getattr(args, key, None) is not None:
+            raw["strategy"][key] = getattr(args, key)
+    return spec_from_local(raw, "coordinator tune arguments", Path.cwd())
+
+
+SUBCOMMANDS = [add_serve, add_submit, add_status, add_report]

@@ -1,0 +1,224 @@
+"""Lease, heartbeat, eviction and result rules of the scheduler, with an injected clock (no sleeps)."""
+from __future__ import annotations
+
+import pytest
+
+from coordinator.farm.scheduler import LeasePolicy, Scheduler
+from coordinator.farm.states import AgentState, JobState
+from coordinator.farm.store import Store
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.pb.qfarm.v1 import job_pb2
+
+POLICY = LeasePolicy(heartbeat_interval_s=1, missing_after_s=3, evict_after_s=10, lease_ttl_s=8)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def farm(tmp_path):
+    clock = Clock()
+    store = Store(tmp_path / "data")
+    sched = Scheduler(store, POLICY, clock)
+    yield sched, clock, store
+    store.close()
+
+
+def make_job(job_id: str, device: str = "cpu-a", candidate: str = "cand") -> job_pb2.Job:
+    job = job_pb2.Job(job_id=job_id, device=device)
+    job.candidate.id = candidate
+    return job
+
+
+def result_for(job: job_pb2.Job, accuracy: float = 0.9) -> job_pb2.DeviceResult:
+    return job_pb2.DeviceResult(job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate.id,
+                                device=job.device, status=job_pb2.RESULT_STATUS_OK, top1_agreement=accuracy)
+
+
+def agent_state(store: Store, agent_id: str) -> AgentState:
+    with store.transaction() as c:
+        return c.agent(agent_id).state
+
+
+def job_row(store: Store, job_id: str):
+    with store.transaction() as c:
+        return c.job(job_id)
+
+
+def test_lease_goes_to_matching_device_class_in_priority_order(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    sched.submit(make_job("ref", candidate="base"), "reference", 10, "camp")
+    sched.submit(make_job("other", device="mali"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    jobs = sched.lease(a, 5)
+    assert [j.job_id for j in jobs] == ["ref", "j1"]          # reference first, other class untouched
+    assert all(j.attempt == 1 for j in jobs)
+    assert agent_state(store, a) == AgentState.BUSY
+    assert job_row(store, "other").state == JobState.QUEUED
+
+
+def test_heartbeat_renews_lease_and_expiry_requeues(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    [job] = sched.lease(a, 1)
+    clock.now += 6
+    assert sched.heartbeat(a, [(job.job_id, job.attempt)]) == []
+    clock.now += 6                                             # 12 s after the lease, 6 after renewal
+    assert sched.tick().requeued == ()
+    assert job_row(store, "j1").state == JobState.LEASED
+    clock.now += 1
+    sched.heartbeat(a, [])                                     # alive, but no longer lists the job
+    clock.now += 2.5                                           # deadline = renewal + 8 passed
+    assert sched.tick().requeued == ("j1",)
+    assert job_row(store, "j1").state == JobState.QUEUED
+    assert agent_state(store, a) == AgentState.IDLE
+
+
+def test_silent_agent_goes_missing_then_evicted_and_job_is_released(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    b = sched.register("cpu-a", "agent-b", b"", 1)
+    [job] = sched.lease(a, 1)
+    clock.now += 3.5
+    assert sched.tick().missing == (a, b)
+    assert agent_state(store, a) == AgentState.MISSING
+    sched.heartbeat(b, [])                                      # b comes back
+    assert agent_state(store, b) == AgentState.IDLE
+    clock.now += 7                                              # a silent 10.5 s > evict_after
+    outcome = sched.tick()
+    assert outcome.evicted == (a,) and outcome.requeued == ("j1",)
+    assert agent_state(store, a) == AgentState.EVICTED
+    [again] = sched.lease(b, 1)
+    assert (again.job_id, again.attempt) == ("j1", 2)
+    with pytest.raises(FailedPrecondition, match="evicted"):
+        sched.heartbeat(a, [])
+
+
+def test_late_result_of_old_attempt_is_accepted_once_and_only_once(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    b = sched.register("cpu-a", "agent-b", b"", 1)
+    [first] = sched.lease(a, 1)
+    clock.now += 11
+    sched.heartbeat(b, [])
+    sched.tick()                                                # a evicted, j1 re-queued
+    [second] = sched.lease(b, 1)
+    assert second.attempt == 2
+    late = sched.report(a, result_for(first, 0.5))              # the evicted agent's late result
+    assert late.accepted and not late.duplicate
+    again = sched.report(a, result_for(first, 0.5))             # retried report of the same attempt
+    assert again.duplicate and not again.accepted
+    newer = sched.report(b, result_for(second, 0.7))
+    assert newer.duplicate and not newer.accepted
+    rows = sched.results(["j1"])
+    assert rows["j1"].attempt == 1
+    assert job_pb2.DeviceResult.FromString(rows["j1"].payload).top1_agreement == pytest.approx(0.5)
+    assert job_row(store, "j1").state == JobState.DONE
+    assert sched.heartbeat(b, [("j1", 2)]) == [("j1", 2)]      # b is told to stop
+    assert agent_state(store, b) == AgentState.IDLE
+
+
+def test_results_for_unknown_or_never_leased_jobs_are_refused(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    never = make_job("j1")
+    never.attempt = 1
+    with pytest.raises(FailedPrecondition, match="never leased"):
+        sched.report(a, result_for(never))
+    ghost = make_job("nope")
+    ghost.attempt = 1
+    with pytest.raises(NotFound, match="nope"):
+        sched.report(a, result_for(ghost))
+    [job] = sched.lease(a, 1)
+    wrong = result_for(job)
+    wrong.device = "mali"
+    with pytest.raises(InvalidArgument, match="mali"):
+        sched.report(a, wrong)
+    assert job_row(store, "j1").state == JobState.LEASED
+
+
+def test_reference_ok_requires_uploaded_outputs(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("ref", candidate="base"), "reference", 10, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    [job] = sched.lease(a, 1)
+    with pytest.raises(InvalidArgument, match="FP32 outputs"):
+        sched.report(a, result_for(job), fp32_sha256="ab" * 32)
+    with store.transaction() as c:
+        c.put_artifact("ab" * 32, 10, "fp32_outputs", "x", clock())
+    assert sched.report(a, result_for(job), fp32_sha256="ab" * 32).accepted
+    assert sched.results(["ref"])["ref"].fp32_sha256 == "ab" * 32
+
+
+def test_reregistration_adopts_running_jobs_after_restart(farm, tmp_path):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    [job] = sched.lease(a, 1)
+    restarted = Scheduler(store, POLICY, clock)                 # same data, new process
+    restarted.on_boot()
+    assert agent_state(store, a) == AgentState.GONE
+    with pytest.raises(FailedPrecondition, match="register again"):
+        restarted.heartbeat(a, [("j1", 1)])
+    a2 = restarted.register("cpu-a", "agent-a", b"", 1, running=[("j1", job.attempt)])
+    row = job_row(store, "j1")
+    assert (row.state, row.agent_id, row.attempt) == (JobState.LEASED, a2, 1)
+    assert restarted.report(a2, result_for(job)).accepted
+
+
+def test_requeued_job_is_taken_back_by_a_returning_agent(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("j1"), "candidate", 0, "camp")
+    a = sched.register("cpu-a", "agent-a", b"", 1)
+    [job] = sched.lease(a, 1)
+    clock.now += 9                                              # lease expired, agent only missing
+    sched.tick()
+    assert job_row(store, "j1").state == JobState.QUEUED
+    assert sched.heartbeat(a, [("j1", 1)]) == []
+    row = job_row(store, "j1")
+    assert (row.state, row.agent_id, row.attempt) == (JobState.LEASED, a, 1)
+
+
+def test_cancel_unwanted_keeps_jobs_other_campaigns_need(farm):
+    sched, clock, store = farm
+    with store.transaction() as c:
+        c.insert_campaign("c1", "one", "{}", clock())
+        c.insert_campaign("c2", "two", "{}", clock())
+    sched.submit(make_job("shared"), "candidate", 0, "c1")
+    sched.submit(make_job("shared"), "candidate", 0, "c2")
+    sched.submit(make_job("mine"), "candidate", 0, "c1")
+    assert sched.cancel_unwanted("c1") == 1
+    assert job_row(store, "mine").state == JobState.CANCELLED
+    assert job_row(store, "shared").state == JobState.QUEUED
+    assert sched.submit(make_job("mine"), "candidate", 0, "c2") == JobState.QUEUED
+
+
+def test_policy_validation_names_the_field():
+    with pytest.raises(InvalidArgument, match="lease_ttl_s"):
+        LeasePolicy(heartbeat_interval_s=1, missing_after_s=3, evict_after_s=10, lease_ttl_s=0.5)
+
+
+def test_job_lost_max_attempts_times_becomes_a_crash_result(farm):
+    sched, clock, store = farm
+    sched.submit(make_job("killer"), "candidate", 0, "camp")
+    for attempt in range(1, POLICY.max_attempts + 1):
+        agent = sched.register("cpu-a", f"agent-{attempt}", b"", 1)
+        [job] = sched.lease(agent, 1)
+        assert job.attempt == attempt
+        clock.now += 11                                        # the agent dies with the job
+        sched.tick()
+    row = sched.results(["killer"])["killer"]
+    result = job_pb2.DeviceResult.FromString(row.payload)
+    assert (row.status, result.attempt) == ("crash", POLICY.max_attempts)
+    assert result.crash_cause.startswith(f"lost:{POLICY.max_attempts} leases ended without a result")
+    assert job_row(store, "killer").state == JobState.DONE
