@@ -1,7 +1,7 @@
 """Tuning benchmark (issue 4): each recipe's full-INT8 result and each search strategy, measured in
 one process and one run on a real model and real images, as one table (and JSON).
 
-    .venv/bin/python bench/tuning.py --model models/efficientnet-lite0.onnx \
+    .venv/bin/python bench/tuning.py --model models/effnet_lite0.onnx \
         --images ../shared/data/imagenet-sample --calibration 64 --eval 200
 
 Each strategy runs in its own output dir, so its evaluations and wall time are its own."""
@@ -83,7 +83,7 @@ def row(name: str, report: dict, seconds: float, full_int8_size: float) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "efficientnet-lite0.onnx")
+    p.add_argument("--model", type=Path, default=ROOT / "models" / "effnet_lite0.onnx")
     p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "tuning")
     p.add_argument("--calibration", type=int, default=64)
