@@ -2,7 +2,6 @@
 onnxruntime's quant_pre_process, hash. Each step names itself in its errors."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from shared.errors import ModelError, NotFound
+from shared.hashing import sha256_file
 from shared.limits import DEFAULT_LIMITS, Limits
 
 log = logging.getLogger(__name__)
@@ -39,14 +39,6 @@ class PreparedModel:
 
     def op_type_of(self, node: str) -> str:
         return self.op_types[self.node_names.index(node)]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_model(path: Path, limits: Limits = DEFAULT_LIMITS) -> onnx.ModelProto:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from shared.errors import InvalidArgument, NotFound
+from shared.hashing import sha256_bytes, sha256_file  # noqa: F401  (re-exported for the farm)
 
 CHUNK_BYTES = 1 << 20
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -37,18 +38,6 @@ def check_sha(sha256: str) -> str:
     if not isinstance(sha256, str) or not _SHA.match(sha256):
         raise InvalidArgument(f"artifact sha256 {sha256!r} is not 64 lowercase hex digits", step="artifact")
     return sha256
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 class ArtifactStore:
