@@ -269,6 +269,25 @@ def test_killed_device_mid_run_is_retried_on_another_device_of_the_key(tracker, 
     assert counts_in_session == [(1, 1)]                 # one device serving us, the other free
 
 
+def test_an_error_raised_by_on_event_aborts_the_run_unchanged(tracker, device, models, data, tmp_path):
+    """The caller's hook (e.g. its job lease is gone) stops the run; it is not taken for a lost session."""
+    x, _, _ = data
+    sessions: list[TvmEvent] = []
+
+    class LeaseLost(RuntimeError):    # a plain RuntimeError, like the ones TVM's RPC raises
+        pass
+
+    def on_event(event: TvmEvent) -> None:
+        sessions.extend([event] if event.kind == "session" else [])
+        if event.kind == "chunk":
+            raise LeaseLost("lease of job j1 expired")
+
+    runner = TvmRunner(config(tracker, tmp_path, chunk=4, retries=3, backoff=0.0), on_event=on_event)
+    with pytest.raises(LeaseLost, match="lease of job j1"):
+        runner.infer(models["fp32"], x, "input")
+    assert len(sessions) == 1
+
+
 def test_no_free_device_gives_up_after_retries(tracker, models, data, tmp_path):
     x, _, _ = data
     slept: list[float] = []

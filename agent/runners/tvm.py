@@ -337,7 +337,7 @@ class TvmRunner:
             or type(exc).__name__
         if isinstance(exc, tvm.error.RPCSessionTimeoutError) or "RPCSessionTimeoutError" in str(exc):
             raise EvaluationError(f"{what}: the device ended the session after session_timeout="
-                                  f"{self.config.session_timeout:g}s; raise --session-timeout ({text})") from exc
+                                  f"{self.config.session_timeout:g}s; raise the session_timeout option ({text})") from exc
         if remote is not None and not isinstance(exc, OSError) and _alive(remote.session):
             raise EvaluationError(f"{what} failed on the device: {text}") from exc
         return _SessionLost(text)
