@@ -219,7 +219,7 @@ class Tuner:
         existing = self.report.get("ranking")
         if existing and self.report.get("ranking_method") == cfg.ranking_method:
             return [r["node"] for r in existing]
-        from coordinator.sensitivity import rank
+        from coordinator.sensitivity import score_all
 
         qdq_settings = cfg.settings if (cfg.settings.is_static and cfg.settings.format == "qdq") else \
             QuantSettings(per_channel=cfg.settings.per_channel, reduce_range=cfg.settings.reduce_range,
@@ -230,7 +230,7 @@ class Tuner:
         full_qdq = build_candidate(ws.prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
         feeds = [{ws.prepared.input_name: calibration[i:i + 1]} for i in range(min(cfg.ranking_images,
                                                                                   len(calibration)))]
-        by_method = {m: rank(m, ws.prepared.path, full_qdq.path, feeds) for m in RANKING_METHODS}
+        by_method = score_all(ws.prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
         allowed = set(quantizable_nodes(ws.prepared, cfg.settings))
         primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]
         others = {m: {s.node: s for s in ranked} for m, ranked in by_method.items()}

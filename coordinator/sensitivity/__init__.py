@@ -6,15 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.sensitivity.activations import Feeds
-from coordinator.sensitivity.quantune import rank_quantune
+from coordinator.sensitivity.activations import Feeds, measure
+from coordinator.sensitivity.quantune import rank_quantune, score_quantune
 from coordinator.sensitivity.result import NodeSensitivity
-from coordinator.sensitivity.seqto import rank_seqto
+from coordinator.sensitivity.seqto import rank_seqto, score_seqto
 from shared.errors import InvalidArgument
 
 METHODS = {"seqto": rank_seqto, "quantune": rank_quantune}
 
-__all__ = ["METHODS", "NodeSensitivity", "rank", "rank_quantune", "rank_seqto"]
+__all__ = ["METHODS", "NodeSensitivity", "rank", "rank_quantune", "rank_seqto", "score_all"]
+
+
+def score_all(float_model: Path, qdq_model: Path, calibration: Feeds) -> dict[str, list[NodeSensitivity]]:
+    """Every method's ranking from ONE measurement pass (the expensive part)."""
+    measured = measure(Path(float_model), Path(qdq_model), calibration)
+    return {"seqto": score_seqto(measured), "quantune": score_quantune(measured)}
 
 
 def rank(method: str, float_model: Path, qdq_model: Path, calibration: Feeds) -> list[NodeSensitivity]:
