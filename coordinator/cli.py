@@ -87,6 +87,9 @@ def add_tune(sub) -> None:
                    help="target: at most this fraction of images may change top-1 vs FP32 (e.g. 0.03)")
     p.add_argument("--max-top1-drop", type=float, help="target: labelled top-1 within this fraction of FP32")
     p.add_argument("--budget-evals", type=int, help="stop after this many candidate evaluations")
+    p.add_argument("--probe-recipes", nargs="+", default=[], metavar="RECIPE",
+                   help="measure these recipes as full INT8 first and search with the best "
+                        "(u8s8 u8s8-rr s8s8-rr u8u8 qoperator-s8s8 per-tensor entropy cle)")
     p.add_argument("--budget-seconds", type=float, help="stop starting new candidates after this many seconds")
     p.add_argument("--rank-by", choices=("seqto", "quantune"), default="seqto")
     p.add_argument("--ranking-images", type=int, default=16)
@@ -111,7 +114,8 @@ def tune_config_from_args(args: argparse.Namespace):
         strategy=args.strategy, seed=args.seed, max_candidates=args.max_candidates, ranking_method=args.rank_by,
         ranking_images=args.ranking_images, objectives=tuple(args.objectives), latency_runs=args.latency_runs,
         max_agreement_drop=args.max_agreement_drop, max_top1_drop=args.max_top1_drop,
-        budget_evals=args.budget_evals, budget_seconds=args.budget_seconds)
+        budget_evals=args.budget_evals, budget_seconds=args.budget_seconds,
+        probe_recipes=tuple(args.probe_recipes))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

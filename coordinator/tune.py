@@ -25,6 +25,19 @@ log = logging.getLogger(__name__)
 
 RANKING_METHODS = ("seqto", "quantune")
 
+#: recipes the tuner can probe as whole-model INT8 before searching exclusions: the recipe often
+#: matters more than the exclusions (README "Recipes"); each is a change to the base settings
+RECIPE_PROBES: dict[str, dict[str, Any]] = {
+    "u8s8": {"reduce_range": False},
+    "u8s8-rr": {"reduce_range": True},
+    "s8s8-rr": {"activation_type": "int8", "reduce_range": True},
+    "u8u8": {"weight_type": "uint8", "reduce_range": False},
+    "qoperator-s8s8": {"format": "qoperator", "activation_type": "int8", "reduce_range": False},
+    "per-tensor": {"per_channel": False},
+    "entropy": {"calibrate": "entropy"},
+    "cle": {"recipe": {"cle": "on"}},
+}
+
 
 @dataclass(frozen=True)
 class TuneConfig:
@@ -49,6 +62,7 @@ class TuneConfig:
     max_top1_drop: float | None = None        # target: fp32 top1 - candidate top1 <= this (labels needed)
     budget_evals: int | None = None
     budget_seconds: float | None = None
+    probe_recipes: tuple[str, ...] = ()       # names of RECIPE_PROBES measured as full INT8 first
 
     def __post_init__(self) -> None:
         if self.ranking_method not in RANKING_METHODS:
@@ -68,6 +82,9 @@ class TuneConfig:
             raise InvalidArgument(f"--budget-evals {self.budget_evals} must be >= 1")
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise InvalidArgument(f"--budget-seconds {self.budget_seconds} must be > 0")
+        for name in self.probe_recipes:
+            if name not in RECIPE_PROBES:
+                raise InvalidArgument(f"--probe-recipes {name!r} is not one of {', '.join(RECIPE_PROBES)}")
         if self.max_top1_drop is not None and self.labels == "none":
             raise InvalidArgument("--max-top1-drop needs labelled images (--labels synset)")
 
@@ -160,6 +177,7 @@ class Tuner:
         self.resumed = 0
         self.stop_reason: str | None = None
         self._deadline: float | None = None
+        self.settings = config.settings       # the probe stage may switch to a better recipe
 
     # -- public -------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -173,6 +191,10 @@ class Tuner:
         self.events.on_stage("measuring the FP32 reference")
         self.report["fp32"] = self.evaluator.reference(ws.prepared.path, ws.prepared.sha256, ws.eval_inputs)
         self._save()
+        self._deadline = None if cfg.budget_seconds is None else start + cfg.budget_seconds
+        if cfg.probe_recipes:
+            self.events.on_stage("probing recipes")
+            self.settings = self._probe_recipes(ws, excludes)
         self.events.on_stage("ranking layer sensitivity")
         ranking = self._ranking(ws, excludes)
         context = StrategyContext(ranking=tuple(r for r in ranking if r not in excludes),
@@ -181,7 +203,6 @@ class Tuner:
                                   parallelism=getattr(self.evaluator, "parallelism", 1))
         strategy = make_strategy(cfg.strategy, context)
         self.events.on_stage("evaluating candidates")
-        self._deadline = None if cfg.budget_seconds is None else start + cfg.budget_seconds
         idle_rounds = 0
         while not self._budget_spent():
             batch = strategy.next_batch(self._history())
@@ -195,7 +216,7 @@ class Tuner:
             if idle_rounds > 1000:  # a strategy that only re-proposes measured sets is finished
                 break
             self.events.on_plan(len(todo))
-            self._evaluate_batch(ws, todo)
+            self._evaluate_batch(ws, [self._spec(ws, ex) for ex in todo])
         self._finish(time.monotonic() - start)
         return self.report
 
@@ -206,8 +227,47 @@ class Tuner:
         return tuple(sorted(set(validate_node_names(prepared, self.config.excludes))
                             | set(preset_excludes(prepared, self.config.settings))))
 
-    def _spec(self, ws: Workspace, excluded) -> CandidateSpec:
-        return spec_for(ws.prepared, self.config.settings, excluded, calibration_digest=ws.calibration_digest)
+    def _spec(self, ws: Workspace, excluded, settings: QuantSettings | None = None) -> CandidateSpec:
+        return spec_for(ws.prepared, settings or self.settings, excluded, calibration_digest=ws.calibration_digest)
+
+    def _probe_recipes(self, ws: Workspace, excludes: tuple[str, ...]) -> QuantSettings:
+        """Measure the base settings and each probe as full INT8 (plus fixed excludes), then search
+        exclusions with the recipe that meets the target with the smallest model, or else the one
+        with the best agreement on the primary device."""
+        base = self.config.settings
+        options = {"base": base}
+        for name in self.config.probe_recipes:
+            changes = dict(RECIPE_PROBES[name])
+            if "recipe" in changes:
+                changes["recipe"] = {**dict(base.recipe), **changes["recipe"]}
+            options[name] = base.replace(**changes)
+        specs = {name: self._spec(ws, excludes, settings) for name, settings in options.items()}
+        todo = [spec for spec in dict.fromkeys(specs.values()) if not self._complete(spec.id)]
+        if self.config.budget_evals is not None:
+            todo = todo[: max(0, self.config.budget_evals - self.evaluations)]
+        self.events.on_plan(len(todo))
+        self._evaluate_batch(ws, todo)
+        device = self.evaluator.devices[0]
+        measured = {}
+        for name, spec in specs.items():
+            entry = self._candidate_entry(spec.id)
+            result = (entry or {}).get("results", {}).get(device)
+            if result and result.get("status") == "ok":
+                measured[name] = {**result, "size_bytes": entry["size_bytes"]}
+        if not measured:
+            return base
+        meeting = [n for n, r in measured.items() if self.config.has_target and self._meets_target(r, device)]
+        if meeting:
+            chosen = min(meeting, key=lambda n: (measured[n]["size_bytes"], measured[n].get("latency_ms_p50", 0)))
+        else:
+            chosen = max(measured, key=lambda n: (measured[n]["top1_agreement"], -measured[n]["size_bytes"]))
+        self.report["recipe_probe"] = {
+            "chosen": chosen, "settings": options[chosen].to_dict(),
+            "measured": {n: {"candidate": specs[n].id, "top1_agreement": r["top1_agreement"],
+                             "top1_accuracy": r.get("top1_accuracy"), "size_bytes": r["size_bytes"],
+                             "latency_ms_p50": r.get("latency_ms_p50")} for n, r in measured.items()}}
+        self._save()
+        return options[chosen]
 
     def _build(self, ws: Workspace, spec: CandidateSpec) -> BuiltCandidate:
         return build_candidate(ws.prepared, spec, self.config.out / "candidates", ws.calibration,
@@ -221,9 +281,10 @@ class Tuner:
             return [r["node"] for r in existing]
         from coordinator.sensitivity import score_all
 
-        qdq_settings = cfg.settings if (cfg.settings.is_static and cfg.settings.format == "qdq") else \
-            QuantSettings(per_channel=cfg.settings.per_channel, reduce_range=cfg.settings.reduce_range,
-                          calibration_images=cfg.settings.calibration_images)
+        chosen = self.settings
+        qdq_settings = chosen if (chosen.is_static and chosen.format == "qdq") else \
+            QuantSettings(per_channel=chosen.per_channel, reduce_range=chosen.reduce_range,
+                          calibration_images=chosen.calibration_images, recipe=chosen.recipe)
         calibration = ws.calibration if ws.calibration is not None else \
             ws.eval_inputs.inputs[: cfg.n_calibration]
         spec = spec_for(ws.prepared, qdq_settings, (), calibration_digest=ws.calibration_digest)
@@ -231,7 +292,7 @@ class Tuner:
         feeds = [{ws.prepared.input_name: calibration[i:i + 1]} for i in range(min(cfg.ranking_images,
                                                                                   len(calibration)))]
         by_method = score_all(ws.prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
-        allowed = set(quantizable_nodes(ws.prepared, cfg.settings))
+        allowed = set(quantizable_nodes(ws.prepared, chosen))
         primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]
         others = {m: {s.node: s for s in ranked} for m, ranked in by_method.items()}
         rows = []
@@ -247,12 +308,11 @@ class Tuner:
         self._save()
         return [r["node"] for r in rows]
 
-    def _evaluate_batch(self, ws: Workspace, batch: list[tuple[str, ...]]) -> None:
+    def _evaluate_batch(self, ws: Workspace, batch: list[CandidateSpec]) -> None:
         def built() -> Iterator[BuiltCandidate]:
-            for excluded in batch:
+            for spec in batch:
                 if self._deadline is not None and time.monotonic() >= self._deadline:
                     return
-                spec = self._spec(ws, excluded)
                 try:
                     cand = self._build(ws, spec)
                 except ModelError as exc:
@@ -307,7 +367,7 @@ class Tuner:
         if entry is None:
             entry = {"id": cand.id, "results": {}}
             self.report["candidates"].append(entry)
-        entry.update({"excluded_nodes": list(cand.spec.excluded_nodes),
+        entry.update({"settings": cand.spec.settings.to_dict(), "excluded_nodes": list(cand.spec.excluded_nodes),
                       "num_excluded": len(cand.spec.excluded_nodes), "int16_nodes": list(cand.spec.int16_nodes),
                       "size_bytes": cand.size_bytes, "sha256": cand.sha256,
                       "path": str(cand.path.relative_to(self.config.out))})
@@ -315,7 +375,7 @@ class Tuner:
     def _record_build_failure(self, spec: CandidateSpec, exc: QfarmError) -> None:
         entry = self._candidate_entry(spec.id)
         if entry is None:
-            entry = {"id": spec.id, "excluded_nodes": list(spec.excluded_nodes),
+            entry = {"id": spec.id, "settings": spec.settings.to_dict(), "excluded_nodes": list(spec.excluded_nodes),
                      "num_excluded": len(spec.excluded_nodes), "int16_nodes": list(spec.int16_nodes),
                      "size_bytes": 0, "results": {}}
             self.report["candidates"].append(entry)
@@ -343,8 +403,10 @@ class Tuner:
     def _history(self) -> dict:
         """Primary-device results by exclusion set, as strategies see them."""
         device = self.evaluator.devices[0]
+        current = self.settings.to_dict()
         return {tuple(c["excluded_nodes"]): {**c["results"][device], "size_bytes": c["size_bytes"]}
-                for c in self.report["candidates"] if device in c["results"] and not c.get("int16_nodes")}
+                for c in self.report["candidates"]
+                if device in c["results"] and not c.get("int16_nodes") and c.get("settings", current) == current}
 
     def _budget_spent(self) -> bool:
         cfg = self.config

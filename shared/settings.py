@@ -68,6 +68,9 @@ class QuantSettings:
         recipe = {k: v for k, v in recipe.items() if not (k == "cle" and v == "off")}
         object.__setattr__(self, "recipe", MappingProxyType(dict(sorted(recipe.items()))))
 
+    def __hash__(self) -> int:  # recipe is a read-only mapping; hash the canonical text instead
+        return hash(json.dumps(self.to_dict(), sort_keys=True))
+
     @property
     def is_static(self) -> bool:
         return self.mode == "static"

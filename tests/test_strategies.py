@@ -118,3 +118,31 @@ def test_target_not_met_is_said(tmp_path, images_dir, capsys):
         assert "target not met" in printed
     else:
         assert "target met" in printed
+
+
+def test_recipe_probe_picks_a_recipe_and_searches_with_it(tmp_path, images_dir):
+    model = make_classifier(tmp_path / "m.onnx", outlier_layer=1)
+    out = tmp_path / "out"
+    assert cli.main(["tune", str(model), "--images", str(images_dir), "--out", str(out), *TUNE,
+                     "--probe-recipes", "u8u8", "per-tensor", "--strategy", "greedy", "--max-drop", "0.0",
+                     "--budget-evals", "6"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    probe = report["recipe_probe"]
+    assert set(probe["measured"]) == {"base", "u8u8", "per-tensor"}
+    chosen = probe["settings"]
+    full = {c["id"]: c for c in report["candidates"]}
+    for name, row in probe["measured"].items():
+        assert full[row["candidate"]]["excluded_nodes"] == []
+    searched = [c for c in report["candidates"] if c["excluded_nodes"]]
+    assert all(c["settings"] == chosen for c in searched)
+    best = max(probe["measured"].values(), key=lambda r: r["top1_agreement"])
+    assert probe["measured"][probe["chosen"]]["top1_agreement"] == best["top1_agreement"] or \
+        report["pareto"]["per_device"]["local"]["target"]["met"]
+    assert report["status"]["evaluations"] <= 6
+
+
+def test_unknown_probe_recipe_is_named(tmp_path, images_dir, capsys):
+    model = make_classifier(tmp_path / "m.onnx")
+    code = cli.main(["tune", str(model), "--images", str(images_dir), "--out", str(tmp_path / "o"), *TUNE,
+                     "--probe-recipes", "int4"])
+    assert code == 2 and "'int4'" in capsys.readouterr().err
