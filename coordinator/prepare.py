@@ -18,7 +18,7 @@ from shared.limits import DEFAULT_LIMITS, Limits
 log = logging.getLogger(__name__)
 
 #: bump when preparation changes, so cached prepared files are not reused across versions
-PREPARE_VERSION = "1"
+PREPARE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,24 @@ def _check_opset(model: onnx.ModelProto, path: Path) -> None:
                              step="prepare/check")
 
 
+#: QDQ with per-channel axes needs opset 13 (DequantizeLinear's `axis`); older models are converted
+MIN_QUANT_OPSET = 13
+
+
+def upgrade_opset(model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    version = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), MIN_QUANT_OPSET)
+    if version >= MIN_QUANT_OPSET:
+        return model
+    from onnx import version_converter
+
+    try:
+        return version_converter.convert_version(model, MIN_QUANT_OPSET)
+    except Exception as exc:
+        raise ModelError(f"cannot convert {path.name} from opset {version} to {MIN_QUANT_OPSET}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                         step="prepare/opset") from exc
+
+
 def prepare_model(source: Path, work_dir: Path, limits: Limits = DEFAULT_LIMITS) -> PreparedModel:
     """Prepare `source` into `work_dir/prepared-<sha>.onnx` (reused when already there)."""
     source = Path(source)
@@ -207,7 +225,7 @@ def prepare_model(source: Path, work_dir: Path, limits: Limits = DEFAULT_LIMITS)
         except Exception as exc:
             raise ModelError(f"shape inference failed on {source.name}: {str(exc).splitlines()[0]}",
                              step="prepare/shape-inference") from exc
-        model = name_nodes(constants_to_initializers(inferred))
+        model = name_nodes(constants_to_initializers(upgrade_opset(inferred, source)))
         _preprocess(model, target, source)
     prepared = onnx.load(str(target))
     input_name, dims, output_name = _graph_io(prepared, source)

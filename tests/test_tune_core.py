@@ -226,3 +226,14 @@ def test_pareto_front_and_recommendation():
     assert "d" in res.fronts[1] and "e" not in res.points
     assert res.recommended == "b"
     assert res.best == {"accuracy_loss": "c", "size_bytes": "a"}
+
+
+@pytest.mark.parametrize("opset", [11, 13, 18])
+def test_opsets_11_to_18(tmp_path, images_dir, opset):
+    model = make_classifier(tmp_path / f"op{opset}.onnx", opset=opset, dynamic_batch=opset != 13)
+    out = tmp_path / "out"
+    assert run_cli("tune", model, "--images", images_dir, "--out", out, *TUNE_ARGS, "--max-candidates", "2") == 0
+    report = json.loads((out / "report.json").read_text())
+    full = next(c for c in report["candidates"] if c["num_excluded"] == 0)
+    assert full["results"]["local"]["status"] == "ok"
+    assert full["size_bytes"] < 0.6 * report["model"]["size_bytes"]  # really quantized
