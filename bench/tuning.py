@@ -40,7 +40,7 @@ RECIPES = {
 
 
 def run_tune(name: str, args, settings: QuantSettings, **overrides) -> tuple[dict, float]:
-    out = args.out / name.replace(" ", "_").replace("(", "").replace(")", "")
+    out = args.out / name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "and")
     shutil.rmtree(out, ignore_errors=True)
     pre = Preprocess(mean=tuple(args.mean), std=tuple(args.std))
     config = TuneConfig(model=args.model, images=args.images, out=out, preprocess=pre,
@@ -112,11 +112,14 @@ def main(argv=None) -> int:
     full_int8 = next(c for c in sweep["candidates"] if c["num_excluded"] == 0)["size_bytes"]
     rows.append({**row("strategy: sweep (SeQTO)", sweep, sweep_secs, full_int8), "kind": "strategy"})
     budget = max(1, sweep["status"]["evaluations"] // 4)
-    for strategy, extra in [("bisect", {}), ("greedy", {}), ("nsga2", {"budget_evals": budget})]:
-        limit = extra.get("budget_evals", args.budget_evals)
-        report, secs = run_tune(f"strategy {strategy}", args, QuantSettings(), strategy=strategy,
-                                budget_evals=limit, **target)
-        rows.append({**row(f"strategy: {strategy}", report, secs, full_int8), "kind": "strategy"})
+    probes = ("u8u8", "qoperator-s8s8")
+    runs = [("bisect", "bisect", {}), ("greedy", "greedy", {}), ("nsga2", "nsga2", {"budget_evals": budget}),
+            ("bisect + recipe probe", "bisect", {"probe_recipes": probes}),
+            ("greedy + recipe probe", "greedy", {"probe_recipes": probes})]
+    for label, strategy, extra in runs:
+        extra = {"budget_evals": args.budget_evals, **extra}
+        report, secs = run_tune(f"strategy {label}", args, QuantSettings(), strategy=strategy, **extra, **target)
+        rows.append({**row(f"strategy: {label}", report, secs, full_int8), "kind": "strategy"})
     # hypervolume vs the full sweep: common normalisation and reference point over every strategy's points
     strategy_rows = [r for r in rows if r["kind"] == "strategy"]
     allpts = np.array([pt for r in strategy_rows for pt in r["points"]], dtype=float)
