@@ -53,9 +53,11 @@ def plot_layer_errors(report: Mapping, path: Path, top: int = 40) -> Path:
                label="xmodel error")
         ax.set_xticks(list(x))
         ax.set_xticklabels([r["node"][-28:] for r in rows], rotation=90, fontsize=6)
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no ranking in this report (search skipped)", ha="center", transform=ax.transAxes)
     ax.set_ylabel("normalised error (1 = worst)")
     ax.set_title("per-layer quantization error (SeQTO)")
-    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -24,6 +24,8 @@ from shared.settings import QuantSettings
 log = logging.getLogger(__name__)
 
 RANKING_METHODS = ("seqto", "quantune")
+#: strategies that look for the smallest candidate meeting a target (not for a whole front)
+TARGET_DRIVEN = ("bisect", "greedy")
 
 #: recipes the tuner can probe as whole-model INT8 before searching exclusions: the recipe often
 #: matters more than the exclusions (README "Recipes"); each is a change to the base settings
@@ -195,6 +197,11 @@ class Tuner:
         if cfg.probe_recipes:
             self.events.on_stage("probing recipes")
             self.settings = self._probe_recipes(ws, excludes)
+        if cfg.has_target and cfg.strategy in TARGET_DRIVEN and self._full_int8_meets_target(ws, excludes):
+            # excluding more nodes never makes a model smaller: the search (and its ranking) is moot
+            self.report["search"] = {"skipped": "full INT8 with the fixed excludes already meets the target"}
+            self._finish(time.monotonic() - start)
+            return self.report
         self.events.on_stage("ranking layer sensitivity")
         ranking = self._ranking(ws, excludes)
         context = StrategyContext(ranking=tuple(r for r in ranking if r not in excludes),
@@ -229,6 +236,16 @@ class Tuner:
 
     def _spec(self, ws: Workspace, excluded, settings: QuantSettings | None = None) -> CandidateSpec:
         return spec_for(ws.prepared, settings or self.settings, excluded, calibration_digest=ws.calibration_digest)
+
+    def _full_int8_meets_target(self, ws: Workspace, excludes: tuple[str, ...]) -> bool:
+        """Measure (or look up) the candidate every target-driven strategy starts from."""
+        spec = self._spec(ws, excludes)
+        if not self._complete(spec.id) and not self._budget_spent():
+            self.events.on_plan(1)
+            self._evaluate_batch(ws, [spec])
+        entry = self._candidate_entry(spec.id)
+        result = (entry or {}).get("results", {}).get(self.evaluator.devices[0])
+        return bool(result) and self._meets_target(result)
 
     def _probe_recipes(self, ws: Workspace, excludes: tuple[str, ...]) -> QuantSettings:
         """Measure the base settings and each probe as full INT8 (plus fixed excludes), then search

@@ -146,3 +146,16 @@ def test_unknown_probe_recipe_is_named(tmp_path, images_dir, capsys):
     code = cli.main(["tune", str(model), "--images", str(images_dir), "--out", str(tmp_path / "o"), *TUNE,
                      "--probe-recipes", "int4"])
     assert code == 2 and "'int4'" in capsys.readouterr().err
+
+
+def test_target_met_by_full_int8_skips_ranking_and_search(tmp_path, images_dir):
+    model = make_classifier(tmp_path / "m.onnx")
+    out = tmp_path / "out"
+    assert cli.main(["tune", str(model), "--images", str(images_dir), "--out", str(out), *TUNE,
+                     "--strategy", "bisect", "--max-drop", "1.0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"]["evaluations"] == 1 and report["ranking"] == []
+    assert report["search"]["skipped"].startswith("full INT8")
+    only = report["candidates"][0]
+    assert only["excluded_nodes"] == [] and report["pareto"]["recommended"] == only["id"]
+    assert report["pareto"]["per_device"]["local"]["target"]["met"]
