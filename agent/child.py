@@ -7,13 +7,16 @@ runtime imported (and its caches) between jobs, so small jobs are not dominated 
 A request names local files (already fetched and verified by the agent); the outcome is written
 to `<out>/result.json` (and, for a reference job, the FP32 logits to `<out>/fp32.npy`).
 In serve mode the request paths arrive one per line on stdin and each finished job is answered
-by one line on the original stdout; everything else the process prints goes to stderr."""
+by one line on the original stdout; everything else the process prints goes to stderr.
+`--memory-mb N` caps the worker's address space (RLIMIT_AS) before it takes jobs; a job that runs
+out of it (MemoryError, a failed runtime allocation) is a crash with cause `oom`."""
 from __future__ import annotations
 
 import ctypes
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -21,6 +24,8 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+
+from agent.sandbox import is_oom
 
 PR_SET_PDEATHSIG = 1
 
@@ -33,6 +38,20 @@ def _die_with_parent(parent_pid: int) -> None:
         return
     if os.getppid() != parent_pid:
         os._exit(3)
+
+
+def limit_memory(megabytes: int) -> None:
+    """Cap this process's address space; allocations beyond it fail instead of swapping the host."""
+    limit = megabytes << 20
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def crash_cause(message: str, exc: BaseException) -> str:
+    """`oom` when the job ran out of memory (the message goes to stderr), else `error:<message>`."""
+    if isinstance(exc, MemoryError) or is_oom(message):
+        print(f"out of memory: {message}", file=sys.stderr)
+        return "oom"
+    return f"error:{message}"
 
 
 def run(request: dict) -> dict:
@@ -74,7 +93,7 @@ def run(request: dict) -> dict:
     except UnsupportedModel as exc:
         return {"status": "unsupported", "crash_cause": f"error:{exc.args[0]}", "size_bytes": model.stat().st_size}
     except QfarmError as exc:
-        return {"status": "crash", "crash_cause": f"error:{exc.args[0]}", "size_bytes": model.stat().st_size}
+        return {"status": "crash", "crash_cause": crash_cause(exc.args[0], exc), "size_bytes": model.stat().st_size}
 
 
 def answer(request_path: Path) -> None:
@@ -84,16 +103,18 @@ def answer(request_path: Path) -> None:
         result = run(request)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is this job's crash, not the worker's
         traceback.print_exc()
-        result = {"status": "crash", "crash_cause": f"error:{type(exc).__name__}: {exc}"}
+        result = {"status": "crash", "crash_cause": crash_cause(f"{type(exc).__name__}: {exc}", exc)}
     out = Path(request["out"])
     tmp = out / "result.tmp.json"
     tmp.write_text(json.dumps(result))
     os.replace(tmp, out / "result.json")
 
 
-def serve(parent_pid: int) -> int:
+def serve(parent_pid: int, memory_mb: int = 0) -> int:
     """Answer request paths from stdin until it closes; the protocol keeps its own copy of stdout."""
     _die_with_parent(parent_pid)
+    if memory_mb:
+        limit_memory(memory_mb)
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)                       # stray prints of runtimes cannot corrupt the protocol
     sys.stdout = sys.stderr
@@ -111,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args[:1] == ["--serve"]:
-        return serve(int(args[1]))
+        memory_mb = int(args[3]) if args[2:3] == ["--memory-mb"] else 0
+        return serve(int(args[1]), memory_mb)
     _die_with_parent(os.getppid())
     answer(Path(args[0]))
     return 0

@@ -3,10 +3,12 @@
 The agent process and its per-job child process both build the runner from the same
 `RuntimeOptions`, so what the coordinator is told at registration is what the child runs.
 A runtime is a factory `module:function` taking RuntimeOptions and returning a Runner; TVM's
-lives in agent.runners.tvm and is imported only when asked for."""
+lives in agent.runners.tvm and is imported only when asked for. `--runtime module:function` names
+a factory outside qfarm (a vendor SDK's runner, or a test's device that lacks a kernel)."""
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -28,8 +30,9 @@ class RuntimeOptions:
     extra: Mapping[str, str] = field(default_factory=dict)   # runtime-specific (TVM target, tracker, ...)
 
     def __post_init__(self) -> None:
-        if self.runtime not in FACTORIES:
-            raise InvalidArgument(f"--runtime {self.runtime!r} is not one of {', '.join(FACTORIES)}", step="agent")
+        if self.runtime not in FACTORIES and not _is_factory_path(self.runtime):
+            raise InvalidArgument(f"--runtime {self.runtime!r} is not one of {', '.join(FACTORIES)} "
+                                  "nor a factory as module:function", step="agent")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise InvalidArgument(f"--threads {self.threads!r} must be an integer >= 0", step="agent")
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
@@ -44,9 +47,16 @@ class RuntimeOptions:
                    extra=dict(data.get("extra", {})))
 
 
+_FACTORY_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def _is_factory_path(value: object) -> bool:
+    return isinstance(value, str) and _FACTORY_PATH.fullmatch(value) is not None
+
+
 def make_runner(options: RuntimeOptions) -> Runner:
     """Build the runner; a runtime whose module is missing is a clear error, not an ImportError."""
-    module_name, func = FACTORIES[options.runtime].split(":")
+    module_name, func = FACTORIES.get(options.runtime, options.runtime).split(":")
     try:
         factory = getattr(importlib.import_module(module_name), func)
     except (ImportError, AttributeError) as exc:

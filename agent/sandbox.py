@@ -2,11 +2,13 @@
 
 `run` hands the worker one request and waits for its answer line, a timeout, a cancel, or the
 worker's death. A dead or killed worker is replaced on the next job, so a crash costs one job,
-never the agent."""
+never the agent. With `memory_limit_mb` the worker caps its own address space (RLIMIT_AS) before
+taking jobs: a job above it fails to allocate and is reported as crash with cause `oom`."""
 from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import signal
 import subprocess
@@ -19,18 +21,26 @@ log = logging.getLogger(__name__)
 
 STDERR_TAIL = 4000
 MAX_LOG_BYTES = 16 << 20
+# how running out of memory reads in Python, numpy, onnxruntime (BFC arena), C++ and libc
+OOM_PATTERN = re.compile(r"MemoryError|bad_alloc|Failed to allocate memory|Cannot allocate memory|out of memory",
+                         re.IGNORECASE)
+
+
+def is_oom(text: str) -> bool:
+    return bool(OOM_PATTERN.search(text or ""))
 
 
 @dataclass(frozen=True)
 class ChildOutcome:
     finished: bool          # the worker answered: result.json is there
-    crash_cause: str = ""   # "signal:SIGSEGV", "timeout", "error:exit 1: ...", "cancelled"
+    crash_cause: str = ""   # "signal:SIGSEGV", "oom", "timeout", "error:exit 1: ...", "cancelled"
     stderr_tail: str = ""
 
 
 class ChildWorker:
-    def __init__(self, python: str, env: dict[str, str], log_path: Path):
+    def __init__(self, python: str, env: dict[str, str], log_path: Path, memory_limit_mb: int = 0):
         self.python = python
+        self.memory_limit_mb = memory_limit_mb
         self.env = env
         self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
@@ -40,9 +50,12 @@ class ChildWorker:
         if self.proc is None or self.proc.poll() is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             big = self.log_path.is_file() and self.log_path.stat().st_size > MAX_LOG_BYTES
+            command = [self.python, "-m", "agent.child", "--serve", str(os.getpid())]
+            if self.memory_limit_mb:
+                command += ["--memory-mb", str(self.memory_limit_mb)]
             with open(self.log_path, "wb" if big else "ab") as err:   # a new worker starts a fresh log
                 self.proc = subprocess.Popen(
-                    [self.python, "-m", "agent.child", "--serve", str(os.getpid())], stdin=subprocess.PIPE,
+                    command, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=err, env=self.env, cwd=self.log_path.parent)
             self._buffer = b""
         return self.proc
@@ -82,6 +95,8 @@ class ChildWorker:
         tail = self._tail(offset)
         self.proc = None
         code = proc.returncode
+        if is_oom(tail):                               # e.g. std::bad_alloc -> abort
+            return ChildOutcome(False, "oom", tail)
         if code is not None and code < 0:
             return ChildOutcome(False, f"signal:{signal.Signals(-code).name}", tail)
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "no output")

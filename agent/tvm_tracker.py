@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
@@ -15,6 +16,14 @@ from shared.errors import EvaluationError, InvalidArgument
 log = logging.getLogger(__name__)
 
 PORT_SEARCH = 100     # a started tracker takes the first free port in [port, port + PORT_SEARCH)
+
+
+class DeviceUnreachable(Exception):
+    """The tracker handed out a device that did not answer: a session failure of that device."""
+
+    def __init__(self, address: str, reason: str):
+        super().__init__(f"device {address} did not answer: {reason}")
+        self.address = address
 
 
 class DeviceCounts(NamedTuple):
@@ -145,7 +154,12 @@ class TvmTracker:
             raise EvaluationError(f"tracker {self.address} refused the request for {key!r}: {reply!r}",
                                   step="tracker")
         host, port, matchkey = reply[1]
-        return rpc.connect(host, port, matchkey, session_timeout), f"{host}:{port}"
+        where = f"{host}:{port}"
+        try:
+            return rpc.connect(host, port, matchkey, session_timeout), where
+        except Exception as exc:  # TVMError/RuntimeError/OSError: the device went away after the tracker chose it
+            raise DeviceUnreachable(where, str(exc).strip().splitlines()[0] if str(exc).strip() else
+                                    type(exc).__name__) from exc
 
     def probe(self, timeout: float = 5.0) -> None:
         """Fail fast: TVM's own connect retries a refused port for 60 s."""
@@ -168,3 +182,66 @@ class TvmTracker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def jobs_for(counts: DeviceCounts, running: int) -> int:
+    """How many more jobs a TVM agent may start: one per free device of its key, but never more jobs
+    than devices (a job still compiling holds no device yet, so it must not count as free)."""
+    return max(0, min(counts.free, counts.free + counts.busy - running))
+
+
+class DeviceSlots:
+    """The TVM agent's parallelism: the tracker's free/busy devices of `key`, re-read every `poll_s`
+    on a thread. A tracker that stops answering counts as no devices (no new jobs) until it is back."""
+
+    def __init__(self, tracker: TvmTracker, key: str, poll_s: float = 1.0):
+        self.tracker = tracker
+        self.key = key
+        self.poll_s = poll_s
+        self._counts = DeviceCounts(0, 0)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+
+    @property
+    def counts(self) -> DeviceCounts:
+        with self._lock:
+            return self._counts
+
+    def available(self, running: int) -> int:
+        return jobs_for(self.counts, running)
+
+    def refresh(self) -> DeviceCounts:
+        """Read the tracker now; log (once per outage) when it does not answer."""
+        try:
+            counts = self.tracker.device_counts(self.key)
+        except (EvaluationError, OSError, RuntimeError) as exc:
+            if not self._failing:
+                log.warning("TVM tracker %s does not answer (%s): no new jobs until it does", self.tracker.address, exc)
+            self._failing = True
+            counts = DeviceCounts(0, 0)
+        else:
+            if self._failing:
+                log.info("TVM tracker %s answers again", self.tracker.address)
+            self._failing = False
+        with self._lock:
+            changed, self._counts = counts != self._counts, counts
+        if changed:
+            log.info("devices of key %r at tracker %s: %d free, %d busy", self.key, self.tracker.address, *counts)
+        return counts
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name=f"tvm-slots-{self.key}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

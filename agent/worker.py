@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import grpc
 
@@ -27,6 +27,7 @@ from agent.host import host_info
 from agent.runtimes import RuntimeOptions, make_runner
 from agent.sandbox import ChildWorker
 from coordinator.farm.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
+from shared.auth import Credentials
 from shared.errors import InvalidArgument, QfarmError
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 
@@ -52,6 +53,8 @@ class AgentConfig:
     backoff_s: tuple[float, float] = (0.2, 5.0)
     python: str = sys.executable
     max_message_bytes: int = 64 << 20
+    credentials: Credentials = field(default_factory=Credentials)   # farm token, TLS CA
+    job_memory_mb: int = 0                # address-space limit of each job's worker process (0: none)
 
     def __post_init__(self) -> None:
         if not self.device or not self.device.strip():
@@ -63,12 +66,28 @@ class AgentConfig:
             raise InvalidArgument(f"--slots {self.slots} must be >= 1", step="agent")
         if self.job_timeout_s <= 0:
             raise InvalidArgument(f"--job-timeout {self.job_timeout_s} must be > 0", step="agent")
+        if not isinstance(self.job_memory_mb, int) or self.job_memory_mb < 0:
+            raise InvalidArgument(f"--job-memory-mb {self.job_memory_mb!r} must be an integer >= 0", step="agent")
 
     def agent_name(self) -> str:
         if self.name:
             return self.name
         where = hashlib.sha256(str(Path(self.work_dir).resolve()).encode()).hexdigest()[:8]
         return f"{socket.gethostname()}/{self.device}/{where}"
+
+
+class DeviceSource(Protocol):
+    """Where a TVM agent's parallelism comes from (agent.tvm_tracker.DeviceSlots): the devices of its
+    key behind the RPC tracker, re-read while the agent runs."""
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def available(self, running: int) -> int: ...
+
+    @property
+    def counts(self) -> tuple[int, int]: ...      # (free, busy) devices
 
 
 class JobCancelled(Exception):
@@ -83,8 +102,11 @@ class _Running:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig):
+    def __init__(self, config: AgentConfig, devices: DeviceSource | None = None):
+        """`devices`: for a TVM agent, its tracker's devices; then at most one job runs per free device
+        (and at most `config.slots`), and heartbeats report free/busy devices instead of slots."""
         self.config = config
+        self.devices = devices
         self.work_dir = Path(config.work_dir).resolve()   # workers run in their own folder
         self.cache = ArtifactStore(self.work_dir / "cache")
         self.jobs_dir = self.work_dir / "jobs"
@@ -94,7 +116,7 @@ class Agent:
                                                 providers=list(info.providers), options=info.options)
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
-        self._channel = grpc.insecure_channel(config.coordinator, options=options)
+        self._channel = config.credentials.channel(config.coordinator, options)
         self._stub = farm_pb2_grpc.AgentServiceStub(self._channel)
         self._lock = threading.Condition()
         self._register_lock = threading.Lock()
@@ -104,13 +126,15 @@ class Agent:
         self._verified: set[str] = set()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
+        self.fatal: str | None = None     # why the agent gave up (e.g. its token was refused)
         self.counters = {"jobs_run": 0, "bytes_fetched": 0, "registrations": 0}
         env = dict(os.environ)
         root = str(Path(agent_pkg.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._workers: queue.Queue[ChildWorker] = queue.Queue()
         for slot in range(config.slots):
-            self._workers.put(ChildWorker(config.python, env, self.work_dir / "workers" / f"slot{slot}.log"))
+            self._workers.put(ChildWorker(config.python, env, self.work_dir / "workers" / f"slot{slot}.log",
+                                          config.job_memory_mb))
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
@@ -120,6 +144,8 @@ class Agent:
 
     def run(self) -> None:
         """Serve jobs until `stop()`; then kill running children and deregister."""
+        if self.devices is not None:
+            self.devices.start()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         heartbeat.start()
         pool = ThreadPoolExecutor(max_workers=self.config.slots, thread_name_prefix="job")
@@ -157,6 +183,8 @@ class Agent:
         heartbeat.join()
         while not self._workers.empty():
             self._workers.get().close()
+        if self.devices is not None:
+            self.devices.close()
         agent_id = self._agent_id
         if agent_id:
             try:
@@ -166,7 +194,17 @@ class Agent:
         self._channel.close()
 
     def _free(self) -> int:
-        return self.config.slots - len(self._running)
+        free = self.config.slots - len(self._running)
+        if self.devices is not None:
+            free = min(free, self.devices.available(len(self._running)))
+        return free
+
+    def _slot_counts(self, running: int) -> tuple[int, int]:
+        """(free, busy) for heartbeats: job slots, or a TVM agent's free/busy devices of its key."""
+        if self.devices is not None:
+            free, busy = self.devices.counts
+            return free, busy
+        return self.config.slots - running, running
 
     # ---------------------------------------------------------------- registration and heartbeats
     def _ensure_registered(self) -> str | None:
@@ -183,6 +221,9 @@ class Agent:
                         device=self.config.device, name=self.config.agent_name(), capabilities=caps,
                         running=running), timeout=10)
                 except grpc.RpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:   # retrying cannot help: stop, say why
+                        self._refused(exc)
+                        break
                     if exc.code() not in _RETRY:
                         log.error("registration refused: %s %s", exc.code().name, exc.details())
                     self._stop.wait(delay)
@@ -200,9 +241,17 @@ class Agent:
             if self._agent_id == agent_id:
                 self._agent_id = None
 
+    def _refused(self, exc: grpc.RpcError) -> None:
+        """The coordinator refuses our token (wrong, or rotated): stop, and say why."""
+        self.fatal = f"the coordinator refused this agent's credentials: {exc.details()}"
+        log.error("%s", self.fatal)
+        self._stop.set()
+
     def _rpc_failed(self, what: str, exc: grpc.RpcError, agent_id: str) -> None:
         code = exc.code()
-        if code in _REREGISTER:
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            self._refused(exc)
+        elif code in _REREGISTER:
             log.info("%s: %s; registering again", what, exc.details())
             self._forget(agent_id)
         else:
@@ -216,10 +265,10 @@ class Agent:
                 return
             with self._lock:
                 running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
-                free = self._free()
+            free, busy = self._slot_counts(len(running))
             try:
                 resp = self._stub.Heartbeat(farm_pb2.HeartbeatRequest(
-                    agent_id=agent_id, running=running, free_slots=free, busy_slots=len(running)), timeout=10)
+                    agent_id=agent_id, running=running, free_slots=free, busy_slots=busy), timeout=10)
             except grpc.RpcError as exc:
                 self._rpc_failed("heartbeat", exc, agent_id)
                 continue

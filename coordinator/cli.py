@@ -90,6 +90,8 @@ def add_tune(sub) -> None:
     p.add_argument("--probe-recipes", nargs="+", default=[], metavar="RECIPE",
                    help="measure these recipes as full INT8 first and search with the best "
                         "(u8s8 u8s8-rr s8s8-rr u8u8 qoperator-s8s8 per-tensor entropy cle)")
+    p.add_argument("--no-blame", action="store_true",
+                   help="do not bisect crashing candidates to the nodes a device cannot run quantized")
     p.add_argument("--budget-seconds", type=float, help="stop starting new candidates after this many seconds")
     p.add_argument("--rank-by", choices=("seqto", "quantune"), default="seqto")
     p.add_argument("--ranking-images", type=int, default=16)
@@ -115,7 +117,7 @@ def tune_config_from_args(args: argparse.Namespace):
         ranking_images=args.ranking_images, objectives=tuple(args.objectives), latency_runs=args.latency_runs,
         max_agreement_drop=args.max_agreement_drop, max_top1_drop=args.max_top1_drop,
         budget_evals=args.budget_evals, budget_seconds=args.budget_seconds,
-        probe_recipes=tuple(args.probe_recipes))
+        probe_recipes=tuple(args.probe_recipes), blame_crashes=not args.no_blame)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ and fixed, seeded, disjoint calibration/evaluation subsets."""
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,15 @@ class Preprocess:
     layout: str = "NCHW"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.input_size, int) or isinstance(self.input_size, bool):
+            raise InvalidArgument(f"--input-size {self.input_size!r} must be an integer")
+        if not isinstance(self.bgr, bool):
+            raise InvalidArgument(f"--bgr {self.bgr!r} must be true or false")
+        if not _is_number(self.resize_ratio) or not 1.0 <= self.resize_ratio <= 4.0:
+            raise InvalidArgument(f"resize_ratio {self.resize_ratio!r} must be a number in [1, 4] "
+                                  "(shorter side / crop size)")
+        if not all(_is_number(v) for v in (*self.mean, *self.std)):
+            raise InvalidArgument(f"--mean {self.mean!r} and --std {self.std!r} must be numbers")
         if self.input_size < 8 or self.input_size > 4096:
             raise InvalidArgument(f"--input-size {self.input_size} must be between 8 and 4096")
         if self.pixel_scale not in (1, 255):
@@ -48,6 +58,10 @@ class Preprocess:
     def input_shape(self) -> tuple[int, int, int]:
         s = self.input_size
         return (3, s, s) if self.layout == "NCHW" else (s, s, 3)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ def load_image(path: Path, pre: Preprocess) -> np.ndarray:
             left, top = (w - pre.input_size) // 2, (h - pre.input_size) // 2
             img = img.crop((left, top, left + pre.input_size, top + pre.input_size))
             arr = np.asarray(img, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     if pre.pixel_scale == 1:
         arr = arr / 255.0

@@ -13,6 +13,7 @@ import numpy as np
 
 from coordinator import data as data_mod
 from coordinator.evaluators import EvalInputs, Evaluator, failure_result
+from coordinator.farm.blame import is_blameable
 from coordinator.pareto import DEFAULT_OBJECTIVES, check_objectives, pareto
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.quantize import BuiltCandidate, CandidateSpec, build_candidate, quantizable_nodes, spec_for
@@ -65,6 +66,7 @@ class TuneConfig:
     budget_evals: int | None = None
     budget_seconds: float | None = None
     probe_recipes: tuple[str, ...] = ()       # names of RECIPE_PROBES measured as full INT8 first
+    blame_crashes: bool = True                # bisect crashes to the nodes a device cannot run quantized
 
     def __post_init__(self) -> None:
         if self.ranking_method not in RANKING_METHODS:
@@ -200,6 +202,7 @@ class Tuner:
         if cfg.has_target and cfg.strategy in TARGET_DRIVEN and self._full_int8_meets_target(ws, excludes):
             # excluding more nodes never makes a model smaller: the search (and its ranking) is moot
             self.report["search"] = {"skipped": "full INT8 with the fixed excludes already meets the target"}
+            self._blame(ws, [])
             self._finish(time.monotonic() - start)
             return self.report
         self.events.on_stage("ranking layer sensitivity")
@@ -224,6 +227,7 @@ class Tuner:
                 break
             self.events.on_plan(len(todo))
             self._evaluate_batch(ws, [self._spec(ws, ex) for ex in todo])
+        self._blame(ws, ranking)
         self._finish(time.monotonic() - start)
         return self.report
 
@@ -285,6 +289,47 @@ class Tuner:
                              "latency_ms_p50": r.get("latency_ms_p50")} for n, r in measured.items()}}
         self._save()
         return options[chosen]
+
+    def _blame(self, ws: Workspace, ranking: list[str]) -> None:
+        """For each device class with crashing candidates, bisect (most sensitive nodes first) to
+        the nodes whose quantization makes it crash, and measure the candidate without them: the
+        retried candidate joins the report like any other, so the front has a working model."""
+        from coordinator.farm.blame import blame_crashes
+
+        if not self.config.blame_crashes:
+            return
+        current = self.settings.to_dict()
+        # QOperator and dynamic models are refused whole by QDQ-only runtimes (TVM): not a node's fault
+        node_level = self.settings.is_static and self.settings.format == "qdq"
+        candidates = [dict(c, results={d: r for d, r in c["results"].items()
+                                       if node_level or r.get("status") != "unsupported"})
+                      for c in self.report["candidates"]
+                      if c.get("settings", current) == current and not c.get("int16_nodes")]
+        if not any(is_blameable(r) for c in candidates for r in c["results"].values()):
+            return
+        if self._budget_spent():
+            self.report["blame"] = {"skipped": f"crashes not blamed: {self.stop_reason}"}
+            self._save()
+            return
+        self.events.on_stage("blaming crashes")
+        quantizable = quantizable_nodes(ws.prepared, self.settings)
+
+        def probe(device: str, excluded: tuple[str, ...]) -> dict:
+            spec = self._spec(ws, excluded)
+            if not self._complete(spec.id):
+                if self._budget_spent():
+                    return {"status": "crash", "crash_cause": f"not measured: {self.stop_reason}"}
+                fresh = self._candidate_entry(spec.id) is None
+                self.events.on_plan(1)
+                self._evaluate_batch(ws, [spec])
+                if fresh and self._candidate_entry(spec.id) is not None:
+                    self._candidate_entry(spec.id)["origin"] = "blame"   # a probe, not a search step
+            entry = self._candidate_entry(spec.id) or {}
+            return entry.get("results", {}).get(device) or {"status": "crash", "crash_cause": "not measured"}
+
+        self.report["blame"] = blame_crashes(candidates, self.evaluator.devices, quantizable,
+                                             ranking or quantizable, probe)
+        self._save()
 
     def _build(self, ws: Workspace, spec: CandidateSpec) -> BuiltCandidate:
         return build_candidate(ws.prepared, spec, self.config.out / "candidates", ws.calibration,

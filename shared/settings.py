@@ -54,6 +54,9 @@ class QuantSettings:
                 or self.calibration_images < 1:
             raise InvalidArgument(
                 f"calibration_images={self.calibration_images!r} must be a positive integer", step="settings")
+        if not isinstance(self.recipe, Mapping):
+            raise InvalidArgument(f"recipe={self.recipe!r} must be a table of switches, e.g. {{cle = \"on\"}}",
+                                  step="settings")
         recipe = dict(self.recipe)
         for key, value in recipe.items():
             if not isinstance(key, str) or not isinstance(value, str):

@@ -22,3 +22,12 @@ def images_dir() -> Path:
 @pytest.fixture()
 def tiny_model(tmp_path: Path) -> Path:
     return make_classifier(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_the_developer_environment(monkeypatch):
+    """A QFARM_TOKEN exported in the shell must not leak into coordinators and agents the tests
+    start; tests that need a token set it themselves."""
+    from shared.auth import TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)

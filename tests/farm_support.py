@@ -37,9 +37,9 @@ def coordinator(data_dir: Path, port: int = 0, policy: LeasePolicy = FAST) -> It
 class AgentThread:
     """A real Agent (its jobs in child processes) running on a thread of the test process."""
 
-    def __init__(self, device: str, address: str, work_dir: Path, slots: int = 1):
+    def __init__(self, device: str, address: str, work_dir: Path, slots: int = 1, runtime: str = "ort"):
         self.agent = Agent(AgentConfig(device=device, coordinator=address, work_dir=work_dir, slots=slots,
-                                       runtime=RuntimeOptions(threads=1), lease_wait_s=0.5,
+                                       runtime=RuntimeOptions(runtime=runtime, threads=1), lease_wait_s=0.5,
                                        backoff_s=(0.1, 0.5)))
         self.thread = threading.Thread(target=self.agent.run, name=f"agent-{device}-{work_dir.name}", daemon=True)
 

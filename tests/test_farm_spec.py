@@ -40,15 +40,18 @@ mode = "fast"
 [strategy]
 max_candidates = -2
 max_agreement_drop = 3
+probe_recipes = ["u8u8", "fp4"]
+blame_crashes = "yes"
 """)
     with pytest.raises(InvalidArgument) as info:
         load_spec_file(path)
     text = str(info.value)
     for needle in ("devices: 'cpu a'", "colour: unknown field", "objectives: 'speed'", "models[0].path:",
                    "missing.onnx does not exist", "data.eval: 0", "data.labels: 'maybe'", "mode='fast'",
-                   "strategy.max_candidates: -2", "strategy.max_agreement_drop: 3"):
+                   "strategy.max_candidates: -2", "strategy.max_agreement_drop: 3",
+                   "strategy.probe_recipes: 'fp4' is not one of u8s8", "strategy.blame_crashes: 'yes'"):
         assert needle in text, needle
-    assert "9 bad field(s)" in text
+    assert "11 bad field(s)" in text
 
 
 def test_wire_form_round_trips_and_keys_follow_content(tmp_path):
@@ -66,6 +69,11 @@ def test_wire_form_round_trips_and_keys_follow_content(tmp_path):
     assert renamed.work_key(renamed.models[0]) == spec.work_key(spec.models[0])      # same results
     changed = spec_from_local({**raw, "quantization": {"per_channel": True}}, "test", tmp_path)
     assert changed.work_key(changed.models[0]) != spec.work_key(spec.models[0])
+    probing = spec_from_local({**raw, "strategy": {"probe_recipes": ["u8u8", "cle"], "blame_crashes": False}},
+                              "test", tmp_path)
+    assert probing.probe_recipes == ("u8u8", "cle") and probing.blame_crashes is False
+    assert spec_from_wire(probing.wire_json()) == probing
+    assert probing.work_key(probing.models[0]) != spec.work_key(spec.models[0])
 
 
 def test_wire_refuses_path_like_names_and_bad_hashes():

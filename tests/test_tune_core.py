@@ -179,6 +179,18 @@ def test_settings_reject_bad_values():
         QuantSettings(calibration_images=0)
     with pytest.raises(InvalidArgument, match="unknown quantization setting"):
         QuantSettings.from_dict({"per_chanel": True})
+    with pytest.raises(InvalidArgument, match="recipe='cle' must be a table"):
+        QuantSettings.from_dict({"recipe": "cle"})
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("bgr", "yes", "--bgr 'yes'"), ("resize_ratio", -1, "resize_ratio -1"), ("resize_ratio", "x", "resize_ratio 'x'"),
+    ("input_size", 32.5, "--input-size 32.5"), ("mean", ("a", 0, 0), "must be numbers"),
+    ("std", (1.0, float("nan"), 1.0), "must be numbers")])
+def test_preprocess_rejects_bad_values_by_name(field, value, needle):
+    with pytest.raises(InvalidArgument) as info:
+        Preprocess(**{field: value})
+    assert needle in str(info.value)
 
 
 def test_split_is_seeded_and_disjoint(images_dir):

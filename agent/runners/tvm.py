@@ -2,8 +2,10 @@
 that registered with the agent's RPC tracker (a phone's TVM RPC app, or `tvm.exec.rpc_server`).
 
 Phones drop off Wi-Fi: a lost session is retried on a fresh tracker request (possibly another device
-under the same key), resuming at the chunk that failed, with exponential backoff. `on_event` is
-called after each chunk and during backoff waits so the caller can keep its job lease alive."""
+under the same key), resuming at the chunk that failed, with exponential backoff. A device whose
+sessions keep failing is marked unhealthy (agent.runners.tvm_health) and skipped while another
+device of the key is free. `on_event` is called after each chunk and during backoff waits so the
+caller can keep its job lease alive."""
 from __future__ import annotations
 
 import functools
@@ -23,7 +25,8 @@ import onnx
 from agent.runners.base import RunnerInfo, UnsupportedModel
 from agent.runners.tvm_compile import (BuildSpec, CompiledLibrary, LibraryCache, file_sha256, input_spec,
                                        unsupported_ops)
-from agent.tvm_tracker import TrackerAddress, TvmTracker
+from agent.runners.tvm_health import HEALTH_FILE, DeviceHealth, HealthPolicy
+from agent.tvm_tracker import DeviceUnreachable, TrackerAddress, TvmTracker
 from shared.errors import DataError, EvaluationError, InvalidArgument, QfarmError
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,8 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 DEVICE_API = {"llvm": "cpu", "c": "cpu", "opencl": "cl", "vulkan": "vulkan", "cuda": "cuda",
               "metal": "metal", "rocm": "rocm", "webgpu": "webgpu"}
 KEEPALIVE_SLICE = 5.0      # longest sleep between on_event calls while backing off
+MAX_SKIPS = 3              # unhealthy devices passed over per session request
+SKIP_REQUEST_TIMEOUT = 5.0  # wait for another device while holding an unhealthy one
 
 
 def canonical_target(value: Mapping[str, Any] | str | None, what: str) -> str | None:
@@ -74,7 +79,9 @@ class TvmConfig:
     retries: int = 3                               # fresh sessions after a dropped one
     backoff: float = 2.0                           # seconds before the 1st retry, doubled each time
     ndk_cc: str | None = None                      # NDK clang; falls back to $TVM_NDK_CC
-    cache_dir: Path = DEFAULT_CACHE
+    cache_dir: Path = DEFAULT_CACHE                # compiled libraries and the device health record
+    unhealthy_after: int = 3                       # consecutive session failures before a device is skipped
+    quarantine: float = 600.0                      # seconds an unhealthy device is skipped
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", canonical_target(self.target, "TVM target"))
@@ -93,6 +100,7 @@ class TvmConfig:
         for name in ("session_timeout", "request_timeout"):
             if getattr(self, name) <= 0:
                 raise InvalidArgument(f"{name} {getattr(self, name)} must be > 0 seconds")
+        HealthPolicy(self.unhealthy_after, self.quarantine)   # validates both
 
     @property
     def target_dict(self) -> dict[str, Any]:
@@ -112,11 +120,11 @@ class TvmConfig:
 class TvmEvent:
     """Progress of one infer/latency call, for lease keep-alive and logs."""
 
-    kind: str             # compiled | session | chunk | retry | waiting
+    kind: str             # compiled | skipped | session | chunk | retry | waiting
     attempt: int          # 1 for the first session, 2 after the first retry...
     done: int = 0         # images finished (chunk events)
     total: int = 0
-    device: str = ""      # host:port of the device serving the session (session events)
+    device: str = ""      # host:port of the device (session, skipped and retry events)
     detail: str = ""
 
 
@@ -184,6 +192,8 @@ class TvmRunner:
         self._sleep = sleep
         self._cache = LibraryCache(config.cache_dir)
         self.tracker = TvmTracker(TrackerAddress(config.tracker_host, config.tracker_port))
+        self.health = DeviceHealth(config.cache_dir / HEALTH_FILE,
+                                   HealthPolicy(config.unhealthy_after, config.quarantine))
         self._models: dict[tuple[str, int, int], tuple[onnx.ModelProto, str]] = {}
         self._models_lock = threading.Lock()
 
@@ -193,7 +203,7 @@ class TvmRunner:
         return RunnerInfo(
             runtime="tvm", version=tvm.__version__, providers=(self.config.target,),
             options=f"target={self.config.target} host={self.config.host} key={self.config.rpc_key} "
-                    f"chunk={self.config.chunk}")
+                    f"tracker={self.tracker.address} chunk={self.config.chunk}")
 
     # -- compile -------------------------------------------------------------------------------
     @_hook_errors_as_is
@@ -288,37 +298,72 @@ class TvmRunner:
 
     # -- sessions ------------------------------------------------------------------------------
     def _with_session(self, lib: CompiledLibrary, work: Callable[[_Remote, int], T], what: str) -> T:
-        """Run `work` on a fresh session; on a lost session retry with backoff on another one."""
+        """Run `work` on a fresh session; on a lost session retry with backoff on another one. Each
+        lost session counts against the device that served it; a completed one clears its record."""
         cfg = self.config
         last: Exception | None = None
+        failed_on = ""             # the device of the last lost session
         for attempt in range(1, cfg.retries + 2):
             remote: _Remote | None = None
+            where = ""
             try:
                 if attempt > 1:
-                    self._backoff(attempt, what, last)
-                remote = self._open(lib, attempt)
-                return work(remote, attempt)
+                    self._backoff(attempt, what, last, failed_on)
+                session, where = self._request(attempt)
+                remote = self._open(session, where, lib, attempt)
+                session = None
+                result = work(remote, attempt)
             except (_HookFailed, QfarmError):
                 raise
+            except DeviceUnreachable as exc:
+                where, last = exc.address, _SessionLost(str(exc))
             except _SessionLost as exc:
                 last = exc
             except Exception as exc:  # TVM raises TVMError/RPCError/OSError subclasses from remote calls
                 last = self._classify(exc, remote, what)
+            else:
+                self.health.succeeded(cfg.rpc_key, where)
+                return result
             finally:
-                remote = None   # dropping the last reference closes the session and frees the device
-            log.warning("%s on key %r, attempt %d/%d: %s", what, cfg.rpc_key, attempt, cfg.retries + 1, last)
+                session = remote = None   # dropping the last reference closes the session and frees the device
+            if where:
+                self.health.failed(cfg.rpc_key, where, str(last))
+            failed_on = where
+            log.warning("%s on key %r (device %s), attempt %d/%d: %s", what, cfg.rpc_key, where or "-", attempt,
+                        cfg.retries + 1, last)
         raise EvaluationError(f"{what}: no working session with a {cfg.rpc_key!r} device in "
                               f"{cfg.retries + 1} attempt(s); last error: {last}")
 
-    def _open(self, lib: CompiledLibrary, attempt: int) -> _Remote:
+    def _request(self, attempt: int) -> tuple[Any, str]:
+        """A session with a device of the key, passing over unhealthy ones: a session with an
+        unhealthy device is held (so the tracker hands out another device) and released after.
+        When only unhealthy devices are free, or after MAX_SKIPS, the device at hand is used."""
+        cfg = self.config
+        held: list[tuple[Any, str]] = []
+        try:
+            while True:
+                timeout = min(cfg.request_timeout, SKIP_REQUEST_TIMEOUT) if held else cfg.request_timeout
+                try:
+                    session, where = self.tracker.request(cfg.rpc_key, session_timeout=cfg.session_timeout,
+                                                          timeout=timeout)
+                except TimeoutError as exc:
+                    if held:
+                        log.warning("no healthy %r device became free: using unhealthy %s", cfg.rpc_key, held[-1][1])
+                        return held.pop()
+                    raise _SessionLost(str(exc)) from exc
+                if not self.health.is_unhealthy(cfg.rpc_key, where):
+                    return session, where
+                if len(held) >= MAX_SKIPS or self.tracker.device_counts(cfg.rpc_key).free == 0:
+                    log.warning("only unhealthy %r devices are free: using %s", cfg.rpc_key, where)
+                    return session, where
+                self._emit(TvmEvent("skipped", attempt, device=where, detail="unhealthy: repeated session failures"))
+                held.append((session, where))
+        finally:
+            held.clear()   # dropping the sessions gives the skipped devices back to the tracker
+
+    def _open(self, session: Any, where: str, lib: CompiledLibrary, attempt: int) -> _Remote:
         from tvm import relax
 
-        cfg = self.config
-        try:
-            session, where = self.tracker.request(cfg.rpc_key, session_timeout=cfg.session_timeout,
-                                                  timeout=cfg.request_timeout)
-        except TimeoutError as exc:
-            raise _SessionLost(str(exc)) from exc
         try:
             session.upload(str(lib.path))
             module = session.load_module(lib.path.name)
@@ -326,7 +371,7 @@ class TvmRunner:
             vm = relax.VirtualMachine(module, device)
         except Exception as exc:  # a device dying here looks like any other remote failure
             raise self._classify(exc, _Remote(session, None, None), f"loading {lib.path.name}") from exc
-        self._emit(TvmEvent("session", attempt, device=where, detail=f"key={cfg.rpc_key}"))
+        self._emit(TvmEvent("session", attempt, device=where, detail=f"key={self.config.rpc_key}"))
         return _Remote(session, device, vm)
 
     def _classify(self, exc: Exception, remote: _Remote | None, what: str) -> _SessionLost:
@@ -342,9 +387,9 @@ class TvmRunner:
             raise EvaluationError(f"{what} failed on the device: {text}") from exc
         return _SessionLost(text)
 
-    def _backoff(self, attempt: int, what: str, last: Exception | None) -> None:
+    def _backoff(self, attempt: int, what: str, last: Exception | None, failed_on: str) -> None:
         delay = self.config.backoff * 2 ** (attempt - 2)
-        self._emit(TvmEvent("retry", attempt, detail=f"{what}: {last}; retrying in {delay:g}s"))
+        self._emit(TvmEvent("retry", attempt, device=failed_on, detail=f"{what}: {last}; retrying in {delay:g}s"))
         while delay > 0:
             step = min(delay, KEEPALIVE_SLICE)
             self._sleep(step)
@@ -380,8 +425,8 @@ def _alive(session: Any) -> bool:
 
 
 # -- the agent's factory (agent.runtimes FACTORIES["tvm"]) -------------------------------------
-_FLOAT_OPTIONS = ("session_timeout", "request_timeout", "backoff")
-_INT_OPTIONS = ("chunk", "retries")
+_FLOAT_OPTIONS = ("session_timeout", "request_timeout", "backoff", "quarantine")
+_INT_OPTIONS = ("chunk", "retries", "unhealthy_after")
 OPTION_KEYS = ("rpc_key", "target", "host", "tracker", "ndk_cc", "cache_dir") + _FLOAT_OPTIONS + _INT_OPTIONS
 
 

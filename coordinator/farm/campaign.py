@@ -205,7 +205,7 @@ class CampaignManager:
             settings=spec.settings(), excludes=model.excludes, strategy=spec.strategy, seed=spec.seed,
             max_candidates=spec.max_candidates, ranking_method=spec.ranking_method,
             ranking_images=spec.ranking_images, objectives=spec.objectives, latency_runs=spec.latency_runs,
-            **self._targets(spec))
+            probe_recipes=spec.probe_recipes, blame_crashes=spec.blame_crashes, **self._targets(spec))
 
     @staticmethod
     def _targets(spec: CampaignSpec) -> dict:

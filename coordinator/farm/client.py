@@ -13,6 +13,7 @@ import grpc
 
 from coordinator.farm.artifacts import CHUNK_BYTES, iter_file_chunks
 from coordinator.farm.spec import CampaignSpec, FileRef
+from shared.auth import Credentials
 from shared.errors import (FailedPrecondition, InvalidArgument, NotFound, QfarmError,
                            ResourceExhausted, Unauthenticated)
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
@@ -39,13 +40,14 @@ class CoordinatorUnavailable(QfarmError):
 class CampaignClient:
     """One channel to a coordinator; RPC failures come back as typed QfarmErrors with the server's text."""
 
-    def __init__(self, address: str, timeout_s: float = 60.0):
+    def __init__(self, address: str, timeout_s: float = 60.0, credentials: Credentials = Credentials()):
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise InvalidArgument(f"--coordinator {address!r} is not HOST:PORT", step="client")
         self.address = address
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(address, options=[
+        self.credentials = credentials
+        self._channel = credentials.channel(address, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._stub = farm_pb2_grpc.CampaignServiceStub(self._channel)
@@ -66,7 +68,7 @@ class CampaignClient:
         try:
             return method(request, timeout=kwargs.pop("timeout", self.timeout_s), **kwargs)
         except grpc.RpcError as exc:
-            raise translate(exc, self.address) from None
+            raise translate(exc, self.address, self.credentials.hint()) from None
 
     # -- calls ----------------------------------------------------------------------------------
     def upload_missing(self, files: list[FileRef]) -> int:
@@ -138,9 +140,12 @@ class CampaignClient:
         return resp.state, written
 
 
-def translate(exc: grpc.RpcError, address: str) -> QfarmError:
+def translate(exc: grpc.RpcError, address: str, hint: str = "") -> QfarmError:
     """A gRPC failure as the matching typed error, text preserved."""
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CoordinatorUnavailable(f"coordinator {address} is unavailable ({details})")
+        return CoordinatorUnavailable(f"coordinator {address} is unavailable ({details})"
+                                      + (f"; {hint}" if hint else ""))
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        details += " (the coordinator's limit max_message_bytes, `coordinator serve --max-message-bytes`)"
     return _ERRORS.get(code, QfarmError)(details or code.name, step="coordinator")

@@ -28,20 +28,47 @@ def add_serve(sub) -> None:
     p.add_argument("--evict-after", type=float, default=20.0, help="no heartbeat this long: evicted, jobs re-queued")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="a lease not renewed this long is re-queued")
     p.add_argument("--max-workers", type=int, default=64, help="RPC threads (>= agents + clients at once)")
+    from shared.auth import add_server_arguments
+
+    add_server_arguments(p)
+    add_limit_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+
+def add_limit_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per shared.limits.Limits field (--max-message-bytes, --max-campaign-candidates, ...)."""
+    from dataclasses import fields
+
+    from shared.limits import DEFAULT_LIMITS
+
+    group = p.add_argument_group("limits on what callers send (exceeding one is refused, naming it)")
+    for f in fields(DEFAULT_LIMITS):
+        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=int, default=getattr(DEFAULT_LIMITS,
+                           f.name), metavar="N", help=f"default {getattr(DEFAULT_LIMITS, f.name)}")
+
+
+def limits_from_args(args: argparse.Namespace):
+    from dataclasses import fields
+
+    from shared.limits import Limits
+
+    return Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from coordinator.report import atomic_write_text
     from coordinator.farm.scheduler import LeasePolicy
     from coordinator.farm.server import ServerConfig, build_server
+    from shared.auth import server_security_from_args
 
     # our own loggers, not the root: onnxruntime's quantizer lowers the root logger's level at run time
     logging.getLogger("coordinator").setLevel(logging.INFO)
     policy = LeasePolicy(heartbeat_interval_s=args.heartbeat_interval, missing_after_s=args.missing_after,
                          evict_after_s=args.evict_after, lease_ttl_s=args.lease_ttl)
+    security = server_security_from_args(args)
     server, port = build_server(ServerConfig(data_dir=args.data_dir, host=args.host, port=args.port, policy=policy,
-                                             max_workers=args.max_workers))
+                                             max_workers=args.max_workers, limits=limits_from_args(args),
+                                             security=security))
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -53,7 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start()
     if args.port_file:
         atomic_write_text(args.port_file, f"{port}\n")
-    log.info("coordinator listening on %s:%d, data in %s", args.host, port, args.data_dir)
+    log.info("coordinator listening on %s:%d (%s, %s), data in %s", args.host, port,
+             "TLS" if security.tls else "plaintext", "token required" if security.token else "no token",
+             args.data_dir)
     stop.wait()
     server.stop(grace=2.0)
     log.info("coordinator stopped")
@@ -62,8 +91,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ submit
 def add_coordinator_argument(p: argparse.ArgumentParser, required: bool = False) -> None:
+    from shared.auth import add_client_arguments
+
     p.add_argument("--coordinator", metavar="HOST:PORT", required=required, default=None if required
                    else DEFAULT_ADDRESS, help=f"coordinator address (default {DEFAULT_ADDRESS})")
+    add_client_arguments(p)
+
+
+def _client(args: argparse.Namespace):
+    """A CampaignClient with the credentials of --token/--token-file/--tls-ca (or the environment)."""
+    from coordinator.farm.client import CampaignClient
+    from shared.auth import credentials_from_args
+
+    return CampaignClient(args.coordinator, credentials=credentials_from_args(args))
 
 
 def add_submit(sub) -> None:
@@ -76,11 +116,10 @@ def add_submit(sub) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from coordinator.farm.client import CampaignClient
     from coordinator.farm.spec import load_spec_file
 
     spec = load_spec_file(args.spec)
-    with CampaignClient(args.coordinator) as client:
+    with _client(args) as client:
         campaign_id = client.submit(spec)
         print(campaign_id, flush=True)
         if not args.wait:
@@ -140,17 +179,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from coordinator.console import out
-    from coordinator.farm.client import CampaignClient
 
-    with CampaignClient(args.coordinator) as client:
+    with _client(args) as client:
         resp = client.status(args.campaign)
     agents = Table(title=f"agents on {args.coordinator}")
-    for col in ("agent", "name", "device", "state", "jobs", "heartbeat", "runtime", "host"):
+    for col in ("agent", "name", "device", "state", "jobs", "slots", "heartbeat", "runtime", "host"):
         agents.add_column(col)
     for a in resp.agents:
         caps = a.capabilities
-        agents.add_row(a.agent_id, a.name, a.device, a.state, ", ".join(a.jobs) or "-",
-                       f"{a.last_heartbeat_age_s:.1f} s ago", f"{caps.runtime.runtime} {caps.runtime.version}",
+        agents.add_row(a.agent_id, a.name, a.device, a.state, ", ".join(a.jobs) or "-", slots_text(a),
+                       f"{a.last_heartbeat_age_s:.1f} s ago", runtime_text(caps.runtime),
                        f"{caps.host.cpu_model} x{caps.host.cores} {caps.host.arch}")
     out.print(agents)
     campaigns = Table(title="campaigns")
@@ -164,6 +202,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def slots_text(agent) -> str:
+    """Free/busy as the agent reports them: job slots, or for a TVM agent the devices of its key."""
+    what = " devices" if agent.capabilities.runtime.runtime == "tvm" else ""
+    return f"{agent.free_slots} free / {agent.busy_slots} busy{what}"
+
+
+def runtime_text(runtime) -> str:
+    """Runtime and version; for TVM also the key and tracker its devices register with."""
+    text = f"{runtime.runtime} {runtime.version}"
+    if runtime.runtime == "tvm":
+        fields = dict(item.split("=", 1) for item in runtime.options.split() if "=" in item)
+        text += "".join(f" {k}={fields[k]}" for k in ("key", "tracker") if k in fields)
+    return text
+
+
 # ------------------------------------------------------------------------------------ report
 def add_report(sub) -> None:
     p = sub.add_parser("report", help="write a campaign's report.json and PNGs")
@@ -174,9 +227,7 @@ def add_report(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from coordinator.farm.client import CampaignClient
-
-    with CampaignClient(args.coordinator) as client:
+    with _client(args) as client:
         _write_report(client, args.campaign, args.out)
     return 0
 
@@ -187,15 +238,16 @@ def add_farm_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--devices", help="with --coordinator: device classes, comma-separated (e.g. cpu-x86,mali-g68)")
     p.add_argument("--device-timeout", type=float, default=600.0,
                    help="with --coordinator: fail if a device class has no agent for this long")
+    from shared.auth import add_client_arguments
+
+    add_client_arguments(p)
 
 
 def cmd_tune_farm(args: argparse.Namespace) -> int:
     """`coordinator tune ... --coordinator HOST:PORT --devices A,B`: the same tune as a campaign."""
-    from coordinator.farm.client import CampaignClient
-
     spec = spec_from_tune_args(args)
     started = time.monotonic()
-    with CampaignClient(args.coordinator) as client:
+    with _client(args) as client:
         campaign_id = client.submit(spec)
         log.warning("campaign %s submitted to %s", campaign_id, args.coordinator)
         code = _wait_and_report(client, campaign_id, args.out)
@@ -220,7 +272,8 @@ def spec_from_tune_args(args: argparse.Namespace):
                  "eval": args.eval, "latency_runs": args.latency_runs, "seed": args.seed},
         "preprocess": preprocess_from_args(args).to_dict(),
         "quantization": settings_from_args(args).to_dict(),    # recipes included: the same settings as local
-        "strategy": {"name": args.strategy, "ranking": args.rank_by, "ranking_images": args.ranking_images},
+        "strategy": {"name": args.strategy, "ranking": args.rank_by, "ranking_images": args.ranking_images,
+                     "probe_recipes": list(args.probe_recipes), "blame_crashes": not args.no_blame},
     }
     if args.calibration_images is not None:
         raw["data"]["calibration_images"] = str(Path(args.calibration_images).resolve())

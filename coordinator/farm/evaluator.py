@@ -220,23 +220,29 @@ class FarmEvaluator:
             raise CampaignStopped()
 
     def _check_devices(self, devices: set[str]) -> None:
-        """A device class with no live agent waits visibly, then fails the campaign after the timeout."""
+        """A device class with no live agent that can run a job (a TVM agent whose tracker has no
+        device of its key runs none) waits visibly, then fails the campaign after the timeout."""
         now = self.ctx.scheduler.clock()
         with self.ctx.store.transaction() as c:
-            live = {d: len(c.agents([AgentState.IDLE, AgentState.BUSY, AgentState.MISSING], device=d))
+            live = {d: c.agents([AgentState.IDLE, AgentState.BUSY, AgentState.MISSING], device=d)
                     for d in sorted(devices)}
         waiting = []
-        for device, count in live.items():
-            if count:
+        for device, agents in live.items():
+            if any(a.free_slots + a.busy_slots > 0 for a in agents):
                 self._waiting_since.pop(device, None)
                 continue
             since = self._waiting_since.setdefault(device, now)
+            if agents:
+                why = (f"{len(agents)} agent(s) of device class {device!r} connected, but none has a device "
+                       f"to run on (is a phone registered with the agent's TVM tracker under its key?)")
+            else:
+                why = f"no agent of device class {device!r} connected"
             if now - since > self.device_timeout_s:
                 raise EvaluationError(
-                    f"no agent of device class {device!r} connected within {self.device_timeout_s:g} s "
+                    f"{why} within {self.device_timeout_s:g} s "
                     f"(start one with: agent register --device {device} --coordinator HOST:PORT)",
                     step="schedule")
-            waiting.append(f"waiting for an agent of device class {device!r} "
+            waiting.append(f"waiting for an agent of device class {device!r}: {why} "
                            f"({now - since:.0f} s of {self.device_timeout_s:g} s)")
         if waiting:
             self._status("; ".join(waiting))

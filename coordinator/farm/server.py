@@ -2,7 +2,9 @@
 
 `build_server` wires the store, scheduler, artifact files and campaign manager together; the
 returned server also runs the scheduler's clock tick and the campaign threads, and stops them
-with itself. Typed errors become gRPC status codes in exactly one place (`status_code_for`)."""
+with itself. Typed errors become gRPC status codes in exactly one place (`status_code_for`).
+Security (issue 5): `ServerConfig.security` adds the token interceptor and TLS, `limits` bounds
+messages, artifacts, registrations and campaigns (coordinator/farm/bounds.py)."""
 from __future__ import annotations
 
 import functools
@@ -19,13 +21,17 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from coordinator.farm.artifacts import CHUNK_BYTES, ArtifactStore, check_sha
+from coordinator.farm.bounds import BoundedScheduler, MalformedRequests, check_campaign, check_registration
 from coordinator.farm.campaign import CampaignManager
 from coordinator.farm.evaluator import FarmContext
-from coordinator.farm.scheduler import LeasePolicy, Scheduler
+from coordinator.farm.scheduler import LeasePolicy
+from coordinator.farm.spec import spec_from_wire
 from coordinator.farm.states import JobState, is_alive
 from coordinator.farm.store import Store
+from shared.auth import ServerSecurity
 from shared.errors import (DataError, EvaluationError, FailedPrecondition, InvalidArgument, ModelError, NotFound,
                            QfarmError, ResourceExhausted, Unauthenticated)
+from shared.limits import DEFAULT_LIMITS, Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 RECENT_AGENTS_S = 600.0   # status lists evicted/gone agents this long after their last heartbeat
+MAX_REPLY_BYTES = 64 << 20  # our own replies (a report with its PNGs); what callers send is bounded by limits
+MIN_MESSAGE_BYTES = CHUNK_BYTES + (64 << 10)   # an artifact chunk and its envelope must fit in one message
 
 
 def status_code_for(exc: BaseException) -> grpc.StatusCode:
@@ -54,6 +62,9 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, grpc.RpcError):    # the request stream itself failed (oversize message, client gone):
+        log.info("request stream ended by the transport: %s", exc)   # gRPC has already set the status
+        context.abort(grpc.StatusCode.CANCELLED, "the request stream failed")
     code = status_code_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("internal error in an RPC")
@@ -89,10 +100,15 @@ class ServerConfig:
     policy: LeasePolicy = LeasePolicy()
     tick_interval_s: float = 1.0
     max_workers: int = 64                  # long-polling agents each hold one for up to policy.max_wait_s
-    max_message_bytes: int = 64 << 20
-    max_artifact_bytes: int = 8 << 30
-    interceptors: tuple = ()               # grpc.ServerInterceptor, e.g. token auth (issue 5)
+    limits: Limits = DEFAULT_LIMITS         # message, artifact, model and campaign bounds
+    security: ServerSecurity = ServerSecurity()   # token and TLS; none: loopback only
+    interceptors: tuple = ()               # further grpc.ServerInterceptors, after the token check
     clock: Callable[[], float] = field(default=time.time, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.limits.max_message_bytes < MIN_MESSAGE_BYTES:
+            raise InvalidArgument(f"max_message_bytes={self.limits.max_message_bytes} is below {MIN_MESSAGE_BYTES}: "
+                                  f"artifacts travel in {CHUNK_BYTES}-byte chunks", step="config")
 
 
 class Stats:
@@ -114,7 +130,8 @@ class Coordinator:
         self.config = config
         data_dir = Path(config.data_dir).resolve()
         self.store = Store(data_dir)
-        self.scheduler = Scheduler(self.store, config.policy, config.clock)
+        self.data_dir = data_dir
+        self.scheduler = BoundedScheduler(self.store, config.policy, config.clock, config.limits)
         self.artifacts = ArtifactStore(data_dir / "artifacts")
         self.ctx = FarmContext(self.store, self.scheduler, self.artifacts, threading.Event())
         self.campaigns = CampaignManager(self.ctx, data_dir)
@@ -127,9 +144,10 @@ class Coordinator:
         meta = job_pb2.Artifact()
         meta.CopyFrom(first.artifact)
         check_sha(meta.sha256)
-        if meta.size_bytes > self.config.max_artifact_bytes:
-            raise ResourceExhausted(f"artifact {meta.name or meta.sha256} of {meta.size_bytes} bytes exceeds the "
-                                    f"limit of {self.config.max_artifact_bytes} bytes")
+        limit = self.config.limits.max_artifact_bytes
+        if meta.size_bytes > limit:
+            raise ResourceExhausted(f"artifact {meta.name[:80] or meta.sha256} declares {meta.size_bytes} bytes, "
+                                    f"above the limit max_artifact_bytes={limit}", step="upload")
 
         def pieces() -> Iterator[bytes]:
             expected = 0
@@ -138,18 +156,37 @@ class Coordinator:
                     raise InvalidArgument(f"upload of {meta.sha256} has a chunk at offset {chunk.offset}, "
                                           f"expected {expected}", step="upload")
                 expected += len(chunk.data)
+                if expected > limit:
+                    raise ResourceExhausted(f"upload of {meta.sha256} passed {limit} bytes, the limit "
+                                            f"max_artifact_bytes={limit}", step="upload")
+                if meta.size_bytes and expected > meta.size_bytes:
+                    raise InvalidArgument(f"artifact {meta.sha256} declared {meta.size_bytes} bytes, received more",
+                                          step="upload")
                 self.stats.add("artifact_bytes_received", len(chunk.data))
                 yield chunk.data
+            if meta.size_bytes and expected != meta.size_bytes:     # before the file is kept, not after
+                raise InvalidArgument(f"artifact {meta.sha256} declared {meta.size_bytes} bytes, received "
+                                      f"{expected}", step="upload")
 
         present = self.artifacts.has(meta.sha256)
-        stored = self.artifacts.put_stream(pieces(), meta.sha256, self.config.max_artifact_bytes)
-        if meta.size_bytes and stored.size_bytes != meta.size_bytes:
-            raise InvalidArgument(f"artifact {meta.sha256} declared {meta.size_bytes} bytes, received "
-                                  f"{stored.size_bytes}", step="upload")
+        stored = self.artifacts.put_stream(pieces(), meta.sha256)
         with self.store.transaction() as c:
             c.put_artifact(stored.sha256, stored.size_bytes, meta.kind or "file", meta.name, self.config.clock())
         meta.size_bytes = stored.size_bytes
         return farm_pb2.UploadArtifactResponse(artifact=meta, already_present=present)
+
+    def submit_campaign(self, spec_json: str) -> str:
+        """Bounds and hostile-model checks first; a refused campaign leaves no trace."""
+        try:
+            spec = spec_from_wire(spec_json)
+        except RecursionError:
+            raise InvalidArgument("campaign spec is nested too deeply to be a campaign spec", step="spec") from None
+        except (ValueError, TypeError) as exc:   # a field the validator let through broke a constructor
+            raise InvalidArgument(f"campaign spec has a bad value ({type(exc).__name__}: {exc})", step="spec") from exc
+        missing = [f for f in spec.files() if not self.artifacts.has(f.sha256)]
+        if not missing:     # the manager names missing uploads itself
+            check_campaign(spec, self.config.limits, self.artifacts, self.data_dir / "tmp")
+        return self.campaigns.submit(spec_json)
 
     def status(self, campaign_id: str) -> farm_pb2.GetStatusResponse:
         now = self.config.clock()
@@ -197,6 +234,7 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
     @rpc
     def Register(self, request, context):
         caps = request.capabilities
+        check_registration(request.device, request.name)
         agent_id = self.coord.scheduler.register(
             request.device, request.name or context.peer(), caps.SerializeToString(), max(1, caps.slots),
             [(r.job_id, r.attempt) for r in request.running])
@@ -262,7 +300,7 @@ class CampaignServicer(farm_pb2_grpc.CampaignServiceServicer):
 
     @rpc
     def SubmitCampaign(self, request, context):
-        return farm_pb2.SubmitCampaignResponse(campaign_id=self.coord.campaigns.submit(request.spec_json))
+        return farm_pb2.SubmitCampaignResponse(campaign_id=self.coord.submit_campaign(request.spec_json))
 
     @rpc
     def GetStatus(self, request, context):
@@ -278,8 +316,10 @@ class CampaignServicer(farm_pb2_grpc.CampaignServiceServicer):
 class FarmServer(grpc.Server):
     """A grpc.Server that also runs (and stops) the scheduler tick and the campaign threads."""
 
-    def __init__(self, inner: grpc.Server, coord: Coordinator, health_servicer: health.HealthServicer):
+    def __init__(self, inner: grpc.Server, coord: Coordinator, health_servicer: health.HealthServicer,
+                 executor: futures.ThreadPoolExecutor | None = None):
         self._inner = inner
+        self._executor = executor
         self.coordinator = coord
         self._health = health_servicer
         self._tick_stop = threading.Event()
@@ -308,6 +348,8 @@ class FarmServer(grpc.Server):
             self._tick_thread.join()
         done = self._inner.stop(grace)
         done.wait()
+        if self._executor is not None:   # handlers still inside a call (a Lease long-poll) end before the store
+            self._executor.shutdown(wait=True)
         self.coordinator.store.close()
         return done
 
@@ -329,16 +371,18 @@ class FarmServer(grpc.Server):
 
 def build_server(config: ServerConfig) -> tuple[FarmServer, int]:
     """A ready-to-start coordinator server bound to host:port (port 0 picks one); returns it and the port."""
+    config.security.check_exposure(config.host)
     coord = Coordinator(config)
-    options = [("grpc.max_receive_message_length", config.max_message_bytes),
-               ("grpc.max_send_message_length", config.max_message_bytes)]
-    inner = grpc.server(futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-                        options=options, interceptors=list(config.interceptors))
+    options = [("grpc.max_receive_message_length", config.limits.max_message_bytes),
+               ("grpc.max_send_message_length", max(MAX_REPLY_BYTES, config.limits.max_message_bytes))]
+    interceptors = [*config.security.interceptors(), MalformedRequests(), *config.interceptors]
+    executor = futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
+    inner = grpc.server(executor, options=options, interceptors=interceptors)
     farm_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(coord), inner)
     farm_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignServicer(coord), inner)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-    port = inner.add_insecure_port(f"{config.host}:{config.port}")
+    port = config.security.bind(inner, f"{config.host}:{config.port}")
     if port == 0:
         raise FailedPrecondition(f"cannot listen on {config.host}:{config.port} (in use?)", step="serve")
-    return FarmServer(inner, coord, health_servicer), port
+    return FarmServer(inner, coord, health_servicer, executor), port

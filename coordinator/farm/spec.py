@@ -28,7 +28,7 @@ TOP_KEYS = {"name", "devices", "device_timeout_s", "objectives", "models", "data
 DATA_KEYS = {"images", "calibration_images", "labels", "calibration", "eval", "latency_runs", "seed"}
 PREPROCESS_KEYS = {"input_size", "resize_ratio", "mean", "std", "pixel_scale", "bgr", "layout"}
 STRATEGY_KEYS = {"name", "max_candidates", "ranking", "ranking_images", "max_agreement_drop", "max_top1_drop",
-                 "budget_evals", "budget_seconds"}
+                 "budget_evals", "budget_seconds", "probe_recipes", "blame_crashes"}
 MODEL_KEYS_FILE = {"path", "name", "excludes"}
 MODEL_KEYS_WIRE = {"file", "name", "excludes"}
 
@@ -77,6 +77,8 @@ class CampaignSpec:
     max_top1_drop: float | None = None
     budget_evals: int | None = None
     budget_seconds: float | None = None
+    probe_recipes: tuple[str, ...] = ()         # recipes measured as full INT8 before the search
+    blame_crashes: bool = True                  # bisect crashes to the nodes a device cannot run
 
     def settings(self) -> QuantSettings:
         return QuantSettings.from_dict(dict(self.quantization))
@@ -99,7 +101,8 @@ class CampaignSpec:
             "strategy": {"name": self.strategy, "max_candidates": self.max_candidates,
                          "ranking": self.ranking_method, "ranking_images": self.ranking_images,
                          "max_agreement_drop": self.max_agreement_drop, "max_top1_drop": self.max_top1_drop,
-                         "budget_evals": self.budget_evals, "budget_seconds": self.budget_seconds},
+                         "budget_evals": self.budget_evals, "budget_seconds": self.budget_seconds,
+                         "probe_recipes": list(self.probe_recipes), "blame_crashes": self.blame_crashes},
         }
 
     def wire_json(self) -> str:
@@ -196,7 +199,7 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
     """Validate a spec dict; how files are named (local path or sha256) is the resolvers' job."""
     from coordinator.pareto import OBJECTIVES
     from coordinator.strategies import STRATEGIES
-    from coordinator.tune import RANKING_METHODS
+    from coordinator.tune import RANKING_METHODS, RECIPE_PROBES
 
     errors = _Errors(source)
     if not isinstance(raw, Mapping):
@@ -287,6 +290,13 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
     budget_seconds = None
     if strat.get("budget_seconds") is not None:
         budget_seconds = _number(strat.get("budget_seconds"), "strategy.budget_seconds", errors, 0.0) or None
+    probe_recipes = _strings(strat.get("probe_recipes"), "strategy.probe_recipes", errors)
+    for recipe in probe_recipes:
+        if recipe not in RECIPE_PROBES:
+            errors.add("strategy.probe_recipes", f"{recipe!r} is not one of {', '.join(RECIPE_PROBES)}")
+    blame = strat.get("blame_crashes", True)
+    if not isinstance(blame, bool):
+        errors.add("strategy.blame_crashes", f"{blame!r} must be true or false")
 
     errors.raise_if_any()
     return CampaignSpec(
@@ -295,7 +305,8 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
         preprocess=preprocess, quantization=quant, strategy=strategy, max_candidates=max_candidates,
         ranking_method=ranking, ranking_images=ranking_images, objectives=tuple(objectives),
         device_timeout_s=timeout, max_agreement_drop=max_agreement_drop, max_top1_drop=max_top1_drop,
-        budget_evals=budget_evals, budget_seconds=budget_seconds)
+        budget_evals=budget_evals, budget_seconds=budget_seconds, probe_recipes=probe_recipes,
+        blame_crashes=blame)
 
 
 # ------------------------------------------------------------------------------ local files (client)
