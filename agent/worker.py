@@ -259,6 +259,8 @@ class Agent:
             self._stop.wait(self.config.backoff_s[0] if code in _RETRY else self.config.backoff_s[1])
 
     def _heartbeat_loop(self) -> None:
+        if self._ensure_registered() is None:   # first: the coordinator's interval, not the default
+            return
         while not self._stop.wait(self._heartbeat_s):
             agent_id = self._ensure_registered()
             if agent_id is None:

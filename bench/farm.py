@@ -12,7 +12,7 @@ a cold warm-up campaign builds every candidate (device class `warm`, 1 agent); t
 is submitted again to measure the cached re-send.
 
     python bench/farm.py --smoke                       # tiny synthetic model, ~1 minute
-    python bench/farm.py --model /tmp/models/effnet_lite0.onnx --images DIR --candidates 8 --eval 100
+    python bench/farm.py --model models/effnet_lite0.onnx --images DIR --candidates 8 --eval 100
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def run_campaign(client: CampaignClient, spec, coord: psutil.Process, stats_befo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic model and few images")
-    parser.add_argument("--model", type=Path, default=Path("/tmp/models/effnet_lite0.onnx"))
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "effnet_lite0.onnx")
     parser.add_argument("--images", type=Path, default=ROOT / "tests" / "fixtures" / "imagenet-100")
     parser.add_argument("--input-size", type=int)
     parser.add_argument("--candidates", type=int)
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-runs", type=int)
     parser.add_argument("--keep", type=Path, help="keep the data and logs here instead of a temp dir")
     args = parser.parse_args(argv)
+    args.model, args.images = args.model.resolve(), args.images.resolve()   # the spec is read from a temp dir
     for key, value in (SMOKE if args.smoke else FULL).items():   # flags given explicitly win
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -35,7 +35,10 @@ def plot_objectives(report: Mapping, device: str, path: Path) -> Path:
     ax.set_xlabel("layers kept in float")
     ax.set_ylabel("%")
     ax.set_title(f"{Path(report['model']['path']).name} on {device}")
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:       # nothing ran on this device: say so instead of an empty chart
+        ax.text(0.5, 0.5, "no candidate ran on this device", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

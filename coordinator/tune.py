@@ -2,7 +2,10 @@
 evaluate -> Pareto -> report. One code path for local and farm runs: only the Evaluator differs."""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from dataclasses import replace as dataclass_replace
@@ -25,6 +28,7 @@ from shared.settings import QuantSettings
 log = logging.getLogger(__name__)
 
 RANKING_METHODS = ("seqto", "quantune")
+RANKING_CACHE_VERSION = "1"   # bump when the ranking's measurement changes
 #: strategies that look for the smallest candidate meeting a target (not for a whole front)
 TARGET_DRIVEN = ("bisect", "greedy")
 
@@ -341,14 +345,41 @@ class Tuner:
         existing = self.report.get("ranking")
         if existing and self.report.get("ranking_method") == cfg.ranking_method:
             return [r["node"] for r in existing]
-        from coordinator.sensitivity import score_all
-
         chosen = self.settings
         qdq_settings = chosen if (chosen.is_static and chosen.format == "qdq") else \
             QuantSettings(per_channel=chosen.per_channel, reduce_range=chosen.reduce_range,
                           calibration_images=chosen.calibration_images, recipe=chosen.recipe)
         calibration = ws.calibration if ws.calibration is not None else \
             ws.eval_inputs.inputs[: cfg.n_calibration]
+        # the ranking depends on the model, settings and data, never on the device: another device
+        # class (or another campaign) tuning the same model reuses it from the shared cache
+        key = hashlib.sha256("|".join([ws.prepared.sha256, chosen.canonical(), qdq_settings.canonical(),
+                                       hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest(),
+                                       str(cfg.ranking_images), cfg.ranking_method, RANKING_CACHE_VERSION])
+                             .encode()).hexdigest()[:20]
+        cached = cfg.out / "cache" / f"ranking-{key}.json"
+        rows = None
+        if cached.is_file():
+            try:
+                rows = json.loads(cached.read_text())
+            except ValueError as exc:   # a torn or edited cache file is measured again, not trusted
+                log.warning("ignoring unreadable ranking cache %s: %s", cached, exc)
+        if rows is None:
+            rows = self._measure_ranking(ws, chosen, qdq_settings, calibration)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(rows))
+            tmp.replace(cached)
+        self.report["ranking"] = rows
+        self.report["ranking_method"] = cfg.ranking_method
+        self._save()
+        return [r["node"] for r in rows]
+
+    def _measure_ranking(self, ws: Workspace, chosen: QuantSettings, qdq_settings: QuantSettings,
+                         calibration: np.ndarray) -> list[dict]:
+        from coordinator.sensitivity import score_all
+
+        cfg = self.config
         spec = spec_for(ws.prepared, qdq_settings, (), calibration_digest=ws.calibration_digest)
         full_qdq = build_candidate(ws.prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
         feeds = [{ws.prepared.input_name: calibration[i:i + 1]} for i in range(min(cfg.ranking_images,
@@ -365,10 +396,7 @@ class Tuner:
                 hit = others[method].get(s.node)
                 row[method] = None if hit is None else {"score": hit.score, **dict(hit.details)}
             rows.append(row)
-        self.report["ranking"] = rows
-        self.report["ranking_method"] = cfg.ranking_method
-        self._save()
-        return [r["node"] for r in rows]
+        return rows
 
     def _evaluate_batch(self, ws: Workspace, batch: list[CandidateSpec]) -> None:
         def built() -> Iterator[BuiltCandidate]:

@@ -10,6 +10,7 @@ from coordinator import cli
 from coordinator.strategies import StrategyContext, make_strategy
 from coordinator.strategies.sweep import sweep_ks
 from shared.errors import InvalidArgument
+from shared.settings import QuantSettings
 from tests.models import make_classifier
 
 NODES = tuple(f"n{i}" for i in range(20))
@@ -159,3 +160,37 @@ def test_target_met_by_full_int8_skips_ranking_and_search(tmp_path, images_dir):
     only = report["candidates"][0]
     assert only["excluded_nodes"] == [] and report["pareto"]["recommended"] == only["id"]
     assert report["pareto"]["per_device"]["local"]["target"]["met"]
+
+
+def test_ranking_is_reused_across_tunes_that_share_the_cache(tmp_path, images_dir, monkeypatch):
+    """The farm links every tune's cache to one folder: a second device class tuning the same model
+    and settings gets the ranking without measuring it again."""
+    from agent.runners.ort import OrtConfig, OrtRunner
+    from coordinator import sensitivity
+    from coordinator.data import Preprocess
+    from coordinator.evaluators import LocalEvaluator
+    from coordinator.tune import TuneConfig, Tuner
+
+    model = make_classifier(tmp_path / "tiny.onnx")
+
+    def tune(out, device, share=True):
+        out.mkdir(parents=True, exist_ok=True)
+        if share:
+            (out / "cache").symlink_to(tmp_path / "first" / "cache", target_is_directory=True)
+        config = TuneConfig(model=model, images=images_dir, out=out, preprocess=Preprocess(input_size=32),
+                            n_calibration=8, n_eval=16, settings=QuantSettings(calibration_images=8),
+                            ranking_images=4, latency_runs=1, max_candidates=2)
+        evaluator = LocalEvaluator(OrtRunner(OrtConfig(intra_op_threads=1)), out / "fp32", device=device)
+        return Tuner(config, evaluator).run()
+
+    first = tune(tmp_path / "first", "cpu-a", share=False)
+    measured = []
+    original = sensitivity.score_all
+    monkeypatch.setattr(sensitivity, "score_all", lambda *a, **k: measured.append(1) or original(*a, **k))
+    second = tune(tmp_path / "second", "cpu-b")
+    assert measured == [] and second["ranking"] == first["ranking"] and first["ranking"]
+    cache = next((tmp_path / "first" / "cache").glob("ranking-*.json"))
+    cache.write_text("{torn")                          # a torn cache file is measured again
+    third = tune(tmp_path / "third", "cpu-c")
+    assert measured == [1] and third["ranking"] == first["ranking"]
+    assert json.loads(cache.read_text()) == first["ranking"]
