@@ -55,8 +55,8 @@ def crash_cause(message: str, exc: BaseException) -> str:
 
 
 def run(request: dict) -> dict:
-    from agent.evaluate import evaluate_model
-    from agent.runners.base import UnsupportedModel
+    from shared.evaluate import evaluate_model
+    from shared.runners.base import UnsupportedModel
     from agent.runtimes import RuntimeOptions, make_runner
     from shared.errors import QfarmError
     from shared.metrics import percentiles_ms

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from agent.runners.base import Runner
+from shared.runners.base import Runner
 from shared.errors import InvalidArgument
 
 FACTORIES = {
@@ -66,6 +66,6 @@ def make_runner(options: RuntimeOptions) -> Runner:
 
 
 def ort_runner(options: RuntimeOptions) -> Runner:
-    from agent.runners.ort import OrtConfig, OrtRunner
+    from shared.runners.ort import OrtConfig, OrtRunner
 
     return OrtRunner(OrtConfig(optimization=options.optimization, intra_op_threads=options.threads))

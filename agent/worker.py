@@ -26,7 +26,7 @@ import agent as agent_pkg
 from agent.host import host_info
 from agent.runtimes import RuntimeOptions, make_runner
 from agent.sandbox import ChildWorker
-from coordinator.farm.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
+from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
 from shared.auth import Credentials
 from shared.errors import InvalidArgument, QfarmError
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2

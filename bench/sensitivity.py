@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.runners.ort import OrtConfig, OrtRunner  # noqa: E402
+from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
 from coordinator.evaluators import LocalEvaluator, failure_result  # noqa: E402
 from coordinator.quantize import build_candidate, spec_for  # noqa: E402

@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.runners.ort import OrtConfig, OrtRunner  # noqa: E402
+from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
 from coordinator.evaluators import LocalEvaluator  # noqa: E402
 from coordinator.tune import Tuner, TuneConfig  # noqa: E402

@@ -9,8 +9,8 @@ from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from agent.evaluate import evaluate_model
-from agent.runners.base import Runner, UnsupportedModel
+from shared.evaluate import evaluate_model
+from shared.runners.base import Runner, UnsupportedModel
 from coordinator.quantize import BuiltCandidate
 from shared.errors import EvaluationError
 from shared.metrics import percentiles_ms

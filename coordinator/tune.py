@@ -16,7 +16,7 @@ import numpy as np
 
 from coordinator import data as data_mod
 from coordinator.evaluators import EvalInputs, Evaluator, failure_result
-from coordinator.farm.blame import is_blameable
+from coordinator.tuner.blame import is_blameable
 from coordinator.pareto import DEFAULT_OBJECTIVES, check_objectives, pareto
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.quantize import BuiltCandidate, CandidateSpec, build_candidate, quantizable_nodes, spec_for
@@ -298,7 +298,7 @@ class Tuner:
         """For each device class with crashing candidates, bisect (most sensitive nodes first) to
         the nodes whose quantization makes it crash, and measure the candidate without them: the
         retried candidate joins the report like any other, so the front has a working model."""
-        from coordinator.farm.blame import blame_crashes
+        from coordinator.tuner.blame import blame_crashes
 
         if not self.config.blame_crashes:
             return

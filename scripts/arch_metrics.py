@@ -19,11 +19,13 @@ import argparse
 import ast
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("coordinator", "agent", "shared")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import layering  # noqa: E402  (scripts/layering.py: the one import checker)
+
+ROOT = layering.ROOT
+PACKAGES = layering.PACKAGES
 GENERATED = ("shared/pb/",)
 
 # option -> (spellings: python name, CLI flags, spec keys/paths), default literal (None: no literal)
@@ -40,7 +42,6 @@ OPTIONS = {
 RESULT_KEYS = {"crash_cause", "top1_agreement", "top5_agreement", "latency_ms_p50", "size_bytes", "num_images",
                "wall_seconds"}
 CAUSE_PREFIXES = ("lost:", "build:", "signal:", "error:", "oom", "timeout", "not measured")
-UPHILL = {("agent", "coordinator"), ("coordinator", "agent"), ("shared", "agent"), ("shared", "coordinator")}
 
 
 def source_files() -> list[Path]:
@@ -51,13 +52,6 @@ def source_files() -> list[Path]:
             if not rel.startswith(GENERATED):
                 files.append(path)
     return files
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
 
 
 def _strings(node: ast.AST) -> set[str]:
@@ -184,92 +178,12 @@ def repeated_idioms(trees: dict[Path, ast.AST]) -> dict[str, int]:
     return {"rename_into_place_calls": renames, "agent_state_groupings": groupings}
 
 
-def imports(path: Path, tree: ast.AST, known: set[str]) -> list[tuple[str, int]]:
-    """(imported module, line) for every import in the file, module-level and in functions."""
-    here = module_name(path)
-    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            for alias in node.names:
-                sub = f"{mod}.{alias.name}"
-                found.append((sub if sub in known else mod, node.lineno))
-    return [(m, line) for m, line in found if m.split(".")[0] in PACKAGES]
-
-
-def _resolve(mod: str, known: set[str]) -> str | None:
-    while mod and mod not in known:
-        mod = mod.rpartition(".")[0]
-    return mod or None
-
-
-def layering(trees: dict[Path, ast.AST]) -> dict:
-    known = {module_name(p) for p in trees}
-    graph: dict[str, set[str]] = defaultdict(set)
-    uphill = []
-    for path, tree in trees.items():
-        here = module_name(path)
-        for mod, line in imports(path, tree, known):
-            if (here.split(".")[0], mod.split(".")[0]) in UPHILL:
-                where = f"{path.relative_to(ROOT).as_posix()}:{line} -> {mod}"
-                if where not in uphill:
-                    uphill.append(where)
-            target = _resolve(mod, known)
-            if target and target != here and not here.startswith(target + "."):   # a package's own __init__
-                graph[here].add(target)
-    cycles = [sorted(c) for c in strongly_connected(graph, known) if len(c) > 1]
-    return {"uphill_imports": uphill, "cycles": cycles}
-
-
-def strongly_connected(graph: dict[str, set[str]], nodes: set[str]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-    counter = 0
-    for root in sorted(nodes):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph.get(root, ()))))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph.get(child, ())))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    item = stack.pop()
-                    on_stack.discard(item)
-                    component.append(item)
-                    if item == node:
-                        break
-                out.append(component)
-    return out
+def layering_numbers() -> dict:
+    """Uphill imports (one per importing statement and module) and cycles, as scripts/layering.py
+    checks them."""
+    found, known = layering.all_imports(ROOT)
+    uphill = list(dict.fromkeys(f"{i.path}:{i.line} -> {i.imported}" for i in layering.uphill(found)))
+    return {"uphill_imports": uphill, "cycles": layering.cycles(found, known)}
 
 
 def sizes(trees: dict[Path, ast.AST]) -> dict:
@@ -288,7 +202,7 @@ def sizes(trees: dict[Path, ast.AST]) -> dict:
 
 def measure() -> dict:
     trees = {p: ast.parse(p.read_text(), str(p)) for p in source_files()}
-    return {"options": option_sites(trees), "results": result_shapes(trees), "idioms": repeated_idioms(trees), "layering": layering(trees),
+    return {"options": option_sites(trees), "results": result_shapes(trees), "idioms": repeated_idioms(trees), "layering": layering_numbers(),
             **sizes(trees), "source_lines": sum(len(p.read_text().splitlines()) for p in trees)}
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import onnx
 
-from agent.runners.base import UnsupportedModel
-from agent.runners.ort import OrtConfig, OrtRunner
+from shared.runners.base import UnsupportedModel
+from shared.runners.ort import OrtConfig, OrtRunner
 
 
 class NoQuantizedGemm(OrtRunner):

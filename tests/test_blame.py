@@ -11,9 +11,9 @@ import numpy as np
 import onnx
 import pytest
 
-from agent.runners.ort import OrtConfig, OrtRunner
+from shared.runners.ort import OrtConfig, OrtRunner
 from coordinator.evaluators import EvalInputs, LocalEvaluator
-from coordinator.farm.blame import blame_candidate, blame_crashes, crashed, find_culprits
+from coordinator.tuner.blame import blame_candidate, blame_crashes, crashed, find_culprits
 from coordinator.prepare import prepare_model
 from coordinator.quantize import build_candidate, quantizable_nodes, spec_for
 from shared.settings import QuantSettings

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from coordinator.farm.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact
+from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 from tests.farm_support import coordinator
 

@@ -165,7 +165,7 @@ def test_target_met_by_full_int8_skips_ranking_and_search(tmp_path, images_dir):
 def test_ranking_is_reused_across_tunes_that_share_the_cache(tmp_path, images_dir, monkeypatch):
     """The farm links every tune's cache to one folder: a second device class tuning the same model
     and settings gets the ranking without measuring it again."""
-    from agent.runners.ort import OrtConfig, OrtRunner
+    from shared.runners.ort import OrtConfig, OrtRunner
     from coordinator import sensitivity
     from coordinator.data import Preprocess
     from coordinator.evaluators import LocalEvaluator

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-from agent.evaluate import evaluate_model
-from agent.runners.base import UnsupportedModel
+from shared.evaluate import evaluate_model
+from shared.runners.base import UnsupportedModel
 from agent.runners.tvm import TvmConfig, TvmEvent, TvmRunner
 from agent.runners.tvm_compile import fold_constants, unsupported_ops
 from agent.tvm_tracker import TrackerAddress, TvmTracker, free_port

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import numpy as np
 import onnx
 
-from agent.runners.base import RunnerInfo, UnsupportedModel
+from shared.runners.base import RunnerInfo, UnsupportedModel
 from agent.runners.tvm_compile import (BuildSpec, CompiledLibrary, LibraryCache, file_sha256, input_spec,
                                        unsupported_ops)
 from agent.runners.tvm_health import HEALTH_FILE, DeviceHealth, HealthPolicy

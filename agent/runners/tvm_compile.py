@@ -23,7 +23,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from agent.runners.base import UnsupportedModel
+from shared.runners.base import UnsupportedModel
 from shared.errors import DataError, EvaluationError, InvalidArgument
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import grpc
 
-from coordinator.farm.artifacts import ArtifactStore
+from shared.artifacts import ArtifactStore
 from coordinator.farm.scheduler import LeasePolicy, Scheduler
 from coordinator.farm.spec import _DEVICE, CampaignSpec   # the one rule for device class keys
 from coordinator.farm.store import Store

@@ -11,7 +11,7 @@ from typing import Callable, Iterator
 
 import grpc
 
-from coordinator.farm.artifacts import CHUNK_BYTES, iter_file_chunks
+from shared.artifacts import CHUNK_BYTES, iter_file_chunks
 from coordinator.farm.spec import CampaignSpec, FileRef
 from shared.auth import Credentials
 from shared.errors import (FailedPrecondition, InvalidArgument, NotFound, QfarmError,

@@ -9,12 +9,11 @@ import threading
 import time
 from pathlib import Path
 
+from coordinator.arguments import (add_coordinator_argument, add_limit_arguments, limits_from_args,
+                                   preprocess_from_args, settings_from_args)
 from shared.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("coordinator")
-
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-
 
 # ------------------------------------------------------------------------------------ serve
 def add_serve(sub) -> None:
@@ -33,26 +32,6 @@ def add_serve(sub) -> None:
     add_server_arguments(p)
     add_limit_arguments(p)
     p.set_defaults(func=cmd_serve)
-
-
-def add_limit_arguments(p: argparse.ArgumentParser) -> None:
-    """One flag per shared.limits.Limits field (--max-message-bytes, --max-campaign-candidates, ...)."""
-    from dataclasses import fields
-
-    from shared.limits import DEFAULT_LIMITS
-
-    group = p.add_argument_group("limits on what callers send (exceeding one is refused, naming it)")
-    for f in fields(DEFAULT_LIMITS):
-        group.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=int, default=getattr(DEFAULT_LIMITS,
-                           f.name), metavar="N", help=f"default {getattr(DEFAULT_LIMITS, f.name)}")
-
-
-def limits_from_args(args: argparse.Namespace):
-    from dataclasses import fields
-
-    from shared.limits import Limits
-
-    return Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -90,14 +69,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ submit
-def add_coordinator_argument(p: argparse.ArgumentParser, required: bool = False) -> None:
-    from shared.auth import add_client_arguments
-
-    p.add_argument("--coordinator", metavar="HOST:PORT", required=required, default=None if required
-                   else DEFAULT_ADDRESS, help=f"coordinator address (default {DEFAULT_ADDRESS})")
-    add_client_arguments(p)
-
-
 def _client(args: argparse.Namespace):
     """A CampaignClient with the credentials of --token/--token-file/--tls-ca (or the environment)."""
     from coordinator.farm.client import CampaignClient
@@ -233,16 +204,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ tune on the farm
-def add_farm_tune_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coordinator", metavar="HOST:PORT", help="evaluate on the farm instead of in this process")
-    p.add_argument("--devices", help="with --coordinator: device classes, comma-separated (e.g. cpu-x86,mali-g68)")
-    p.add_argument("--device-timeout", type=float, default=600.0,
-                   help="with --coordinator: fail if a device class has no agent for this long")
-    from shared.auth import add_client_arguments
-
-    add_client_arguments(p)
-
-
 def cmd_tune_farm(args: argparse.Namespace) -> int:
     """`coordinator tune ... --coordinator HOST:PORT --devices A,B`: the same tune as a campaign."""
     spec = spec_from_tune_args(args)
@@ -256,7 +217,6 @@ def cmd_tune_farm(args: argparse.Namespace) -> int:
 
 
 def spec_from_tune_args(args: argparse.Namespace):
-    from coordinator.cli import preprocess_from_args, settings_from_args
     from coordinator.farm.spec import spec_from_local
 
     if not args.devices:

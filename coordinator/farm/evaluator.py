@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from coordinator.farm.artifacts import ArtifactStore, sha256_file
+from shared.artifacts import ArtifactStore, sha256_file
 from coordinator.farm.scheduler import PRIORITY_CANDIDATE, PRIORITY_REFERENCE, STATUS_NAMES, Scheduler
 from coordinator.farm.states import AgentState
 from coordinator.farm.store import ResultRow, Store

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.farm.artifacts import CHUNK_BYTES, ArtifactStore, check_sha
+from shared.artifacts import CHUNK_BYTES, ArtifactStore, check_sha
 from coordinator.farm.bounds import BoundedScheduler, MalformedRequests, check_campaign, check_registration
 from coordinator.farm.campaign import CampaignManager
 from coordinator.farm.evaluator import FarmContext

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from coordinator.farm.artifacts import sha256_file
+from shared.artifacts import sha256_file
 from shared.errors import InvalidArgument, NotFound
 from shared.settings import QuantSettings
 

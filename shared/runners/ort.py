@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from agent.runners.base import RunnerInfo, UnsupportedModel
+from shared.runners.base import RunnerInfo, UnsupportedModel
 from shared.errors import EvaluationError, InvalidArgument
 
 OPT_LEVELS = {

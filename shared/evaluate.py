@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.runners.base import EvalMetrics, Runner
+from shared.runners.base import EvalMetrics, Runner
 from shared.metrics import accuracy_metrics, percentiles_ms
 
 
