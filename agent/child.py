@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.sandbox import is_oom
+from shared.results import CrashCause, CrashKind, DeviceResult
 
 PR_SET_PDEATHSIG = 1
 
@@ -46,28 +46,16 @@ def limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def crash_cause(message: str, exc: BaseException) -> str:
-    """`oom` when the job ran out of memory (the message goes to stderr), else `error:<message>`."""
-    if isinstance(exc, MemoryError) or is_oom(message):
-        print(f"out of memory: {message}", file=sys.stderr)
-        return "oom"
-    return f"error:{message}"
-
-
-def run(request: dict) -> dict:
-    from shared.evaluate import evaluate_model
-    from shared.runners.base import UnsupportedModel
+def run(request: dict) -> DeviceResult:
     from agent.runtimes import RuntimeOptions, make_runner
+    from shared.evaluate import evaluate_model, reference_result
     from shared.errors import QfarmError
-    from shared.metrics import percentiles_ms
+    from shared.runners.base import UnsupportedModel
 
     out = Path(request["out"])
     model = Path(request["model"])
     try:
         runner = make_runner(RuntimeOptions.from_dict(request["runtime"]))
-        info = runner.info()
-        runtime = {"runtime": info.runtime, "version": info.version, "providers": list(info.providers),
-                   "options": info.options}
         inputs = np.load(request["inputs"], mmap_mode="r")
         labels = np.load(request["labels"]) if request.get("labels") else None
         name, runs = request["input_name"], int(request["latency_runs"])
@@ -77,23 +65,21 @@ def run(request: dict) -> dict:
             tmp = out / "fp32.tmp.npy"
             np.save(tmp, np.ascontiguousarray(logits, dtype=np.float32))
             os.replace(tmp, out / "fp32.npy")
-            times = runner.latency_seconds(model, inputs[:1], name, runs) if runs > 0 else []
-            p50, p90 = percentiles_ms(times)
-            top1 = np.asarray(logits).reshape(len(logits), -1).argmax(axis=1)
-            acc = None if labels is None else float((top1 == labels.reshape(-1)).mean())
-            return {"status": "ok", "top1_agreement": 1.0, "top5_agreement": 1.0, "top1_accuracy": acc,
-                    "num_images": int(len(logits)), "size_bytes": model.stat().st_size, "latency_ms_p50": p50,
-                    "latency_ms_p90": p90, "wall_seconds": time.perf_counter() - start, "runtime": runtime}
+            return reference_result(runner, model, logits, inputs, name, labels, runs, start)
         reference = np.load(request["fp32_outputs"])
-        m = evaluate_model(runner, model, inputs, name, reference, labels, runs)
-        return {"status": "ok", "top1_agreement": m.top1_agreement, "top5_agreement": m.top5_agreement,
-                "top1_accuracy": m.top1_accuracy, "num_images": m.num_images, "size_bytes": m.size_bytes,
-                "latency_ms_p50": m.latency_ms_p50, "latency_ms_p90": m.latency_ms_p90,
-                "wall_seconds": m.wall_seconds, "runtime": runtime}
+        return evaluate_model(runner, model, inputs, name, reference, labels, runs)
     except UnsupportedModel as exc:
-        return {"status": "unsupported", "crash_cause": f"error:{exc.args[0]}", "size_bytes": model.stat().st_size}
+        return DeviceResult.failure(CrashCause(CrashKind.ERROR, exc.args[0]), model.stat().st_size, unsupported=True)
     except QfarmError as exc:
-        return {"status": "crash", "crash_cause": crash_cause(exc.args[0], exc), "size_bytes": model.stat().st_size}
+        return DeviceResult.failure(_cause(exc, exc.args[0]), model.stat().st_size)
+
+
+def _cause(exc: BaseException, message: str) -> CrashCause:
+    """`oom` when the job ran out of memory (the message goes to stderr), else an error."""
+    cause = CrashCause.from_exception(exc, message)
+    if cause.kind == CrashKind.OOM:
+        print(f"out of memory: {message}", file=sys.stderr)
+    return cause
 
 
 def answer(request_path: Path) -> None:
@@ -103,10 +89,10 @@ def answer(request_path: Path) -> None:
         result = run(request)
     except Exception as exc:  # noqa: BLE001 - any runtime failure is this job's crash, not the worker's
         traceback.print_exc()
-        result = {"status": "crash", "crash_cause": crash_cause(f"{type(exc).__name__}: {exc}", exc)}
+        result = DeviceResult.failure(_cause(exc, f"{type(exc).__name__}: {exc}"))
     out = Path(request["out"])
     tmp = out / "result.tmp.json"
-    tmp.write_text(json.dumps(result))
+    tmp.write_text(json.dumps(result.to_json()))
     os.replace(tmp, out / "result.json")
 
 

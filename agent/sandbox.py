@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
@@ -17,23 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from shared.results import CrashCause, CrashKind, is_oom
+
 log = logging.getLogger(__name__)
 
 STDERR_TAIL = 4000
 MAX_LOG_BYTES = 16 << 20
-# how running out of memory reads in Python, numpy, onnxruntime (BFC arena), C++ and libc
-OOM_PATTERN = re.compile(r"MemoryError|bad_alloc|Failed to allocate memory|Cannot allocate memory|out of memory",
-                         re.IGNORECASE)
-
-
-def is_oom(text: str) -> bool:
-    return bool(OOM_PATTERN.search(text or ""))
-
-
 @dataclass(frozen=True)
 class ChildOutcome:
-    finished: bool          # the worker answered: result.json is there
-    crash_cause: str = ""   # "signal:SIGSEGV", "oom", "timeout", "error:exit 1: ...", "cancelled"
+    finished: bool                        # the worker answered: result.json is there
+    crash_cause: CrashCause | None = None  # signal:SIGSEGV, oom, timeout, error:exit 1: ..., cancelled
     stderr_tail: str = ""
 
 
@@ -82,25 +74,25 @@ class ChildWorker:
                 if b"\n" in self._buffer:
                     line, self._buffer = self._buffer.split(b"\n", 1)
                     if line.decode(errors="replace") == f"done {request}":
-                        return ChildOutcome(True, "", self._tail(offset))
+                        return ChildOutcome(True, None, self._tail(offset))
                     log.warning("unexpected line from the job worker: %r", line[:200])
             if cancelled():
                 self.kill()
-                return ChildOutcome(False, "cancelled", self._tail(offset))
+                return ChildOutcome(False, CrashCause(CrashKind.CANCELLED), self._tail(offset))
             if time.monotonic() - start > timeout_s:
                 self.kill()
-                return ChildOutcome(False, "timeout", self._tail(offset))
+                return ChildOutcome(False, CrashCause(CrashKind.TIMEOUT), self._tail(offset))
 
     def _died(self, proc: subprocess.Popen, offset: int) -> ChildOutcome:
         tail = self._tail(offset)
         self.proc = None
         code = proc.returncode
         if is_oom(tail):                               # e.g. std::bad_alloc -> abort
-            return ChildOutcome(False, "oom", tail)
+            return ChildOutcome(False, CrashCause(CrashKind.OOM), tail)
         if code is not None and code < 0:
-            return ChildOutcome(False, f"signal:{signal.Signals(-code).name}", tail)
+            return ChildOutcome(False, CrashCause(CrashKind.SIGNAL, signal.Signals(-code).name), tail)
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "no output")
-        return ChildOutcome(False, f"error:exit {code}: {last.strip()}", tail)
+        return ChildOutcome(False, CrashCause(CrashKind.ERROR, f"exit {code}: {last.strip()}"), tail)
 
     def _tail(self, offset: int) -> str:
         with open(self.log_path, "rb") as fh:

@@ -29,6 +29,7 @@ from agent.sandbox import ChildWorker
 from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
 from shared.auth import Credentials
 from shared.errors import InvalidArgument, QfarmError
+from shared.results import CrashKind, DeviceResult, runtime_message
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 _RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
           grpc.StatusCode.RESOURCE_EXHAUSTED)
 _REREGISTER = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
-_STATUS = {"ok": job_pb2.RESULT_STATUS_OK, "crash": job_pb2.RESULT_STATUS_CRASH,
-           "unsupported": job_pb2.RESULT_STATUS_UNSUPPORTED}
 
 
 @dataclass(frozen=True)
@@ -111,9 +110,7 @@ class Agent:
         self.cache = ArtifactStore(self.work_dir / "cache")
         self.jobs_dir = self.work_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        info = make_runner(config.runtime).info()  # fails here, at start, if the runtime is unusable
-        self.runtime_info = job_pb2.RuntimeInfo(runtime=info.runtime, version=info.version,
-                                                providers=list(info.providers), options=info.options)
+        self.runtime_info = make_runner(config.runtime).info()   # fails here, at start, if the runtime is unusable
         options = [("grpc.max_receive_message_length", config.max_message_bytes),
                    ("grpc.max_send_message_length", config.max_message_bytes)]
         self._channel = config.credentials.channel(config.coordinator, options)
@@ -214,8 +211,8 @@ class Agent:
             while self._agent_id is None and not self._stop.is_set():
                 with self._lock:
                     running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
-                caps = farm_pb2.AgentCapabilities(runtime=self.runtime_info, host=host_info(),
-                                                  slots=self.config.slots)
+                caps = farm_pb2.AgentCapabilities(host=host_info(), slots=self.config.slots)
+                caps.runtime.CopyFrom(runtime_message(self.runtime_info))
                 try:
                     resp = self._stub.Register(farm_pb2.RegisterRequest(
                         device=self.config.device, name=self.config.agent_name(), capabilities=caps,
@@ -292,9 +289,10 @@ class Agent:
         try:
             files = self._fetch_job_files(job, run)
             outcome = self._run_child(job, files, job_dir, run)
-            result = self._device_result(job, outcome)
+            result = outcome.replace(runtime=outcome.runtime or self.runtime_info).to_proto(
+                job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate.id, device=job.device)
             fp32 = None
-            if job.reference and outcome["status"] == "ok":
+            if job.reference and outcome.ok:
                 fp32 = self._upload(job_dir / "fp32.npy", "fp32_outputs", f"fp32 {job.device}")
             with self._lock:
                 self.counters["jobs_run"] += 1
@@ -349,7 +347,8 @@ class Agent:
                 raise JobCancelled()
             yield chunk.data
 
-    def _run_child(self, job: job_pb2.Job, files: dict[str, Path | None], job_dir: Path, run: _Running) -> dict:
+    def _run_child(self, job: job_pb2.Job, files: dict[str, Path | None], job_dir: Path,
+                   run: _Running) -> DeviceResult:
         """Measure in a slot's worker process; its death, a timeout or a non-zero exit is a crash."""
         job_dir.mkdir(parents=True, exist_ok=True)
         request = {
@@ -367,31 +366,15 @@ class Agent:
                                  lambda: run.cancelled or self._stop.is_set())
         finally:
             self._workers.put(worker)
-        if run.cancelled or outcome.crash_cause == "cancelled":
+        if run.cancelled or (outcome.crash_cause and outcome.crash_cause.kind == CrashKind.CANCELLED):
             raise JobCancelled()
         size = files["model"].stat().st_size if files["model"] else 0
         if not outcome.finished:
             log.warning("%s crashed: %s", job.job_id, outcome.crash_cause)
-            return {"status": "crash", "crash_cause": outcome.crash_cause, "stderr_tail": outcome.stderr_tail,
-                    "size_bytes": size}
-        result = json.loads((job_dir / "result.json").read_text())
-        if result["status"] != "ok":
-            result["stderr_tail"] = outcome.stderr_tail
-            result.setdefault("size_bytes", size)
-        return result
-
-    def _device_result(self, job: job_pb2.Job, outcome: dict) -> job_pb2.DeviceResult:
-        result = job_pb2.DeviceResult(
-            job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate.id, device=job.device,
-            status=_STATUS[outcome["status"]], crash_cause=outcome.get("crash_cause", ""),
-            stderr_tail=outcome.get("stderr_tail", ""), size_bytes=int(outcome.get("size_bytes", 0)),
-            top1_agreement=outcome.get("top1_agreement", 0.0), top5_agreement=outcome.get("top5_agreement", 0.0),
-            latency_ms_p50=outcome.get("latency_ms_p50", 0.0), latency_ms_p90=outcome.get("latency_ms_p90", 0.0),
-            num_images=int(outcome.get("num_images", 0)), wall_seconds=outcome.get("wall_seconds", 0.0))
-        if outcome.get("top1_accuracy") is not None:
-            result.top1_accuracy = outcome["top1_accuracy"]
-        runtime = outcome.get("runtime")
-        result.runtime.CopyFrom(self.runtime_info if runtime is None else job_pb2.RuntimeInfo(**runtime))
+            return DeviceResult.failure(outcome.crash_cause, size, stderr_tail=outcome.stderr_tail)
+        result = DeviceResult.from_dict(json.loads((job_dir / "result.json").read_text()))
+        if not result.ok:
+            result = result.replace(stderr_tail=outcome.stderr_tail, size_bytes=result.size_bytes or size)
         return result
 
     def _upload(self, path: Path, kind: str, name: str) -> job_pb2.Artifact:

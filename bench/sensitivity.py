@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
-from coordinator.evaluators import LocalEvaluator, failure_result  # noqa: E402
+from coordinator.evaluators import LocalEvaluator  # noqa: E402
+from shared.results import CrashCause, CrashKind, DeviceResult  # noqa: E402
 from coordinator.quantize import build_candidate, spec_for  # noqa: E402
 from coordinator.tune import RANKING_METHODS, Tuner, TuneConfig, TuneEvents, Workspace, load_workspace  # noqa: E402
 from shared.errors import ModelError  # noqa: E402
@@ -47,7 +48,7 @@ class Candidates:
         self.sets = {"full": full, "revert": replace(full, inputs=full.inputs[:revert_eval], labels=labels)}
         self.evaluators = {name: LocalEvaluator(runner, config.out / "cache") for name in self.sets}
         self.fp32 = {name: ev.reference(ws.prepared.path, ws.prepared.sha256, self.sets[name])["local"]
-                     for name, ev in self.evaluators.items()}
+                     .to_fp32_report() for name, ev in self.evaluators.items()}
         self.results: dict[tuple[str, str], dict] = {}
         self.evaluations = 0
 
@@ -61,9 +62,9 @@ class Candidates:
                                        self.ws.calibration, self.config.out / "cache")
                 ((_, _, result),) = self.evaluators[eval_set].evaluate([cand], self.sets[eval_set])
             except ModelError as exc:
-                result = failure_result(exc, 0)
+                result = DeviceResult.failure(CrashCause(CrashKind.BUILD, str(exc)))
             self.evaluations += 1
-            self.results[key] = {**result, "candidate": spec.id, "num_excluded": len(spec.excluded_nodes)}
+            self.results[key] = {**result.to_report(), "candidate": spec.id, "num_excluded": len(spec.excluded_nodes)}
             log.info("%s k=%d %s agreement %s", eval_set, len(spec.excluded_nodes), spec.id,
                      result.get("top1_agreement"))
         return self.results[key]

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coordinator.tune import TuneEvents
+from shared.results import DeviceResult
 
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 140)  # no terminal: do not squeeze tables to 80
@@ -45,10 +46,10 @@ def progress_events(progress) -> TuneEvents:
     def on_plan(total: int) -> None:
         progress.update(task, total=(progress.tasks[0].total or 0) + total)
 
-    def on_result(cid: str, device: str, result: dict) -> None:
+    def on_result(cid: str, device: str, result: DeviceResult) -> None:
         progress.advance(task)
-        if result.get("status") != "ok":
-            console.print(f"[yellow]{cid} on {device}: {result.get('status')} ({result.get('crash_cause')})")
+        if not result.ok:
+            console.print(f"[yellow]{cid} on {device}: {result.status.value} ({result.crash_cause})")
 
     return TuneEvents(on_stage=lambda stage: progress.update(task, description=stage), on_plan=on_plan,
                       on_result=on_result)

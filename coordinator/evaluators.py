@@ -3,17 +3,18 @@ agent's runner in this process (device key "local"), the farm evaluator sends jo
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Protocol
 
 import numpy as np
 
-from shared.evaluate import evaluate_model
-from shared.runners.base import Runner, UnsupportedModel
 from coordinator.quantize import BuiltCandidate
 from shared.errors import EvaluationError
-from shared.metrics import percentiles_ms
+from shared.evaluate import evaluate_model, reference_result
+from shared.results import CrashCause, CrashKind, DeviceResult
+from shared.runners.base import Runner, UnsupportedModel
 
 
 @dataclass(frozen=True)
@@ -32,31 +33,20 @@ class EvalInputs:
 
 class Evaluator(Protocol):
     devices: tuple[str, ...]
+    parallelism: int            # evaluations that can run at once (agents); strategies batch to it
 
-    def reference(self, model: Path, model_sha256: str, data: EvalInputs) -> dict[str, dict]:
-        """FP32 metrics per device (top1_accuracy, latency, size); devices keep their own logits."""
+    def reference(self, model: Path, model_sha256: str, data: EvalInputs) -> dict[str, DeviceResult]:
+        """FP32 results per device (top1_accuracy, latency, size); devices keep their own logits."""
 
-    def evaluate(self, candidates: Iterable[BuiltCandidate], data: EvalInputs) -> Iterator[tuple[str, str, dict]]:
-        """Yield (candidate id, device, result dict) as results arrive, one per candidate and device."""
-
-
-def metrics_to_result(m) -> dict:
-    return {
-        "status": "ok", "top1_agreement": m.top1_agreement, "top5_agreement": m.top5_agreement,
-        "top1_accuracy": m.top1_accuracy, "size_bytes": m.size_bytes, "latency_ms_p50": m.latency_ms_p50,
-        "latency_ms_p90": m.latency_ms_p90, "num_images": m.num_images, "wall_seconds": round(m.wall_seconds, 3),
-        "runtime": {"runtime": m.runtime.runtime, "version": m.runtime.version,
-                    "providers": list(m.runtime.providers), "options": m.runtime.options},
-    }
-
-
-def failure_result(exc: Exception, size_bytes: int) -> dict:
-    status = "unsupported" if isinstance(exc, UnsupportedModel) else "crash"
-    return {"status": status, "crash_cause": f"error:{exc}", "size_bytes": size_bytes}
+    def evaluate(self, candidates: Iterable[BuiltCandidate],
+                 data: EvalInputs) -> Iterator[tuple[str, str, DeviceResult]]:
+        """Yield (candidate id, device, result) as results arrive, one per candidate and device."""
 
 
 class LocalEvaluator:
     """Evaluates in this process with one runner; FP32 logits cached on disk per model + data."""
+
+    parallelism = 1
 
     def __init__(self, runner: Runner, cache_dir: Path, device: str = "local"):
         self.runner = runner
@@ -64,7 +54,8 @@ class LocalEvaluator:
         self.devices = (device,)
         self._reference: np.ndarray | None = None
 
-    def reference(self, model: Path, model_sha256: str, data: EvalInputs) -> dict[str, dict]:
+    def reference(self, model: Path, model_sha256: str, data: EvalInputs) -> dict[str, DeviceResult]:
+        started = time.perf_counter()
         info = self.runner.info()
         key = hashlib.sha256(f"{model_sha256}|{data.digest()}|{info.runtime}|{info.version}|{info.options}"
                              .encode()).hexdigest()[:20]
@@ -78,20 +69,19 @@ class LocalEvaluator:
             np.save(tmp, logits)
             tmp.replace(path)
         self._reference = logits
-        times = self.runner.latency_seconds(model, data.inputs[:1], data.input_name, data.latency_runs)
-        p50, p90 = percentiles_ms(times)
-        acc = None if data.labels is None else float((logits.argmax(axis=1) == data.labels).mean())
-        return {self.devices[0]: {"status": "ok", "top1_accuracy": acc, "size_bytes": model.stat().st_size,
-                                  "latency_ms_p50": p50, "latency_ms_p90": p90, "num_images": len(logits)}}
+        result = reference_result(self.runner, model, logits, data.inputs, data.input_name, data.labels,
+                                  data.latency_runs, started)
+        return {self.devices[0]: result}
 
-    def evaluate(self, candidates: Iterable[BuiltCandidate], data: EvalInputs) -> Iterator[tuple[str, str, dict]]:
+    def evaluate(self, candidates: Iterable[BuiltCandidate],
+                 data: EvalInputs) -> Iterator[tuple[str, str, DeviceResult]]:
         if self._reference is None:
             raise EvaluationError("reference() must run before evaluate()")
         for cand in candidates:
             try:
-                metrics = evaluate_model(self.runner, cand.path, data.inputs, data.input_name, self._reference,
-                                         data.labels, data.latency_runs)
-                result = metrics_to_result(metrics)
+                result = evaluate_model(self.runner, cand.path, data.inputs, data.input_name, self._reference,
+                                        data.labels, data.latency_runs)
             except EvaluationError as exc:
-                result = failure_result(exc, cand.size_bytes)
+                result = DeviceResult.failure(CrashCause(CrashKind.ERROR, str(exc)), cand.size_bytes,
+                                              unsupported=isinstance(exc, UnsupportedModel))
             yield cand.id, self.devices[0], result

@@ -15,14 +15,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from coordinator import data as data_mod
-from coordinator.evaluators import EvalInputs, Evaluator, failure_result
-from coordinator.tuner.blame import is_blameable
+from coordinator.evaluators import EvalInputs, Evaluator
 from coordinator.pareto import DEFAULT_OBJECTIVES, check_objectives, pareto
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.quantize import BuiltCandidate, CandidateSpec, build_candidate, quantizable_nodes, spec_for
 from coordinator.report import SCHEMA_VERSION, identity_mismatch, read_report, write_report
 from coordinator.strategies import StrategyContext, make_strategy
 from shared.errors import InvalidArgument, ModelError, QfarmError
+from shared.results import CrashCause, CrashKind, DeviceResult
 from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class TuneEvents:
 
     on_stage: Callable[[str], None] = lambda stage: None
     on_plan: Callable[[int], None] = lambda total: None
-    on_result: Callable[[str, str, dict], None] = lambda cid, device, result: None
+    on_result: Callable[[str, str, DeviceResult], None] = lambda cid, device, result: None
 
 
 @dataclass(frozen=True)
@@ -197,7 +197,8 @@ class Tuner:
         excludes = self._validated_excludes(ws.prepared)
         self.report = self._load_or_new_report(ws)
         self.events.on_stage("measuring the FP32 reference")
-        self.report["fp32"] = self.evaluator.reference(ws.prepared.path, ws.prepared.sha256, ws.eval_inputs)
+        fp32 = self.evaluator.reference(ws.prepared.path, ws.prepared.sha256, ws.eval_inputs)
+        self.report["fp32"] = {device: result.to_fp32_report() for device, result in fp32.items()}
         self._save()
         self._deadline = None if cfg.budget_seconds is None else start + cfg.budget_seconds
         if cfg.probe_recipes:
@@ -214,7 +215,7 @@ class Tuner:
         context = StrategyContext(ranking=tuple(r for r in ranking if r not in excludes),
                                   fixed_excludes=excludes, max_candidates=cfg.max_candidates, seed=cfg.seed,
                                   meets_target=self._meets_target if cfg.has_target else None,
-                                  parallelism=getattr(self.evaluator, "parallelism", 1))
+                                  parallelism=self.evaluator.parallelism)
         strategy = make_strategy(cfg.strategy, context)
         self.events.on_stage("evaluating candidates")
         idle_rounds = 0
@@ -298,18 +299,20 @@ class Tuner:
         """For each device class with crashing candidates, bisect (most sensitive nodes first) to
         the nodes whose quantization makes it crash, and measure the candidate without them: the
         retried candidate joins the report like any other, so the front has a working model."""
-        from coordinator.tuner.blame import blame_crashes
+        from coordinator.tuner.blame import CandidateResults, blame_crashes
 
         if not self.config.blame_crashes:
             return
         current = self.settings.to_dict()
         # QOperator and dynamic models are refused whole by QDQ-only runtimes (TVM): not a node's fault
         node_level = self.settings.is_static and self.settings.format == "qdq"
-        candidates = [dict(c, results={d: r for d, r in c["results"].items()
-                                       if node_level or r.get("status") != "unsupported"})
+        candidates = [CandidateResults(c["id"], tuple(c["excluded_nodes"]),
+                                       {d: r for d, r in map(lambda i: (i[0], DeviceResult.from_dict(i[1])),
+                                                             c["results"].items())
+                                        if node_level or r.status.value != "unsupported"})
                       for c in self.report["candidates"]
                       if c.get("settings", current) == current and not c.get("int16_nodes")]
-        if not any(is_blameable(r) for c in candidates for r in c["results"].values()):
+        if not any(r.blameable for c in candidates for r in c.results.values()):
             return
         if self._budget_spent():
             self.report["blame"] = {"skipped": f"crashes not blamed: {self.stop_reason}"}
@@ -318,18 +321,18 @@ class Tuner:
         self.events.on_stage("blaming crashes")
         quantizable = quantizable_nodes(ws.prepared, self.settings)
 
-        def probe(device: str, excluded: tuple[str, ...]) -> dict:
+        def probe(device: str, excluded: tuple[str, ...]) -> DeviceResult:
             spec = self._spec(ws, excluded)
             if not self._complete(spec.id):
                 if self._budget_spent():
-                    return {"status": "crash", "crash_cause": f"not measured: {self.stop_reason}"}
+                    return DeviceResult.failure(CrashCause(CrashKind.NOT_MEASURED, self.stop_reason or ""))
                 fresh = self._candidate_entry(spec.id) is None
                 self.events.on_plan(1)
                 self._evaluate_batch(ws, [spec])
                 if fresh and self._candidate_entry(spec.id) is not None:
                     self._candidate_entry(spec.id)["origin"] = "blame"   # a probe, not a search step
-            entry = self._candidate_entry(spec.id) or {}
-            return entry.get("results", {}).get(device) or {"status": "crash", "crash_cause": "not measured"}
+            result = (self._candidate_entry(spec.id) or {}).get("results", {}).get(device)
+            return DeviceResult.from_dict(result) if result else DeviceResult.failure(CrashCause(CrashKind.NOT_MEASURED))
 
         self.report["blame"] = blame_crashes(candidates, self.evaluator.devices, quantizable,
                                              ranking or quantizable, probe)
@@ -469,19 +472,19 @@ class Tuner:
                      "num_excluded": len(spec.excluded_nodes), "int16_nodes": list(spec.int16_nodes),
                      "size_bytes": 0, "results": {}}
             self.report["candidates"].append(entry)
+        result = DeviceResult.failure(CrashCause(CrashKind.BUILD, str(exc)))
         for device in self.evaluator.devices:
-            entry["results"][device] = {**failure_result(exc, 0), "status": "crash",
-                                        "crash_cause": f"build:{exc}"}
-            self.events.on_result(spec.id, device, entry["results"][device])
+            entry["results"][device] = result.to_report()
+            self.events.on_result(spec.id, device, result)
         self._save()
 
-    def _record(self, cid: str, device: str, result: dict) -> None:
+    def _record(self, cid: str, device: str, result: DeviceResult) -> None:
         entry = self._candidate_entry(cid)
         if entry is None:
             raise QfarmError(f"result for unknown candidate {cid}", step="tune")
         if device not in entry["results"]:
             self.evaluations += 1
-        entry["results"][device] = result
+        entry["results"][device] = result.to_report()
         self._update_pareto()
         self._save()
         self.events.on_result(cid, device, result)

@@ -146,7 +146,8 @@ def result_shapes(trees: dict[Path, ast.AST]) -> dict[str, int]:
             elif isinstance(node, ast.Call):
                 func = node.func
                 called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
-                if called == "DeviceResult" and len(node.keywords) >= 3:
+                if called == "DeviceResult" and getattr(func, "value", None) is not None \
+                        and getattr(func.value, "id", "") == "job_pb2" and len(node.keywords) >= 3:
                     protos += 1
                 if called == "startswith" and any(s.startswith(CAUSE_PREFIXES) for s in _strings(node)):
                     parses += 1

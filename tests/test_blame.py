@@ -13,9 +13,10 @@ import pytest
 
 from shared.runners.ort import OrtConfig, OrtRunner
 from coordinator.evaluators import EvalInputs, LocalEvaluator
-from coordinator.tuner.blame import blame_candidate, blame_crashes, crashed, find_culprits
+from coordinator.tuner.blame import CandidateResults, blame_candidate, blame_crashes, find_culprits
 from coordinator.prepare import prepare_model
 from coordinator.quantize import build_candidate, quantizable_nodes, spec_for
+from shared.results import DeviceResult, ResultStatus
 from shared.settings import QuantSettings
 from tests.device_runtimes import NoQuantizedGemm
 from tests.models import make_classifier
@@ -68,7 +69,7 @@ def test_real_candidates_blame_the_gemm_on_a_device_without_quantized_gemm(tmp_p
     evaluator.reference(prepared.path, prepared.sha256, data)
     probed: list[tuple[str, ...]] = []
 
-    def probe(excluded: tuple[str, ...]) -> dict:
+    def probe(excluded: tuple[str, ...]) -> DeviceResult:
         probed.append(excluded)
         spec = spec_for(prepared, settings, excluded, calibration_digest="test")
         cand = build_candidate(prepared, spec, tmp_path / "candidates", calibration, tmp_path / "cache")
@@ -77,11 +78,11 @@ def test_real_candidates_blame_the_gemm_on_a_device_without_quantized_gemm(tmp_p
         return result
 
     full = probe(())
-    assert crashed(full) and "no quantized Gemm kernel (node fc)" in full["crash_cause"]
+    assert not full.ok and "no quantized Gemm kernel (node fc)" in str(full.crash_cause)
     ranking = sorted(quantizable)                      # any order: the search does not rely on it being right
     blame = blame_candidate("full-int8", "npu-x", (), quantizable, ranking, probe)
     assert blame.blamed == ("fc",) and blame.note == ""
-    assert blame.retried_excluded == ("fc",) and blame.retried_result["status"] == "ok"
+    assert blame.retried_excluded == ("fc",) and blame.retried_result.ok
     assert blame.probes == len(probed) - 1 <= 2 + math.ceil(math.log2(len(quantizable)))
     assert blame.to_report() == {"candidate": "full-int8", "blamed_nodes": ["fc"], "probes": blame.probes,
                                  "retried_excluded": ["fc"], "retried_status": "ok"}
@@ -89,7 +90,7 @@ def test_real_candidates_blame_the_gemm_on_a_device_without_quantized_gemm(tmp_p
     assert partial.blamed == ("fc",) and partial.retried_excluded == ("conv0", "fc")
 
     # the report section over several crashing candidates: one bisection explains them all
-    entries = [{"id": f"c{i}", "excluded_nodes": list(ex), "results": {"npu-x": probe(ex), "cpu": {"status": "ok"}}}
+    entries = [CandidateResults(f"c{i}", ex, {"npu-x": probe(ex), "cpu": DeviceResult(ResultStatus.OK)})
                for i, ex in enumerate([(), ("conv0",), ("conv0", "conv1"), ("fc",)])]
     section = blame_crashes(entries, ["npu-x", "cpu"], quantizable, ranking, lambda device, ex: probe(ex))
     assert list(section) == ["npu-x"]                      # nothing crashed on cpu: nothing to blame there

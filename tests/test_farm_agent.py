@@ -60,7 +60,7 @@ def test_worker_measures_and_a_segfault_costs_one_job_only(tmp_path, job_files):
         threading.Event().wait(0.5)                                   # j2 measures for minutes: kill it inside
         os.kill(pid, signal.SIGSEGV)                                  # the runtime "crashes" mid-job
         thread.join(30)
-        assert outcome["o"].finished is False and outcome["o"].crash_cause == "signal:SIGSEGV"
+        assert outcome["o"].finished is False and str(outcome["o"].crash_cause) == "signal:SIGSEGV"
         after = worker.run(_request(tmp_path, "j3", model, inputs, 2), 60, lambda: False)
         assert after.finished and worker.proc.pid != pid                # a fresh worker took over
     finally:
@@ -72,12 +72,12 @@ def test_worker_timeout_and_cancel_kill_the_job_not_the_agent(tmp_path, job_file
     worker = _worker(tmp_path)
     try:
         hung = worker.run(_request(tmp_path, "j1", model, inputs, 10_000_000), 3.0, lambda: False)
-        assert (hung.finished, hung.crash_cause) == (False, "timeout")
+        assert (hung.finished, str(hung.crash_cause)) == (False, "timeout")
         assert worker.proc is None
         flag = threading.Event()
         threading.Timer(2.0, flag.set).start()
         cancelled = worker.run(_request(tmp_path, "j2", model, inputs, 10_000_000), 60, flag.is_set)
-        assert cancelled.crash_cause == "cancelled"
+        assert str(cancelled.crash_cause) == "cancelled"
         assert worker.run(_request(tmp_path, "j3", model, inputs, 1), 60, lambda: False).finished
     finally:
         worker.close()

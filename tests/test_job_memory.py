@@ -16,7 +16,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from agent.runtimes import RuntimeOptions
-from agent.sandbox import ChildWorker, is_oom
+from agent.sandbox import ChildWorker
+from shared.results import is_oom
 from agent.worker import Agent, AgentConfig
 from coordinator.farm.evaluator import npy_bytes
 from coordinator.farm.scheduler import PRIORITY_REFERENCE

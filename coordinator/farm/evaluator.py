@@ -19,11 +19,12 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from shared.artifacts import ArtifactStore, sha256_file
-from coordinator.farm.scheduler import PRIORITY_CANDIDATE, PRIORITY_REFERENCE, STATUS_NAMES, Scheduler
+from coordinator.farm.scheduler import PRIORITY_CANDIDATE, PRIORITY_REFERENCE, Scheduler
 from coordinator.farm.states import AgentState
 from coordinator.farm.store import ResultRow, Store
 from shared.errors import EvaluationError, QfarmError
 from shared.pb.qfarm.v1 import job_pb2
+from shared.results import DeviceResult
 from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
@@ -83,22 +84,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def result_dict(row: ResultRow) -> dict:
-    """A DeviceResult as the report's per-device result entry."""
-    res = job_pb2.DeviceResult.FromString(row.payload)
-    out: dict = {"status": STATUS_NAMES[res.status], "size_bytes": res.size_bytes, "num_images": res.num_images,
-                 "wall_seconds": round(res.wall_seconds, 3), "attempt": row.attempt,
-                 "runtime": {"runtime": res.runtime.runtime, "version": res.runtime.version,
-                             "providers": list(res.runtime.providers), "options": res.runtime.options}}
-    if res.status == job_pb2.RESULT_STATUS_OK:
-        out.update({"top1_agreement": res.top1_agreement, "top5_agreement": res.top5_agreement,
-                    "top1_accuracy": res.top1_accuracy if res.HasField("top1_accuracy") else None,
-                    "latency_ms_p50": res.latency_ms_p50, "latency_ms_p90": res.latency_ms_p90})
-    else:
-        out.update({"crash_cause": res.crash_cause, "stderr_tail": res.stderr_tail})
-    return out
-
-
 class FarmEvaluator:
     """Evaluator over the farm for one campaign; `devices` are its device classes."""
 
@@ -107,6 +92,8 @@ class FarmEvaluator:
         self.ctx = ctx
         self.campaign_id = campaign_id
         self.devices = tuple(devices)
+        # strategies see one evaluation at a time on the farm too; the agents' count is not used yet
+        self.parallelism = 1
         self.device_timeout_s = device_timeout_s
         self.on_status = on_status
         self._fp32: dict[str, job_pb2.Artifact] = {}
@@ -116,7 +103,7 @@ class FarmEvaluator:
         self._last_message = ""
 
     # -- Evaluator interface ------------------------------------------------------------------
-    def reference(self, model: Path, model_sha256: str, data) -> dict[str, dict]:
+    def reference(self, model: Path, model_sha256: str, data) -> dict[str, DeviceResult]:
         """FP32 outputs and metrics, measured once per device class by an agent of that class."""
         self._base = self.ctx.register_file(model, "model", Path(model).name)
         key, evaldata = self._eval_data(data)
@@ -129,26 +116,24 @@ class FarmEvaluator:
             job.data.CopyFrom(evaldata)
             self.ctx.scheduler.submit(job, "reference", PRIORITY_REFERENCE, self.campaign_id)
             pending[job.job_id] = (job.candidate.id, device)
-        metrics: dict[str, dict] = {}
+        metrics: dict[str, DeviceResult] = {}
         self._status(f"measuring the FP32 reference on {', '.join(self.devices)}")
         while pending:
             for job_id, row in self._collect(pending, block=True):
                 _, device = pending.pop(job_id)
-                result = result_dict(row)
-                if result["status"] != "ok":
+                result = row.result()
+                if not result.ok:
                     raise EvaluationError(
                         f"the FP32 model {Path(model).name} fails on device class {device!r} "
-                        f"({result['status']}: {result.get('crash_cause')}); no candidate can be compared there",
+                        f"({result.status.value}: {result.crash_cause}); no candidate can be compared there",
                         step="reference")
                 self._fp32[device] = job_pb2.Artifact(
                     sha256=row.fp32_sha256, kind="fp32_outputs", name=f"fp32 {device}",
                     size_bytes=self.ctx.artifacts.path_of(row.fp32_sha256).stat().st_size)
-                metrics[device] = {k: result.get(k) for k in (
-                    "status", "top1_accuracy", "size_bytes", "latency_ms_p50", "latency_ms_p90", "num_images",
-                    "runtime")}
+                metrics[device] = result
         return {device: metrics[device] for device in self.devices}
 
-    def evaluate(self, candidates: Iterable, data) -> Iterator[tuple[str, str, dict]]:
+    def evaluate(self, candidates: Iterable, data) -> Iterator[tuple[str, str, DeviceResult]]:
         """Queue each candidate's jobs as it is built; yield results as they arrive."""
         if len(self._fp32) != len(self.devices) or self._base is None:
             raise EvaluationError("reference() must run before evaluate()", step="evaluate")
@@ -166,7 +151,7 @@ class FarmEvaluator:
                     pending.update(self._submit(cand, key, evaldata))
             for job_id, row in self._collect(pending, block=exhausted):
                 cid, device = pending.pop(job_id)
-                yield cid, device, result_dict(row)
+                yield cid, device, row.result()
 
     # -- helpers ------------------------------------------------------------------------------
     def _eval_data(self, data) -> tuple[str, job_pb2.EvalData]:

@@ -22,14 +22,9 @@ from coordinator.farm.states import AgentState, JobState, is_alive
 from coordinator.farm.store import JobRow, ResultRow, Store, Tx
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.pb.qfarm.v1 import job_pb2
+from shared.results import CrashCause, CrashKind, DeviceResult
 
 log = logging.getLogger(__name__)
-
-STATUS_NAMES = {
-    job_pb2.RESULT_STATUS_OK: "ok",
-    job_pb2.RESULT_STATUS_CRASH: "crash",
-    job_pb2.RESULT_STATUS_UNSUPPORTED: "unsupported",
-}
 
 PRIORITY_REFERENCE = 10   # FP32 reference jobs unblock every candidate of their class: run them first
 PRIORITY_CANDIDATE = 0
@@ -246,9 +241,11 @@ class Scheduler:
     # ---------------------------------------------------------------- results
     def report(self, agent_id: str, result: job_pb2.DeviceResult, fp32_sha256: str = "") -> ReportOutcome:
         """Record a job's result exactly once; see the module docstring for the rules."""
-        if result.status not in STATUS_NAMES:
+        try:
+            status = DeviceResult.from_proto(result).status
+        except KeyError:
             raise InvalidArgument(f"result status {result.status} of job {result.job_id!r} is not ok, crash or "
-                                  f"unsupported", step="result")
+                                  f"unsupported", step="result") from None
         now = self.clock()
         with self.store.transaction() as c:
             job = c.job(result.job_id)
@@ -274,7 +271,7 @@ class Scheduler:
                 return ReportOutcome(False, True, "this attempt's result is already recorded" if same else
                                      f"job already has the result of attempt {existing.attempt}")
             holder = job.agent_id
-            c.insert_result(ResultRow(result.job_id, result.attempt, agent_id, STATUS_NAMES[result.status],
+            c.insert_result(ResultRow(result.job_id, result.attempt, agent_id, status.value,
                                       result.SerializeToString(), fp32_sha256, now))
             c.set_job_state(result.job_id, JobState.DONE, now)
             for aid in {holder, agent_id} - {None}:
@@ -364,14 +361,14 @@ class Scheduler:
         if job.attempt < self.policy.max_attempts:
             c.set_job_state(job.job_id, JobState.QUEUED, now)
             return
-        result = job_pb2.DeviceResult(
-            job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate_id, device=job.device,
-            status=job_pb2.RESULT_STATUS_CRASH,
-            crash_cause=f"lost:{job.attempt} leases ended without a result (last: {why})")
-        c.insert_result(ResultRow(job.job_id, job.attempt, "coordinator", "crash", result.SerializeToString(), "",
-                                  now))
+        lost = DeviceResult.failure(CrashCause(CrashKind.LOST, f"{job.attempt} leases ended without a result "
+                                                                f"(last: {why})"))
+        result = lost.to_proto(job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate_id,
+                               device=job.device)
+        c.insert_result(ResultRow(job.job_id, job.attempt, "coordinator", lost.status.value,
+                                  result.SerializeToString(), "", now))
         c.set_job_state(job.job_id, JobState.DONE, now)
-        log.warning("job %s given up: %s", job.job_id, result.crash_cause)
+        log.warning("job %s given up: %s", job.job_id, lost.crash_cause)
 
     @staticmethod
     def _refresh_busy(c: Tx, agent_id: str) -> None:

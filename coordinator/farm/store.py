@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 
 from coordinator.farm.states import AgentState, CampaignState, JobState, require_transition
 from shared.errors import NotFound
+from shared.pb.qfarm.v1 import job_pb2
+from shared.results import DeviceResult
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
@@ -88,6 +90,9 @@ class ResultRow:
     payload: bytes            # serialized qfarm.v1.DeviceResult
     fp32_sha256: str
     received_at: float
+
+    def result(self) -> DeviceResult:
+        return DeviceResult.from_proto(job_pb2.DeviceResult.FromString(self.payload))
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
+
+from shared.results import DeviceResult
 
 log = logging.getLogger(__name__)
 
-CRASHED = ("crash", "unsupported")
 MAX_CULPRITS = 8
 
 
@@ -28,7 +29,7 @@ class Blame:
     blamed: tuple[str, ...]                # nodes whose quantization makes the device crash, in blame order
     probes: int                            # candidates measured to find them
     retried_excluded: tuple[str, ...] = ()  # the crashing candidate's exclusions plus the blamed nodes
-    retried_result: dict | None = field(default=None, compare=False)   # its result on the device
+    retried_result: DeviceResult | None = field(default=None, compare=False)   # its result on the device
     note: str = ""
 
     def to_report(self) -> dict:
@@ -36,21 +37,19 @@ class Blame:
         entry = {"candidate": self.candidate_id, "blamed_nodes": list(self.blamed), "probes": self.probes,
                  "retried_excluded": list(self.retried_excluded)}
         if self.retried_result is not None:
-            entry["retried_status"] = self.retried_result.get("status")
+            entry["retried_status"] = self.retried_result.status.value
         if self.note:
             entry["note"] = self.note
         return entry
 
 
-def crashed(result: dict) -> bool:
-    return result.get("status") in CRASHED
+@dataclass(frozen=True)
+class CandidateResults:
+    """A measured candidate as blame sees it: its float nodes and its result per device class."""
 
-
-def is_blameable(result: dict) -> bool:
-    """A crash the device's handling of quantized nodes may explain: not a lost lease (the
-    infrastructure), not a failed build (the same everywhere, reported as such)."""
-    cause = str(result.get("crash_cause", ""))
-    return crashed(result) and not cause.startswith(("lost:", "build:", "not measured"))
+    id: str
+    excluded_nodes: tuple[str, ...]
+    results: Mapping[str, DeviceResult]
 
 
 def find_culprits(quantized: Sequence[str], crashes: Callable[[frozenset[str]], bool],
@@ -86,17 +85,17 @@ def find_culprits(quantized: Sequence[str], crashes: Callable[[frozenset[str]], 
 
 
 def blame_candidate(candidate_id: str, device: str, excluded: Sequence[str], quantizable: Sequence[str],
-                    ranking: Sequence[str], probe: Callable[[tuple[str, ...]], dict],
+                    ranking: Sequence[str], probe: Callable[[tuple[str, ...]], DeviceResult],
                     max_culprits: int = MAX_CULPRITS) -> Blame:
     """Blame the crash of one candidate on one device class.
 
     `excluded`: the candidate's float nodes; `quantizable`: every node the settings quantize;
     `ranking`: sensitivity order (most sensitive first: searched first); `probe(excluded)` builds
-    the candidate excluding those nodes, measures it on `device` and returns its result dict."""
+    the candidate excluding those nodes, measures it on `device` and returns its result."""
     fixed = set(excluded)
     order = [n for n in ranking if n in set(quantizable)] + [n for n in quantizable if n not in set(ranking)]
     quantized = [n for n in dict.fromkeys(order) if n not in fixed]
-    results: dict[tuple[str, ...], dict] = {}
+    results: dict[tuple[str, ...], DeviceResult] = {}
 
     def exclusions(kept_quantized: frozenset[str]) -> tuple[str, ...]:
         return tuple(sorted(fixed | (set(quantized) - kept_quantized)))
@@ -105,7 +104,7 @@ def blame_candidate(candidate_id: str, device: str, excluded: Sequence[str], qua
         key = exclusions(kept_quantized)
         if key not in results:
             results[key] = probe(key)
-        return crashed(results[key])
+        return not results[key].ok
 
     blamed, probes, note = find_culprits(quantized, crashes, max_culprits)
     if not blamed:
@@ -114,28 +113,28 @@ def blame_candidate(candidate_id: str, device: str, excluded: Sequence[str], qua
     return Blame(device, candidate_id, blamed, probes, retried, results.get(retried), note)
 
 
-def blame_crashes(candidates: Sequence[dict], devices: Sequence[str], quantizable: Sequence[str],
-                  ranking: Sequence[str], probe: Callable[[str, tuple[str, ...]], dict],
+def blame_crashes(candidates: Sequence[CandidateResults], devices: Sequence[str], quantizable: Sequence[str],
+                  ranking: Sequence[str], probe: Callable[[str, tuple[str, ...]], DeviceResult],
                   max_culprits: int = MAX_CULPRITS) -> dict[str, list[dict]]:
-    """The report's `blame` section: per device class, the crashes of `candidates` (report entries
-    with `id`, `excluded_nodes`, `results`) and the nodes blamed for them.
+    """The report's `blame` section: per device class, the crashes of `candidates` and the nodes
+    blamed for them.
 
     One bisection per device explains every crashing candidate that quantizes a node already
-    blamed there; only the others get their own (most-quantized first). Crashes of the
-    infrastructure (`lost:` leases) are not blamed. `probe(device, excluded)` measures the
-    candidate excluding those nodes on that device."""
+    blamed there; only the others get their own (most-quantized first). Failures that are not the
+    device's (lost leases, failed builds: `DeviceResult.blameable`) are not blamed.
+    `probe(device, excluded)` measures the candidate excluding those nodes on that device."""
     out: dict[str, list[dict]] = {}
     for device in devices:
-        crashes = [c for c in candidates if is_blameable(c["results"].get(device, {}))]
+        crashes = [c for c in candidates if device in c.results and c.results[device].blameable]
         blamed_here: set[str] = set()
         entries = []
-        for cand in sorted(crashes, key=lambda c: (len(c["excluded_nodes"]), c["id"])):
-            quantized = set(quantizable) - set(cand["excluded_nodes"])
+        for cand in sorted(crashes, key=lambda c: (len(c.excluded_nodes), c.id)):
+            quantized = set(quantizable) - set(cand.excluded_nodes)
             explained = sorted(quantized & blamed_here)
             if explained:
-                entries.append({"candidate": cand["id"], "explained_by": explained})
+                entries.append({"candidate": cand.id, "explained_by": explained})
                 continue
-            blame = blame_candidate(cand["id"], device, cand["excluded_nodes"], quantizable, ranking,
+            blame = blame_candidate(cand.id, device, cand.excluded_nodes, quantizable, ranking,
                                     lambda excluded: probe(device, excluded), max_culprits)
             blamed_here.update(blame.blamed)
             entries.append(blame.to_report())

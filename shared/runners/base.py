@@ -3,7 +3,7 @@ TVM agent all evaluate candidates through it, so moving evaluation onto a device
 it runs, not how."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -34,16 +34,3 @@ class Runner(Protocol):
 
     def latency_seconds(self, model: Path, sample: np.ndarray, input_name: str, runs: int) -> list[float]:
         """Wall seconds of `runs` batch-1 inferences of `sample` (1, ...), after a warm-up."""
-
-
-@dataclass(frozen=True)
-class EvalMetrics:
-    top1_agreement: float
-    top5_agreement: float
-    top1_accuracy: float | None
-    num_images: int
-    size_bytes: int
-    latency_ms_p50: float
-    latency_ms_p90: float
-    wall_seconds: float
-    runtime: RunnerInfo = field(default_factory=lambda: RunnerInfo("", ""))
