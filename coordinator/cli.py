@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from coordinator import options
 from coordinator.arguments import (add_data_arguments, add_farm_tune_arguments, add_quant_arguments,
                                    preprocess_from_args, settings_from_args)
 from shared.errors import InvalidArgument, NotFound, QfarmError
@@ -15,31 +16,16 @@ from shared.errors import InvalidArgument, NotFound, QfarmError
 log = logging.getLogger("coordinator")
 
 def add_tune(sub) -> None:
-    p = sub.add_parser("tune", help="rank layers, build and evaluate selectively quantized candidates")
+    p = sub.add_parser("tune", help="rank layers, build and evaluate selectively quantized candidates",
+                       formatter_class=options.HelpFormatter)
     p.add_argument("model", type=Path, help="FP32 ONNX model")
     p.add_argument("--out", type=Path, required=True, help="output dir; report.json there is the checkpoint")
     add_data_arguments(p)
     add_quant_arguments(p)
     p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names always kept in float")
-    p.add_argument("--strategy", default="sweep", help="sweep | bisect | greedy | nsga2")
-    p.add_argument("--max-candidates", type=int, help="cap the sweep, sampling k evenly")
-    p.add_argument("--max-drop", "--max-agreement-drop", dest="max_agreement_drop", type=float,
-                   help="target: at most this fraction of images may change top-1 vs FP32 (e.g. 0.03)")
-    p.add_argument("--max-top1-drop", type=float, help="target: labelled top-1 within this fraction of FP32")
-    p.add_argument("--budget-evals", type=int, help="stop after this many candidate evaluations")
-    p.add_argument("--probe-recipes", nargs="+", default=[], metavar="RECIPE",
-                   help="measure these recipes as full INT8 first and search with the best "
-                        "(u8s8 u8s8-rr s8s8-rr u8u8 qoperator-s8s8 per-tensor entropy cle)")
-    p.add_argument("--no-blame", action="store_true",
-                   help="do not bisect crashing candidates to the nodes a device cannot run quantized")
-    p.add_argument("--budget-seconds", type=float, help="stop starting new candidates after this many seconds")
-    p.add_argument("--rank-by", choices=("seqto", "quantune"), default="seqto")
-    p.add_argument("--ranking-images", type=int, default=16)
-    p.add_argument("--objectives", nargs="+", default=["accuracy_loss", "size_bytes"])
-    p.add_argument("--latency-runs", type=int, default=20, help="batch-1 timed runs per candidate")
+    options.add_arguments(p)                             # every tuner option: coordinator/options.py
     p.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
-    p.add_argument("--seed", type=int, default=0)
     add_farm_tune_arguments(p)                           # farm mode: --coordinator, --devices
     p.set_defaults(func=cmd_tune)
 
@@ -47,15 +33,9 @@ def add_tune(sub) -> None:
 def tune_config_from_args(args: argparse.Namespace):
     from coordinator.tune import TuneConfig
 
-    return TuneConfig(
-        model=args.model, images=args.images, out=args.out, calibration_images=args.calibration_images,
-        labels=args.labels, preprocess=preprocess_from_args(args), n_calibration=args.calibration,
-        n_eval=args.eval, settings=settings_from_args(args), excludes=tuple(args.exclude),
-        strategy=args.strategy, seed=args.seed, max_candidates=args.max_candidates, ranking_method=args.rank_by,
-        ranking_images=args.ranking_images, objectives=tuple(args.objectives), latency_runs=args.latency_runs,
-        max_agreement_drop=args.max_agreement_drop, max_top1_drop=args.max_top1_drop,
-        budget_evals=args.budget_evals, budget_seconds=args.budget_seconds,
-        probe_recipes=tuple(args.probe_recipes), blame_crashes=not args.no_blame)
+    return TuneConfig(model=args.model, images=args.images, out=args.out, calibration_images=args.calibration_images,
+                      preprocess=preprocess_from_args(args), settings=settings_from_args(args),
+                      excludes=tuple(args.exclude), **options.values_from_args(args, options.TUNE_OPTIONS))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

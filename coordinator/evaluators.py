@@ -22,7 +22,7 @@ class EvalInputs:
     inputs: np.ndarray
     labels: np.ndarray | None
     input_name: str
-    latency_runs: int = 20
+    latency_runs: int
 
     def digest(self) -> str:
         h = hashlib.sha256(np.ascontiguousarray(self.inputs).tobytes())

@@ -8,8 +8,6 @@ from typing import Mapping, Sequence
 import numpy as np
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from shared.errors import InvalidArgument
-
 # objective name -> (value from a result dict and the candidate's size, minimise)
 OBJECTIVES = {
     "accuracy_loss": lambda r: 1.0 - r["top1_agreement"],
@@ -18,16 +16,6 @@ OBJECTIVES = {
     "size_bytes": lambda r: float(r["size_bytes"]),
     "latency_ms": lambda r: float(r["latency_ms_p50"]),
 }
-DEFAULT_OBJECTIVES = ("accuracy_loss", "size_bytes")
-
-
-def check_objectives(names: Sequence[str]) -> tuple[str, ...]:
-    for name in names:
-        if name not in OBJECTIVES:
-            raise InvalidArgument(f"objective {name!r} is not one of {', '.join(OBJECTIVES)}")
-    if len(names) < 1:
-        raise InvalidArgument("at least one objective is needed")
-    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -50,7 +38,7 @@ def _argbest(F: np.ndarray, j: int) -> int:
     return int(np.lexsort(tuple(F[:, k] for k in reversed(keys)))[0])
 
 
-def pareto(results: Mapping[str, Mapping], objectives: Sequence[str] = DEFAULT_OBJECTIVES) -> ParetoResult:
+def pareto(results: Mapping[str, Mapping], objectives: Sequence[str]) -> ParetoResult:
     """`results`: candidate id -> result dict (status, top1_agreement, size_bytes, ...) on one device."""
     ids, F = objective_matrix(results, objectives)
     if not ids:

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -16,90 +16,20 @@ import numpy as np
 
 from coordinator import data as data_mod
 from coordinator.evaluators import EvalInputs, Evaluator
-from coordinator.pareto import DEFAULT_OBJECTIVES, check_objectives, pareto
+from coordinator.pareto import pareto
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.quantize import BuiltCandidate, CandidateSpec, build_candidate, quantizable_nodes, spec_for
 from coordinator.report import SCHEMA_VERSION, identity_mismatch, read_report, write_report
 from coordinator.strategies import StrategyContext, make_strategy
+from coordinator.tuner.config import TuneConfig
+from coordinator.tuner.probe import RECIPE_PROBES
+from coordinator.tuner.rank import RANKING_CACHE_VERSION, RANKING_METHODS
+from coordinator.tuner.search import TARGET_DRIVEN
 from shared.errors import InvalidArgument, ModelError, QfarmError
 from shared.results import CrashCause, CrashKind, DeviceResult
 from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
-
-RANKING_METHODS = ("seqto", "quantune")
-RANKING_CACHE_VERSION = "1"   # bump when the ranking's measurement changes
-#: strategies that look for the smallest candidate meeting a target (not for a whole front)
-TARGET_DRIVEN = ("bisect", "greedy")
-
-#: recipes the tuner can probe as whole-model INT8 before searching exclusions: the recipe often
-#: matters more than the exclusions (README "Recipes"); each is a change to the base settings
-RECIPE_PROBES: dict[str, dict[str, Any]] = {
-    "u8s8": {"reduce_range": False},
-    "u8s8-rr": {"reduce_range": True},
-    "s8s8-rr": {"activation_type": "int8", "reduce_range": True},
-    "u8u8": {"weight_type": "uint8", "reduce_range": False},
-    "qoperator-s8s8": {"format": "qoperator", "activation_type": "int8", "reduce_range": False},
-    "per-tensor": {"per_channel": False},
-    "entropy": {"calibrate": "entropy"},
-    "cle": {"recipe": {"cle": "on"}},
-}
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    model: Path
-    images: Path
-    out: Path
-    calibration_images: Path | None = None
-    labels: str = "synset"
-    preprocess: data_mod.Preprocess = field(default_factory=data_mod.Preprocess)
-    n_calibration: int = 64
-    n_eval: int = 300
-    settings: QuantSettings = field(default_factory=QuantSettings)
-    excludes: tuple[str, ...] = ()
-    strategy: str = "sweep"
-    seed: int = 0
-    max_candidates: int | None = None
-    ranking_method: str = "seqto"
-    ranking_images: int = 16
-    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
-    latency_runs: int = 20
-    max_agreement_drop: float | None = None   # target: 1 - top1_agreement <= this
-    max_top1_drop: float | None = None        # target: fp32 top1 - candidate top1 <= this (labels needed)
-    budget_evals: int | None = None
-    budget_seconds: float | None = None
-    probe_recipes: tuple[str, ...] = ()       # names of RECIPE_PROBES measured as full INT8 first
-    blame_crashes: bool = True                # bisect crashes to the nodes a device cannot run quantized
-
-    def __post_init__(self) -> None:
-        if self.ranking_method not in RANKING_METHODS:
-            raise InvalidArgument(f"--rank-by {self.ranking_method!r} is not one of {', '.join(RANKING_METHODS)}")
-        if self.max_candidates is not None and self.max_candidates < 1:
-            raise InvalidArgument(f"--max-candidates {self.max_candidates} must be >= 1")
-        if self.ranking_images < 1:
-            raise InvalidArgument(f"--ranking-images {self.ranking_images} must be >= 1")
-        if self.latency_runs < 0:
-            raise InvalidArgument(f"--latency-runs {self.latency_runs} must be >= 0")
-        check_objectives(self.objectives)
-        for name in ("max_agreement_drop", "max_top1_drop"):
-            value = getattr(self, name)
-            if value is not None and not 0 <= value <= 1:
-                raise InvalidArgument(f"--{name.replace('_', '-')} {value} must be a fraction in [0, 1]")
-        if self.budget_evals is not None and self.budget_evals < 1:
-            raise InvalidArgument(f"--budget-evals {self.budget_evals} must be >= 1")
-        if self.budget_seconds is not None and self.budget_seconds <= 0:
-            raise InvalidArgument(f"--budget-seconds {self.budget_seconds} must be > 0")
-        for name in self.probe_recipes:
-            if name not in RECIPE_PROBES:
-                raise InvalidArgument(f"--probe-recipes {name!r} is not one of {', '.join(RECIPE_PROBES)}")
-        if self.max_top1_drop is not None and self.labels == "none":
-            raise InvalidArgument("--max-top1-drop needs labelled images (--labels synset)")
-
-    @property
-    def has_target(self) -> bool:
-        return self.max_agreement_drop is not None or self.max_top1_drop is not None
-
 
 @dataclass
 class TuneEvents:

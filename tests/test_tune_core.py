@@ -233,7 +233,7 @@ def test_pareto_front_and_recommendation():
         "d": {"status": "ok", "top1_agreement": 0.90, "size_bytes": 200},  # dominated by b
         "e": {"status": "crash", "size_bytes": 90},
     }
-    res = pareto(results)
+    res = pareto(results, ("accuracy_loss", "size_bytes"))
     assert res.fronts[0] == ["a", "b", "c"] or sorted(res.fronts[0]) == ["a", "b", "c"]
     assert "d" in res.fronts[1] and "e" not in res.points
     assert res.recommended == "b"

@@ -17,7 +17,7 @@ from pathlib import Path
 from coordinator.farm.evaluator import CampaignStopped, FarmContext, FarmEvaluator
 from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, spec_from_wire
 from coordinator.farm.states import CampaignState
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, QfarmError
+from shared.errors import FailedPrecondition, NotFound, QfarmError
 
 log = logging.getLogger(__name__)
 
@@ -192,34 +192,16 @@ class CampaignManager:
                 link.symlink_to(os.path.relpath(shared, work), target_is_directory=True)
 
     def _tune_config(self, spec: CampaignSpec, model: ModelEntry, work: Path):
-        from coordinator.data import Preprocess
+        from coordinator.preprocess import Preprocess
         from coordinator.tune import TuneConfig
 
         model_dir = self.data_dir / "inputs" / "models" / model.file.sha256
         images = self._materialize(spec.images, "images")
         cal = self._materialize(spec.calibration_images, "images") if spec.calibration_images else None
         pre = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.preprocess.items()}
-        return TuneConfig(
-            model=self._link(model.file, model_dir), images=images, out=work, calibration_images=cal,
-            labels=spec.labels, preprocess=Preprocess(**pre), n_calibration=spec.n_calibration, n_eval=spec.n_eval,
-            settings=spec.settings(), excludes=model.excludes, strategy=spec.strategy, seed=spec.seed,
-            max_candidates=spec.max_candidates, ranking_method=spec.ranking_method,
-            ranking_images=spec.ranking_images, objectives=spec.objectives, latency_runs=spec.latency_runs,
-            probe_recipes=spec.probe_recipes, blame_crashes=spec.blame_crashes, **self._targets(spec))
-
-    @staticmethod
-    def _targets(spec: CampaignSpec) -> dict:
-        """Targets and budgets the spec sets, passed on only when set (the core may not know them all)."""
-        from coordinator.tune import TuneConfig
-
-        values = {"max_agreement_drop": spec.max_agreement_drop, "max_top1_drop": spec.max_top1_drop,
-                  "budget_evals": spec.budget_evals, "budget_seconds": spec.budget_seconds}
-        known = TuneConfig.__dataclass_fields__
-        unknown = sorted(k for k, v in values.items() if v is not None and k not in known)
-        if unknown:
-            raise InvalidArgument(f"this coordinator's tuner does not support strategy.{', strategy.'.join(unknown)}",
-                                  step="spec")
-        return {k: v for k, v in values.items() if v is not None}
+        return TuneConfig(model=self._link(model.file, model_dir), images=images, out=work, calibration_images=cal,
+                          preprocess=Preprocess(**pre), settings=spec.settings(), excludes=model.excludes,
+                          **spec.tune_options())
 
     def _materialize(self, files: tuple[FileRef, ...], kind: str) -> Path:
         """An image folder rebuilt from artifacts under the original file names (labels come from them)."""

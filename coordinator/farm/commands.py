@@ -217,29 +217,25 @@ def cmd_tune_farm(args: argparse.Namespace) -> int:
 
 
 def spec_from_tune_args(args: argparse.Namespace):
+    from coordinator import options
     from coordinator.farm.spec import spec_from_local
 
     if not args.devices:
         raise InvalidArgument("--coordinator needs --devices KEY[,KEY...]", step="tune")
     model = Path(args.model).resolve()
+    sections = options.spec_sections(options.values_from_args(args))
     raw = {
         "name": model.stem,
         "devices": [d.strip() for d in args.devices.split(",") if d.strip()],
-        "device_timeout_s": args.device_timeout,
-        "objectives": list(args.objectives),
+        **sections.get("", {}),
         "models": [{"path": str(model), "excludes": list(args.exclude)}],
-        "data": {"images": str(Path(args.images).resolve()), "labels": args.labels, "calibration": args.calibration,
-                 "eval": args.eval, "latency_runs": args.latency_runs, "seed": args.seed},
+        "data": {"images": str(Path(args.images).resolve()), **sections.get("data", {})},
         "preprocess": preprocess_from_args(args).to_dict(),
         "quantization": settings_from_args(args).to_dict(),    # recipes included: the same settings as local
-        "strategy": {"name": args.strategy, "ranking": args.rank_by, "ranking_images": args.ranking_images,
-                     "probe_recipes": list(args.probe_recipes), "blame_crashes": not args.no_blame},
+        "strategy": sections.get("strategy", {}),
     }
     if args.calibration_images is not None:
         raw["data"]["calibration_images"] = str(Path(args.calibration_images).resolve())
-    for key in ("max_candidates", "max_agreement_drop", "max_top1_drop", "budget_evals", "budget_seconds"):
-        if getattr(args, key, None) is not None:
-            raw["strategy"][key] = getattr(args, key)
     return spec_from_local(raw, "coordinator tune arguments", Path.cwd())
 
 

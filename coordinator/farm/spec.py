@@ -6,6 +6,7 @@ sha256 only, so the coordinator never reads the user's disk and an identical cam
 identical wire bytes. Both forms go through one validator, which names every bad field at once."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from coordinator.options import (OPTIONS, TUNE_OPTIONS, option_fields, parse_spec_values, spec_keys, spec_sections,
+                                 values_of)
+from coordinator.preprocess import Preprocess
 from shared.artifacts import sha256_file
 from shared.errors import InvalidArgument, NotFound
 from shared.settings import QuantSettings
@@ -23,12 +27,11 @@ _DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
-TOP_KEYS = {"name", "devices", "device_timeout_s", "objectives", "models", "data", "preprocess", "quantization",
-            "strategy"}
-DATA_KEYS = {"images", "calibration_images", "labels", "calibration", "eval", "latency_runs", "seed"}
-PREPROCESS_KEYS = {"input_size", "resize_ratio", "mean", "std", "pixel_scale", "bgr", "layout"}
-STRATEGY_KEYS = {"name", "max_candidates", "ranking", "ranking_images", "max_agreement_drop", "max_top1_drop",
-                 "budget_evals", "budget_seconds", "probe_recipes", "blame_crashes"}
+# keys of the spec that are not tuner options (those come from coordinator/options.py)
+TOP_KEYS = {"name", "devices", "models", "data", "preprocess", "quantization", "strategy"} | spec_keys("")
+DATA_KEYS = {"images", "calibration_images"} | spec_keys("data")
+PREPROCESS_KEYS = {f.name for f in dataclasses.fields(Preprocess)}
+STRATEGY_KEYS = spec_keys("strategy")
 MODEL_KEYS_FILE = {"path", "name", "excludes"}
 MODEL_KEYS_WIRE = {"file", "name", "excludes"}
 
@@ -54,31 +57,17 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+@option_fields(OPTIONS)
 class CampaignSpec:
+    """A campaign; besides these fields, one per tuner option (coordinator/options.py)."""
+
     name: str
     devices: tuple[str, ...]
     models: tuple[ModelEntry, ...]
     images: tuple[FileRef, ...]
     calibration_images: tuple[FileRef, ...] | None = None
-    labels: str = "synset"
-    n_calibration: int = 64
-    n_eval: int = 300
-    latency_runs: int = 20
-    seed: int = 0
-    preprocess: Mapping[str, Any] = field(default_factory=dict)   # coordinator.data.Preprocess fields
+    preprocess: Mapping[str, Any] = field(default_factory=dict)   # coordinator.preprocess.Preprocess fields
     quantization: Mapping[str, Any] = field(default_factory=dict)  # shared.settings.QuantSettings fields
-    strategy: str = "sweep"
-    max_candidates: int | None = None
-    ranking_method: str = "seqto"
-    ranking_images: int = 16
-    objectives: tuple[str, ...] = ("accuracy_loss", "size_bytes")
-    device_timeout_s: float = 600.0
-    max_agreement_drop: float | None = None     # targets and budgets, as `coordinator tune` takes them
-    max_top1_drop: float | None = None
-    budget_evals: int | None = None
-    budget_seconds: float | None = None
-    probe_recipes: tuple[str, ...] = ()         # recipes measured as full INT8 before the search
-    blame_crashes: bool = True                  # bisect crashes to the nodes a device cannot run
 
     def settings(self) -> QuantSettings:
         return QuantSettings.from_dict(dict(self.quantization))
@@ -86,23 +75,21 @@ class CampaignSpec:
     def files(self) -> list[FileRef]:
         return [m.file for m in self.models] + list(self.images) + list(self.calibration_images or ())
 
+    def tune_options(self) -> dict[str, Any]:
+        """The options a model's tune runs with (TuneConfig's option fields)."""
+        return values_of(self, TUNE_OPTIONS)
+
     def to_wire(self) -> dict:
+        options = spec_sections(values_of(self))
         return {
-            "name": self.name, "devices": list(self.devices), "device_timeout_s": self.device_timeout_s,
-            "objectives": list(self.objectives),
+            "name": self.name, "devices": list(self.devices), **options.get("", {}),
             "models": [{"name": m.name, "file": m.file.to_wire(), "excludes": list(m.excludes)} for m in self.models],
             "data": {"images": [f.to_wire() for f in self.images],
                      "calibration_images": None if self.calibration_images is None
-                     else [f.to_wire() for f in self.calibration_images],
-                     "labels": self.labels, "calibration": self.n_calibration, "eval": self.n_eval,
-                     "latency_runs": self.latency_runs, "seed": self.seed},
+                     else [f.to_wire() for f in self.calibration_images], **options.get("data", {})},
             "preprocess": dict(self.preprocess),
             "quantization": dict(self.quantization),
-            "strategy": {"name": self.strategy, "max_candidates": self.max_candidates,
-                         "ranking": self.ranking_method, "ranking_images": self.ranking_images,
-                         "max_agreement_drop": self.max_agreement_drop, "max_top1_drop": self.max_top1_drop,
-                         "budget_evals": self.budget_evals, "budget_seconds": self.budget_seconds,
-                         "probe_recipes": list(self.probe_recipes), "blame_crashes": self.blame_crashes},
+            "strategy": options.get("strategy", {}),
         }
 
     def wire_json(self) -> str:
@@ -113,7 +100,9 @@ class CampaignSpec:
         """Identity of one model's tune: same key = same candidates, results and report."""
         wire = self.to_wire()
         wire.pop("name")
-        wire.pop("device_timeout_s")
+        for option in OPTIONS:            # the campaign's own options (a timeout) do not change results
+            if not option.tune:
+                (wire[option.section] if option.section else wire).pop(option.key)
         wire["models"] = [{"file": model.file.sha256, "excludes": sorted(model.excludes)}]
         text = json.dumps(wire, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:20]
@@ -145,42 +134,6 @@ def _table(raw: Mapping, key: str, allowed: set[str], errors: _Errors) -> Mappin
     return value
 
 
-def _int(value: Any, where: str, errors: _Errors, minimum: int, default: int | None) -> int | None:
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        errors.add(where, f"{value!r} must be an integer >= {minimum}")
-        return default
-    return value
-
-
-def _number(value: Any, where: str, errors: _Errors, default: float) -> float:
-    if value is None:
-        return default
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        errors.add(where, f"{value!r} must be a number > 0")
-        return default
-    return float(value)
-
-
-def _fraction(value: Any, where: str, errors: _Errors) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
-        errors.add(where, f"{value!r} must be a fraction between 0 and 1")
-        return None
-    return float(value)
-
-
-def _choice(value: Any, where: str, errors: _Errors, allowed: tuple[str, ...], default: str) -> str:
-    if value is None:
-        return default
-    if value not in allowed:
-        errors.add(where, f"{value!r} is not one of {', '.join(allowed)}")
-        return default
-    return value
-
-
 def _strings(value: Any, where: str, errors: _Errors) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -197,10 +150,6 @@ FolderResolver = Callable[[Any, str, _Errors], "tuple[FileRef, ...] | None"]
 def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, image_folder: FolderResolver,
                model_keys: set[str], model_file_key: str) -> CampaignSpec:
     """Validate a spec dict; how files are named (local path or sha256) is the resolvers' job."""
-    from coordinator.pareto import OBJECTIVES
-    from coordinator.strategies import STRATEGIES
-    from coordinator.tune import RANKING_METHODS, RECIPE_PROBES
-
     errors = _Errors(source)
     if not isinstance(raw, Mapping):
         raise InvalidArgument(f"campaign spec {source} must be a table/object", step="spec")
@@ -219,13 +168,38 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
             errors.add("devices", f"{d!r} is not a device class key (letters, digits, '.', '_', '-')")
     if len(set(devices)) != len(devices):
         errors.add("devices", f"{list(devices)} names a device class twice")
-    timeout = _number(raw.get("device_timeout_s"), "device_timeout_s", errors, 600.0)
-    objectives = _strings(raw.get("objectives"), "objectives", errors) or ("accuracy_loss", "size_bytes")
-    for o in objectives:
-        if o not in OBJECTIVES:
-            errors.add("objectives", f"{o!r} is not one of {', '.join(OBJECTIVES)}")
+    models = _models(raw.get("models"), model_file, model_keys, model_file_key, errors)
 
-    models_raw = raw.get("models")
+    data = _table(raw, "data", DATA_KEYS, errors)
+    images = image_folder(data.get("images"), "data.images", errors)
+    cal_images = None
+    if data.get("calibration_images") is not None:
+        cal_images = image_folder(data.get("calibration_images"), "data.calibration_images", errors)
+
+    preprocess = dict(_table(raw, "preprocess", PREPROCESS_KEYS, errors))
+    try:
+        pre_args = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()}
+        Preprocess(**pre_args)
+    except (InvalidArgument, TypeError) as exc:
+        errors.add("preprocess", str(exc.args[0]) if exc.args else type(exc).__name__)
+
+    quant = dict(_table(raw, "quantization", set(QuantSettings.__dataclass_fields__), errors))
+    try:
+        QuantSettings.from_dict(quant)
+    except InvalidArgument as exc:
+        errors.add("quantization", exc.args[0])
+    except TypeError as exc:
+        errors.add("quantization", str(exc))
+
+    strategy = _table(raw, "strategy", STRATEGY_KEYS, errors)
+    options = parse_spec_values(raw, {"data": data, "strategy": strategy}, errors.add)
+    errors.raise_if_any()
+    return CampaignSpec(name=name, devices=devices, models=tuple(models), images=images or (),
+                        calibration_images=cal_images, preprocess=preprocess, quantization=quant, **options)
+
+
+def _models(models_raw: Any, model_file: FileResolver, model_keys: set[str], model_file_key: str,
+            errors: _Errors) -> list[ModelEntry]:
     models: list[ModelEntry] = []
     if not isinstance(models_raw, list) or not models_raw:
         errors.add("models", "name at least one model: [[models]] path = \"model.onnx\"")
@@ -250,63 +224,7 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
     labels_seen = [m.name for m in models]
     if len(set(labels_seen)) != len(labels_seen):
         errors.add("models", f"model names {labels_seen} must be unique (set models[].name)")
-
-    data = _table(raw, "data", DATA_KEYS, errors)
-    images = image_folder(data.get("images"), "data.images", errors)
-    cal_images = None
-    if data.get("calibration_images") is not None:
-        cal_images = image_folder(data.get("calibration_images"), "data.calibration_images", errors)
-    labels = _choice(data.get("labels"), "data.labels", errors, ("synset", "none"), "synset")
-    n_cal = _int(data.get("calibration"), "data.calibration", errors, 1, 64)
-    n_eval = _int(data.get("eval"), "data.eval", errors, 1, 300)
-    latency_runs = _int(data.get("latency_runs"), "data.latency_runs", errors, 0, 20)
-    seed = _int(data.get("seed"), "data.seed", errors, 0, 0)
-
-    preprocess = dict(_table(raw, "preprocess", PREPROCESS_KEYS, errors))
-    try:
-        from coordinator.data import Preprocess
-
-        pre_args = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()}
-        Preprocess(**pre_args)
-    except (InvalidArgument, TypeError) as exc:
-        errors.add("preprocess", str(exc.args[0]) if exc.args else type(exc).__name__)
-
-    quant = dict(_table(raw, "quantization", set(QuantSettings.__dataclass_fields__), errors))
-    try:
-        QuantSettings.from_dict(quant)
-    except InvalidArgument as exc:
-        errors.add("quantization", exc.args[0])
-    except TypeError as exc:
-        errors.add("quantization", str(exc))
-
-    strat = _table(raw, "strategy", STRATEGY_KEYS, errors)
-    strategy = _choice(strat.get("name"), "strategy.name", errors, tuple(sorted(STRATEGIES)), "sweep")
-    max_candidates = _int(strat.get("max_candidates"), "strategy.max_candidates", errors, 1, None)
-    ranking = _choice(strat.get("ranking"), "strategy.ranking", errors, tuple(RANKING_METHODS), "seqto")
-    ranking_images = _int(strat.get("ranking_images"), "strategy.ranking_images", errors, 1, 16)
-    max_agreement_drop = _fraction(strat.get("max_agreement_drop"), "strategy.max_agreement_drop", errors)
-    max_top1_drop = _fraction(strat.get("max_top1_drop"), "strategy.max_top1_drop", errors)
-    budget_evals = _int(strat.get("budget_evals"), "strategy.budget_evals", errors, 1, None)
-    budget_seconds = None
-    if strat.get("budget_seconds") is not None:
-        budget_seconds = _number(strat.get("budget_seconds"), "strategy.budget_seconds", errors, 0.0) or None
-    probe_recipes = _strings(strat.get("probe_recipes"), "strategy.probe_recipes", errors)
-    for recipe in probe_recipes:
-        if recipe not in RECIPE_PROBES:
-            errors.add("strategy.probe_recipes", f"{recipe!r} is not one of {', '.join(RECIPE_PROBES)}")
-    blame = strat.get("blame_crashes", True)
-    if not isinstance(blame, bool):
-        errors.add("strategy.blame_crashes", f"{blame!r} must be true or false")
-
-    errors.raise_if_any()
-    return CampaignSpec(
-        name=name, devices=devices, models=tuple(models), images=images or (), calibration_images=cal_images,
-        labels=labels, n_calibration=n_cal, n_eval=n_eval, latency_runs=latency_runs, seed=seed,
-        preprocess=preprocess, quantization=quant, strategy=strategy, max_candidates=max_candidates,
-        ranking_method=ranking, ranking_images=ranking_images, objectives=tuple(objectives),
-        device_timeout_s=timeout, max_agreement_drop=max_agreement_drop, max_top1_drop=max_top1_drop,
-        budget_evals=budget_evals, budget_seconds=budget_seconds, probe_recipes=probe_recipes,
-        blame_crashes=blame)
+    return models
 
 
 # ------------------------------------------------------------------------------ local files (client)

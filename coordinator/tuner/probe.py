@@ -1,0 +1,17 @@
+"""Recipe probing: measure whole-model INT8 under several recipes before searching exclusions,
+because the recipe often matters more than which nodes stay in float (README "Recipes")."""
+from __future__ import annotations
+
+from typing import Any
+
+#: recipes the tuner can probe as whole-model INT8; each is a change to the base settings
+RECIPE_PROBES: dict[str, dict[str, Any]] = {
+    "u8s8": {"reduce_range": False},
+    "u8s8-rr": {"reduce_range": True},
+    "s8s8-rr": {"activation_type": "int8", "reduce_range": True},
+    "u8u8": {"weight_type": "uint8", "reduce_range": False},
+    "qoperator-s8s8": {"format": "qoperator", "activation_type": "int8", "reduce_range": False},
+    "per-tensor": {"per_channel": False},
+    "entropy": {"calibrate": "entropy"},
+    "cle": {"recipe": {"cle": "on"}},
+}

@@ -1,0 +1,94 @@
+"""Every tuner option is declared once (coordinator/options.py) and reaches the tune the same way
+from its CLI flag, from a campaign spec, and through the wire JSON to the coordinator's TuneConfig."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coordinator import options
+from coordinator.cli import build_parser, tune_config_from_args
+from coordinator.farm.commands import spec_from_tune_args
+from coordinator.farm.spec import spec_from_local, spec_from_wire
+from coordinator.tune import TuneConfig
+from shared.errors import InvalidArgument
+from tests.farm_support import IMAGES
+from tests.models import make_classifier
+
+
+def _other_value(option: options.Option):
+    """A valid value that is not the default, for each kind."""
+    if option.kind == "int":
+        return (option.default or option.minimum or 0) + 2
+    if option.kind == "number":
+        return 7.5
+    if option.kind == "fraction":
+        return 0.25
+    if option.kind == "bool":
+        return not option.default
+    allowed = option.allowed()
+    if option.kind == "choice":
+        return next(v for v in allowed if v != option.default)
+    return (allowed[-1],)
+
+
+def _flag_args(option: options.Option, value) -> list[str]:
+    if option.kind == "bool":
+        return [option.flags[0]] if value != option.default else []
+    return [option.flags[0], *map(str, value if isinstance(value, tuple) else (value,))]
+
+
+@pytest.mark.parametrize("option", options.OPTIONS, ids=lambda o: o.name)
+def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option, tmp_path):
+    model = make_classifier(tmp_path / "m.onnx")
+    value = _other_value(option)
+    base = ["tune", str(model), "--images", str(IMAGES), "--out", str(tmp_path / "o"), "--labels", "synset"]
+    args = build_parser().parse_args(base + _flag_args(option, value) + ["--coordinator", "127.0.0.1:1",
+                                                                        "--devices", "cpu"])
+    from_flag = spec_from_tune_args(args)
+    assert getattr(from_flag, option.name) == value
+    section = {"data": {"images": str(IMAGES)}, "strategy": {}}
+    raw = {"devices": ["cpu"], "models": [{"path": str(model)}], **section}
+    (raw[option.section] if option.section else raw)[option.key] = list(value) if isinstance(value, tuple) else value
+    from_spec = spec_from_local(raw, "test", tmp_path)
+    assert getattr(from_spec, option.name) == value
+    wire = spec_from_wire(from_spec.wire_json())
+    assert getattr(wire, option.name) == value and wire.wire_json() == from_spec.wire_json()
+    if option.tune:
+        assert getattr(tune_config_from_args(args), option.name) == value
+        assert getattr(TuneConfig(model, IMAGES, tmp_path, **wire.tune_options()), option.name) == value
+    else:       # the campaign's own option: not part of what decides results
+        (raw[option.section] if option.section else raw).pop(option.key)
+        default = spec_from_local(raw, "test", tmp_path)
+        assert getattr(default, option.name) == option.default
+        assert default.work_key(default.models[0]) == from_spec.work_key(from_spec.models[0])
+
+
+@pytest.mark.parametrize("name, bad, needle", [
+    ("n_eval", 0, "0 must be an integer >= 1"), ("max_agreement_drop", 1.5, "1.5 must be a fraction between 0 and 1"),
+    ("budget_seconds", -1, "-1 must be a number > 0"), ("strategy", "annealing", "'annealing' is not one of bisect"),
+    ("probe_recipes", ("fp4",), "'fp4' is not one of u8s8"), ("blame_crashes", "yes", "'yes' must be true or false"),
+    ("objectives", (), "[] must name at least 1 of accuracy_loss")])
+def test_a_bad_value_is_named_by_flag_and_by_spec_key(name, bad, needle, tmp_path):
+    option = options.BY_NAME[name]
+    with pytest.raises(InvalidArgument) as info:
+        TuneConfig(tmp_path, IMAGES, tmp_path, **{name: bad})
+    assert f"{option.flags[0]} {needle}" in str(info.value)
+    errors: list[str] = []
+    section = {option.key: list(bad) if isinstance(bad, tuple) else bad}
+    options.parse_spec_values(section if not option.section else {}, {option.section: section} if option.section
+                              else {}, lambda where, message: errors.append(f"{where}: {message}"))
+    assert len(errors) == 1 and errors[0].startswith(f"{option.spec}: {needle}")
+
+
+def test_help_lists_choices_from_where_they_live():
+    text = build_parser()._subparsers._group_actions[0].choices["tune"].format_help()
+    assert "(one of: bisect, greedy, nsga2, sweep)" in text.replace("\n", " ").replace("  ", " ")
+    assert "--max-drop" in text and "--device-timeout" in text and "--no-blame" in text
+
+
+def test_flags_and_spec_keys_are_unique():
+    flags = [f for o in options.OPTIONS for f in o.flags]
+    specs = [o.spec for o in options.OPTIONS if o.spec]
+    assert len(flags) == len(set(flags)) and len(specs) == len(set(specs))
+    assert json.dumps(options.spec_sections({o.name: o.default for o in options.OPTIONS}))   # JSON-ready
