@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.atomic import atomic_output, atomic_write_text
 from shared.results import CrashCause, CrashKind, DeviceResult
 
 PR_SET_PDEATHSIG = 1
@@ -62,9 +63,8 @@ def run(request: dict) -> DeviceResult:
         if request["reference"]:
             start = time.perf_counter()
             logits = runner.infer(model, inputs, name)
-            tmp = out / "fp32.tmp.npy"
-            np.save(tmp, np.ascontiguousarray(logits, dtype=np.float32))
-            os.replace(tmp, out / "fp32.npy")
+            with atomic_output(out / "fp32.npy") as tmp:
+                np.save(tmp, np.ascontiguousarray(logits, dtype=np.float32))
             return reference_result(runner, model, logits, inputs, name, labels, runs, start)
         reference = np.load(request["fp32_outputs"])
         return evaluate_model(runner, model, inputs, name, reference, labels, runs)
@@ -90,10 +90,7 @@ def answer(request_path: Path) -> None:
     except Exception as exc:  # noqa: BLE001 - any runtime failure is this job's crash, not the worker's
         traceback.print_exc()
         result = DeviceResult.failure(_cause(exc, f"{type(exc).__name__}: {exc}"))
-    out = Path(request["out"])
-    tmp = out / "result.tmp.json"
-    tmp.write_text(json.dumps(result.to_json()))
-    os.replace(tmp, out / "result.json")
+    atomic_write_text(Path(request["out"]) / "result.json", json.dumps(result.to_json()))
 
 
 def serve(parent_pid: int, memory_mb: int = 0) -> int:

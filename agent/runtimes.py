@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from shared.runners.base import Runner
 from shared.errors import InvalidArgument
+from shared.runners.base import Runner
 
 FACTORIES = {
     "ort": "agent.runtimes:ort_runner",

@@ -29,8 +29,8 @@ from agent.sandbox import ChildWorker
 from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
 from shared.auth import Credentials
 from shared.errors import InvalidArgument, QfarmError
-from shared.results import CrashKind, DeviceResult, runtime_message
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
+from shared.results import CrashKind, DeviceResult, runtime_message
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
 from coordinator.evaluators import LocalEvaluator  # noqa: E402
-from shared.results import CrashCause, CrashKind, DeviceResult  # noqa: E402
 from coordinator.quantize import build_candidate, spec_for  # noqa: E402
 from coordinator.tune import RANKING_METHODS, Tuner, TuneConfig, TuneEvents, Workspace, load_workspace  # noqa: E402
 from shared.errors import ModelError  # noqa: E402
+from shared.results import CrashCause, CrashKind, DeviceResult  # noqa: E402
+from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 
 log = logging.getLogger("bench.sensitivity")
 METHODS = (*RANKING_METHODS, "revert")

@@ -19,10 +19,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
 from coordinator.evaluators import LocalEvaluator  # noqa: E402
 from coordinator.tune import Tuner, TuneConfig  # noqa: E402
+from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from shared.settings import QuantSettings  # noqa: E402
 
 RECIPES = {

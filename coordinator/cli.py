@@ -11,6 +11,7 @@ from pathlib import Path
 from coordinator import options
 from coordinator.arguments import (add_data_arguments, add_farm_tune_arguments, add_quant_arguments,
                                    preprocess_from_args, settings_from_args)
+from shared.atomic import atomic_output
 from shared.errors import InvalidArgument, NotFound, QfarmError
 
 log = logging.getLogger("coordinator")
@@ -99,10 +100,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if sha256_file(src) != cand["sha256"]:
         raise InvalidArgument(f"candidate file {src} does not match the sha256 in the report (corrupted); "
                               "delete it and rerun the tune", step="export")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(args.output)
+    with atomic_output(args.output) as tmp:
+        shutil.copyfile(src, tmp)
     print(f"wrote {args.output} (candidate {cid}, sha256 {cand['sha256'][:12]})")
     return 0
 

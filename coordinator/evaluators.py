@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 
 from coordinator.quantize import BuiltCandidate
+from shared.atomic import atomic_output
 from shared.errors import EvaluationError
 from shared.evaluate import evaluate_model, reference_result
 from shared.results import CrashCause, CrashKind, DeviceResult
@@ -64,10 +65,8 @@ class LocalEvaluator:
             logits = np.load(path)
         else:
             logits = self.runner.infer(model, data.inputs, data.input_name)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp.npy")
-            np.save(tmp, logits)
-            tmp.replace(path)
+            with atomic_output(path) as tmp:
+                np.save(tmp, logits)
         self._reference = logits
         result = reference_result(self.runner, model, logits, data.inputs, data.input_name, data.labels,
                                   data.latency_runs, started)

@@ -106,13 +106,13 @@ def _strategies() -> Sequence[str]:
 
 
 def _ranking_methods() -> Sequence[str]:
-    from coordinator.tuner.rank import RANKING_METHODS
+    from coordinator.tuner.catalog import RANKING_METHODS
 
     return RANKING_METHODS
 
 
 def _recipe_probes() -> Sequence[str]:
-    from coordinator.tuner.probe import RECIPE_PROBES
+    from coordinator.tuner.catalog import RECIPE_PROBES
 
     return tuple(RECIPE_PROBES)
 

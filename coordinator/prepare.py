@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from shared.atomic import atomic_output
 from shared.errors import ModelError, NotFound
 from shared.hashing import sha256_file
 from shared.limits import DEFAULT_LIMITS, Limits
@@ -251,6 +252,5 @@ def _preprocess(model: onnx.ModelProto, target: Path, source: Path) -> None:
                              step="prepare/preprocess") from exc
         # quant_pre_process may fold/rename nodes: name any it left unnamed, then publish atomically
         final = name_nodes(onnx.load(str(out)))
-        tmp_target = target.with_suffix(".onnx.tmp")
-        onnx.save(final, str(tmp_target))
-        tmp_target.replace(target)
+        with atomic_output(target) as tmp_target:
+            onnx.save(final, str(tmp_target))

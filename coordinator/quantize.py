@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from coordinator.prepare import PreparedModel, sha256_file
+from shared.atomic import publish
 from shared.errors import InvalidArgument, ModelError
 from shared.settings import QuantSettings
 
@@ -129,7 +130,7 @@ def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path,
         with tempfile.TemporaryDirectory(prefix="qfarm-q-", dir=out_dir) as tmp:
             staged = Path(tmp) / "candidate.onnx"
             _quantize(prepared, spec, staged, calibration, cache_dir, extra_options or {})
-            staged.replace(target)
+            publish(staged, target)
     return BuiltCandidate(spec=spec, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size)
 
 

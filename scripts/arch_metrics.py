@@ -203,8 +203,9 @@ def sizes(trees: dict[Path, ast.AST]) -> dict:
 
 def measure() -> dict:
     trees = {p: ast.parse(p.read_text(), str(p)) for p in source_files()}
-    return {"options": option_sites(trees), "results": result_shapes(trees), "idioms": repeated_idioms(trees), "layering": layering_numbers(),
-            **sizes(trees), "source_lines": sum(len(p.read_text().splitlines()) for p in trees)}
+    return {"options": option_sites(trees), "results": result_shapes(trees), "idioms": repeated_idioms(trees),
+            "layering": layering_numbers(), **sizes(trees),
+            "source_lines": sum(len(p.read_text().splitlines()) for p in trees)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from shared.atomic import publish
 from shared.errors import InvalidArgument, NotFound
 from shared.hashing import sha256_bytes, sha256_file  # noqa: F401  (re-exported for the farm)
 
@@ -93,14 +94,10 @@ class ArtifactStore:
                         raise InvalidArgument(f"artifact exceeds {max_bytes} bytes", step="artifact")
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
             sha = digest.hexdigest()
             if expected_sha256 is not None and sha != expected_sha256:
                 raise CorruptArtifact(f"received {size} bytes hashing to {sha}, expected {expected_sha256}")
-            final = self.path_of(sha)
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)  # atomic; a concurrent writer of the same sha writes the same bytes
+            final = publish(tmp, self.path_of(sha))   # a concurrent writer of the same sha writes the same bytes
             return StoredArtifact(sha, size, final)
         finally:
             tmp.unlink(missing_ok=True)

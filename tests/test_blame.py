@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import pytest
 
-from shared.runners.ort import OrtConfig, OrtRunner
 from coordinator.evaluators import EvalInputs, LocalEvaluator
-from coordinator.tuner.blame import CandidateResults, blame_candidate, blame_crashes, find_culprits
 from coordinator.prepare import prepare_model
 from coordinator.quantize import build_candidate, quantizable_nodes, spec_for
+from coordinator.tuner.blame import CandidateResults, blame_candidate, blame_crashes, find_culprits
 from shared.results import DeviceResult, ResultStatus
+from shared.runners.ort import OrtConfig, OrtRunner
 from shared.settings import QuantSettings
 from tests.device_runtimes import NoQuantizedGemm
 from tests.models import make_classifier

@@ -17,11 +17,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from agent.runtimes import RuntimeOptions
 from agent.sandbox import ChildWorker
-from shared.results import is_oom
 from agent.worker import Agent, AgentConfig
 from coordinator.farm.evaluator import npy_bytes
 from coordinator.farm.scheduler import PRIORITY_REFERENCE
 from shared.pb.qfarm.v1 import job_pb2
+from shared.results import is_oom
 from tests.farm_support import ROOT, coordinator, wait_for
 from tests.models import make_classifier
 

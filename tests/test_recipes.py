@@ -25,6 +25,7 @@ from coordinator.recipes import (
     range_spreads,
 )
 from shared.errors import InvalidArgument
+from shared.settings import QuantSettings
 
 ort.set_default_logger_severity(3)
 
@@ -200,7 +201,7 @@ def test_bias_guard_finds_and_fixes_uint8_per_channel_overflow():
     assert [(f.node, f.bias, f.channels) for f in found] == [("conv2", "b2", (2,))]
     assert found[0].needed > 2**31
 
-    excluded = bias_overflow_nodes(model, ranges, per_channel=True, reduce_range=False, weight_type="uint8")
+    excluded = bias_overflow_nodes(model, ranges, QuantSettings(reduce_range=False, weight_type="uint8"))
     assert excluded == ["conv2"]
     guarded = _quantize(model, data, nodes_to_exclude=excluded, **settings)
     assert find_bias_overflows(guarded, model) == []
@@ -210,8 +211,8 @@ def test_bias_guard_finds_and_fixes_uint8_per_channel_overflow():
 @pytest.mark.parametrize("fmt", ["qdq", "qoperator"])
 def test_bias_scale_floor_keeps_node_quantized_without_overflow(fmt):
     model, data, ranges, reference = _bias_model()
-    extra = bias_scale_floor_overrides(model, ranges, per_channel=True, reduce_range=False,
-                                       weight_type="uint8", quant_format=fmt)
+    extra = bias_scale_floor_overrides(model, ranges, QuantSettings(per_channel=True, reduce_range=False,
+                                                                    weight_type="uint8", format=fmt))
     [(weight, channels)] = extra["TensorQuantOverrides"].items()
     assert weight == "w2" and len(channels) == 4 and channels[0]["axis"] == 0
     w2 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w2"))
@@ -237,8 +238,8 @@ def test_bias_scale_floor_keeps_node_quantized_without_overflow(fmt):
 ])
 def test_bias_guard_prediction_matches_onnxruntime(fmt, weight, per_channel, adjust, expect):
     model, data, ranges, _ = _bias_model()
-    predicted = bias_overflow_nodes(model, ranges, per_channel=per_channel, reduce_range=False,
-                                    weight_type=weight, quant_format=fmt, weight_adjust=adjust)
+    predicted = bias_overflow_nodes(model, ranges, QuantSettings(per_channel=per_channel, reduce_range=False,
+                                                                 weight_type=weight, format=fmt), weight_adjust=adjust)
     quantized = _quantize(model, data, per_channel=per_channel,
                           extra_options={"QDQDisableWeightAdjustForInt32Bias": not adjust},
                           quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt],
@@ -246,18 +247,19 @@ def test_bias_guard_prediction_matches_onnxruntime(fmt, weight, per_channel, adj
     observed = [f.node for f in find_bias_overflows(quantized, model)]
     assert predicted == observed == expect
     if weight == "int8" and adjust:  # would overflow, but onnxruntime repairs it
-        [item] = predict_bias_overflows(model, ranges, per_channel=True, reduce_range=False,
-                                        weight_type=weight, quant_format=fmt)
+        [item] = predict_bias_overflows(model, ranges, QuantSettings(reduce_range=False, weight_type=weight,
+                                                                     format=fmt))
         assert item.fixed_by_ort and item.channels == (2,)
 
 
 def test_bias_guard_dynamic_and_bad_arguments():
     model, _, ranges, _ = _bias_model()
-    assert bias_overflow_nodes(model, ranges, True, False, "uint8", mode="dynamic") == []
+    uint8 = QuantSettings(reduce_range=False, weight_type="uint8")
+    assert bias_overflow_nodes(model, ranges, uint8.replace(mode="dynamic")) == []
     with pytest.raises(InvalidArgument, match="'r1'"):
-        bias_overflow_nodes(model, {"x": ranges["x"]}, True, False, "uint8")
+        bias_overflow_nodes(model, {"x": ranges["x"]}, uint8)
     with pytest.raises(InvalidArgument, match="'fp8'"):
-        bias_overflow_nodes(model, ranges, True, False, "fp8")
+        bias_overflow_nodes(model, ranges, uint8.replace(weight_type="fp8"))
 
 
 # --- presets -------------------------------------------------------------------------------

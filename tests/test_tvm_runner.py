@@ -20,15 +20,15 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-from shared.evaluate import evaluate_model
-from shared.runners.base import UnsupportedModel
 from agent.runners.tvm import TvmConfig, TvmEvent, TvmRunner
 from agent.runners.tvm_compile import fold_constants, unsupported_ops
 from agent.tvm_tracker import TrackerAddress, TvmTracker, free_port
 from coordinator.data import Preprocess, labels_array, list_images, load_batch
 from coordinator.quantize import ArrayReader
 from shared.errors import EvaluationError, InvalidArgument
+from shared.evaluate import evaluate_model
 from shared.metrics import accuracy_metrics
+from shared.runners.base import UnsupportedModel
 from tests.models import make_classifier
 
 KEY = "mali-g68"

@@ -22,10 +22,10 @@ from typing import Any, Callable, Mapping, TypeVar
 import numpy as np
 import onnx
 
-from shared.runners.base import RunnerInfo, UnsupportedModel
 from agent.runners.tvm_compile import (BuildSpec, CompiledLibrary, LibraryCache, file_sha256, input_spec,
                                        unsupported_ops)
 from agent.runners.tvm_health import HEALTH_FILE, DeviceHealth, HealthPolicy
+from shared.runners.base import RunnerInfo, UnsupportedModel
 from agent.tvm_tracker import DeviceUnreachable, TrackerAddress, TvmTracker
 from shared.errors import DataError, EvaluationError, InvalidArgument, QfarmError
 

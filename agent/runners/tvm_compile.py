@@ -10,7 +10,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import threading
 import time
@@ -23,8 +22,9 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from shared.runners.base import UnsupportedModel
+from shared.atomic import publish
 from shared.errors import DataError, EvaluationError, InvalidArgument
+from shared.runners.base import UnsupportedModel
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,7 @@ class LibraryCache:
             with tempfile.TemporaryDirectory(dir=self.root, prefix=".build-") as tmp:
                 staged = Path(tmp) / path.name
                 build_library(model, spec, staged, label)
-                os.replace(staged, path)
+                publish(staged, path)
             seconds = time.perf_counter() - start
             log.info("compiled %s for %s in %.1fs -> %s", label, spec.target, seconds, path.name)
             return CompiledLibrary(path, False, seconds)

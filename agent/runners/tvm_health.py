@@ -11,13 +11,12 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from shared.atomic import atomic_write_text
 from shared.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -110,14 +109,6 @@ class DeviceHealth:
             try:
                 data = self._read()
                 yield data
-                fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-                try:
-                    with os.fdopen(fd, "w") as fh:
-                        json.dump(data, fh, sort_keys=True)
-                    os.replace(tmp, self.path)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
+                atomic_write_text(self.path, json.dumps(data, sort_keys=True))
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)

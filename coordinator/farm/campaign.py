@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import threading
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from coordinator.farm.evaluator import CampaignStopped, FarmContext, FarmEvaluator
 from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, spec_from_wire
 from coordinator.farm.states import CampaignState
+from shared.atomic import atomic_output, link_or_copy
 from shared.errors import FailedPrecondition, NotFound, QfarmError
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,10 @@ class CampaignManager:
             events = TuneEvents(on_stage=lambda stage: self._message(campaign_id, f"{label} {stage}"),
                                 on_plan=on_plan, on_result=on_result)
             report = Tuner(config, evaluator, events).run()
-        out = self.report_dir(campaign_id, model)
-        staging = out.with_name(out.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        write_report(staging / "report.json", report)
-        write_plots(report, staging)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(staging, out)
+        with atomic_output(self.report_dir(campaign_id, model)) as staging:
+            staging.mkdir()
+            write_report(staging / "report.json", report)
+            write_plots(report, staging)
 
     def _share_builds(self, work: Path) -> None:
         """Prepared models, candidate files and calibration ranges are named by content, so every
@@ -216,13 +212,8 @@ class CampaignManager:
         if target.is_file() and target.stat().st_size == ref.size_bytes:
             return target
         stored = self.ctx.artifacts.get(ref.sha256)  # verified
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{ref.name}.{uuid.uuid4().hex[:8]}"
-        try:
-            os.link(stored.path, tmp)
-        except OSError:
-            shutil.copyfile(stored.path, tmp)
-        os.replace(tmp, target)
+        with atomic_output(target, fsync=False) as tmp:
+            link_or_copy(stored.path, tmp)
         return target
 
     def _missing_files(self, spec: CampaignSpec) -> list[FileRef]:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import grpc
 
-from shared.artifacts import CHUNK_BYTES, iter_file_chunks
 from coordinator.farm.spec import CampaignSpec, FileRef
+from shared.artifacts import CHUNK_BYTES, iter_file_chunks
+from shared.atomic import atomic_write_bytes
 from shared.auth import Credentials
 from shared.errors import (FailedPrecondition, InvalidArgument, NotFound, QfarmError,
                            ResourceExhausted, Unauthenticated)
@@ -131,11 +130,7 @@ class CampaignClient:
                 raise InvalidArgument(f"coordinator sent a report path {item.path!r} outside the output folder",
                                       step="report")
             target = Path(out_dir) / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(item.data)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, item.data)
             written.append(target)
         return resp.state, written
 

@@ -35,7 +35,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from coordinator.report import atomic_write_text
+    from shared.atomic import atomic_write_text
     from coordinator.farm.scheduler import LeasePolicy
     from coordinator.farm.server import ServerConfig, build_server
     from shared.auth import server_security_from_args

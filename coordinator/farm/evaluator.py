@@ -18,10 +18,10 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from shared.artifacts import ArtifactStore, sha256_file
 from coordinator.farm.scheduler import PRIORITY_CANDIDATE, PRIORITY_REFERENCE, Scheduler
-from coordinator.farm.states import AgentState
+from coordinator.farm.states import ALIVE
 from coordinator.farm.store import ResultRow, Store
+from shared.artifacts import ArtifactStore, sha256_file
 from shared.errors import EvaluationError, QfarmError
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import DeviceResult
@@ -209,7 +209,7 @@ class FarmEvaluator:
         device of its key runs none) waits visibly, then fails the campaign after the timeout."""
         now = self.ctx.scheduler.clock()
         with self.ctx.store.transaction() as c:
-            live = {d: c.agents([AgentState.IDLE, AgentState.BUSY, AgentState.MISSING], device=d)
+            live = {d: c.agents(ALIVE, device=d)
                     for d in sorted(devices)}
         waiting = []
         for device, agents in live.items():

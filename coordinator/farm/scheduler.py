@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from coordinator.farm.states import AgentState, JobState, is_alive
+from coordinator.farm.states import ALIVE, ON_TIME, AgentState, JobState, is_alive
 from coordinator.farm.store import JobRow, ResultRow, Store, Tx
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.pb.qfarm.v1 import job_pb2
@@ -102,7 +102,7 @@ class Scheduler:
         agents still running them can re-register and keep them."""
         now = self.clock()
         with self.store.transaction() as c:
-            for agent in c.agents([AgentState.IDLE, AgentState.BUSY, AgentState.MISSING]):
+            for agent in c.agents(ALIVE):
                 c.set_agent_state(agent.agent_id, AgentState.GONE, "coordinator restarted")
             for job in c.leased_jobs():
                 c.renew_lease(job.job_id, job.agent_id or "", now + self.policy.lease_ttl_s)
@@ -117,7 +117,7 @@ class Scheduler:
         agent_id = uuid.uuid4().hex[:16]
         now = self.clock()
         with self.store.transaction() as c:
-            for old in c.agents([AgentState.IDLE, AgentState.BUSY, AgentState.MISSING]):
+            for old in c.agents(ALIVE):
                 if old.name == name and old.device == device:  # the same agent, restarted
                     self._release_agent(c, old.agent_id, AgentState.GONE, "registered again", now)
             c.insert_agent(agent_id, name, device, capabilities, now, slots)
@@ -292,7 +292,7 @@ class Scheduler:
         now = self.clock()
         missing, evicted, requeued = [], [], []
         with self.store.transaction() as c:
-            for agent in c.agents([AgentState.IDLE, AgentState.BUSY, AgentState.MISSING]):
+            for agent in c.agents(ALIVE):
                 age = now - agent.last_heartbeat
                 if age > self.policy.evict_after_s:
                     if agent.state != AgentState.MISSING:
@@ -373,7 +373,7 @@ class Scheduler:
     @staticmethod
     def _refresh_busy(c: Tx, agent_id: str) -> None:
         agent = c.agent(agent_id)
-        if agent.state not in (AgentState.IDLE, AgentState.BUSY):
+        if agent.state not in ON_TIME:
             return
         busy = bool(c.jobs_of_agent(agent_id))
         c.set_agent_state(agent_id, AgentState.BUSY if busy else AgentState.IDLE)

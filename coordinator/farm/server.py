@@ -3,8 +3,9 @@
 `build_server` wires the store, scheduler, artifact files and campaign manager together; the
 returned server also runs the scheduler's clock tick and the campaign threads, and stops them
 with itself. Typed errors become gRPC status codes in exactly one place (`status_code_for`).
-Security (issue 5): `ServerConfig.security` adds the token interceptor and TLS, `limits` bounds
-messages, artifacts, registrations and campaigns (coordinator/farm/bounds.py)."""
+Security: `ServerConfig.security` adds the token interceptor and TLS; `limits` bounds messages,
+artifacts, registrations (registration.py), campaigns (admission.py) and the candidates a running
+campaign creates (candidate_cap.py); malformed requests are refused by name (interceptors.py)."""
 from __future__ import annotations
 
 import functools
@@ -20,14 +21,17 @@ from typing import Callable, Iterator
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from shared.artifacts import CHUNK_BYTES, ArtifactStore, check_sha
-from coordinator.farm.bounds import BoundedScheduler, MalformedRequests, check_campaign, check_registration
+from coordinator.farm.admission import check_campaign
 from coordinator.farm.campaign import CampaignManager
+from coordinator.farm.candidate_cap import BoundedScheduler
 from coordinator.farm.evaluator import FarmContext
+from coordinator.farm.interceptors import MalformedRequests
+from coordinator.farm.registration import check_registration
 from coordinator.farm.scheduler import LeasePolicy
 from coordinator.farm.spec import spec_from_wire
 from coordinator.farm.states import JobState, is_alive
 from coordinator.farm.store import Store
+from shared.artifacts import CHUNK_BYTES, ArtifactStore, check_sha
 from shared.auth import ServerSecurity
 from shared.errors import (DataError, EvaluationError, FailedPrecondition, InvalidArgument, ModelError, NotFound,
                            QfarmError, ResourceExhausted, Unauthenticated)

@@ -31,7 +31,10 @@ class CampaignState(str, Enum):
     FAILED = "failed"
 
 
-_ALIVE = (AgentState.IDLE, AgentState.BUSY, AgentState.MISSING)
+#: agents that may still hold leases and come back (evicted and gone never do)
+ALIVE: tuple[AgentState, ...] = (AgentState.IDLE, AgentState.BUSY, AgentState.MISSING)
+#: agents heartbeating on time: idle or busy follows the leases they hold
+ON_TIME: tuple[AgentState, ...] = (AgentState.IDLE, AgentState.BUSY)
 
 TRANSITIONS: Mapping[type, Mapping[Enum | None, frozenset[Enum]]] = {
     AgentState: {
@@ -77,4 +80,4 @@ def require_transition(current: S | None, target: S, *, what: str = "") -> S:
 
 def is_alive(state: AgentState) -> bool:
     """Alive agents may still hold leases and come back; evicted and gone never do."""
-    return state in _ALIVE
+    return state in ALIVE

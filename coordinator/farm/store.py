@@ -346,6 +346,13 @@ class Tx:
                 wanted.add(job_id)
         return wanted
 
+    def campaign_candidate_ids(self, campaign_id: str) -> set[str]:
+        """The distinct candidates the campaign's jobs measure (reference jobs excluded)."""
+        rows = self._c.execute("SELECT DISTINCT j.candidate_id FROM campaign_jobs cj JOIN jobs j "
+                               "ON j.job_id = cj.job_id WHERE cj.campaign_id = ? AND j.kind = 'candidate'",
+                               (campaign_id,))
+        return {r[0] for r in rows}
+
     def campaign_job_ids(self, campaign_id: str) -> list[str]:
         return [r[0] for r in self._c.execute("SELECT job_id FROM campaign_jobs WHERE campaign_id = ?",
                                               (campaign_id,))]

@@ -22,7 +22,7 @@ so the nodes can stay quantized; `find_bias_overflows` checks a quantized model 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,7 @@ from onnxruntime.quantization.quant_utils import (
 )
 
 from shared.errors import InvalidArgument, ModelError
-from shared.settings import ACTIVATION_TYPES, FORMATS, MODES, WEIGHT_TYPES
+from shared.settings import QuantSettings
 
 from ._graph import attr, initializers, producers
 
@@ -130,27 +130,20 @@ def _array(inits, name) -> np.ndarray | None:
 
 def predict_bias_overflows(float_model: onnx.ModelProto,
                            activation_ranges: Mapping[str, Any],
+                           settings: QuantSettings,
                            *,
-                           per_channel: bool,
-                           reduce_range: bool,
-                           weight_type: str = "int8",
-                           activation_type: str = "uint8",
-                           quant_format: str = "qdq",
-                           mode: str = "static",
                            weight_adjust: bool = True) -> list[BiasOverflow]:
     """Every Conv/ConvTranspose/Gemm whose int32 bias would overflow under these settings,
     computed with onnxruntime's own scale functions. `activation_ranges` maps a tensor name to
     its calibrated (rmin, rmax) (or an onnxruntime TensorData). `weight_adjust=False` models
     the QDQDisableWeightAdjustForInt32Bias extra option."""
-    _check_choice("weight_type", weight_type, WEIGHT_TYPES)
-    _check_choice("activation_type", activation_type, ACTIVATION_TYPES)
-    _check_choice("quant_format", quant_format, FORMATS)
-    _check_choice("mode", mode, MODES)
-    if mode == "dynamic":
+    if not settings.is_static:
         return []  # dynamic quantization adds the bias in float
+    per_channel, reduce_range = settings.per_channel, settings.reduce_range
+    weight_type, quant_format = settings.weight_type, settings.format
     graph = float_model.graph
     inits = initializers(graph)
-    act_qtype = _QTYPES[activation_type]
+    act_qtype = _QTYPES[settings.activation_type]
     qmin, qmax = get_qmin_qmax_for_qType(act_qtype)
     found = []
     for node in graph.node:
@@ -176,13 +169,8 @@ def predict_bias_overflows(float_model: onnx.ModelProto,
 
 def bias_scale_floor_overrides(float_model: onnx.ModelProto,
                                activation_ranges: Mapping[str, Any],
+                               settings: QuantSettings,
                                *,
-                               per_channel: bool,
-                               reduce_range: bool,
-                               weight_type: str = "int8",
-                               activation_type: str = "uint8",
-                               quant_format: str = "qdq",
-                               mode: str = "static",
                                weight_adjust: bool = True) -> dict[str, Any]:
     """extra_options {"TensorQuantOverrides": ...} that give every weight of an unrepaired
     overflow node an rmin/rmax override wide enough that bias / (input_scale * weight_scale)
@@ -190,13 +178,11 @@ def bias_scale_floor_overrides(float_model: onnx.ModelProto,
     Only the overflowing channels change (they are near-zero channels in practice, whose
     weights then round to 0); the others get their own min/max, i.e. what onnxruntime would
     have used. Works for QDQ and QOperator; merge with other overrides by tensor name."""
-    predicted = predict_bias_overflows(
-        float_model, activation_ranges, per_channel=per_channel, reduce_range=reduce_range,
-        weight_type=weight_type, activation_type=activation_type, quant_format=quant_format,
-        mode=mode, weight_adjust=weight_adjust)
+    predicted = predict_bias_overflows(float_model, activation_ranges, settings, weight_adjust=weight_adjust)
     inits = initializers(float_model.graph)
     nodes = {node.name: node for node in float_model.graph.node}
-    qmin, qmax = get_qmin_qmax_for_qType(_QTYPES[activation_type])
+    qmin, qmax = get_qmin_qmax_for_qType(_QTYPES[settings.activation_type])
+    per_channel, reduce_range, quant_format = settings.per_channel, settings.reduce_range, settings.format
     overrides: dict[str, list[dict[str, Any]]] = {}
     for item in predicted:
         if item.fixed_by_ort:
@@ -204,7 +190,7 @@ def bias_scale_floor_overrides(float_model: onnx.ModelProto,
         node = nodes[item.node]
         weight, bias, axis, beta = _bias_plan(node, inits, quant_format)
         in_scale = _input_scale(activation_ranges, node, qmin, qmax)
-        w_qtype, symmetric = _weight_quantization(node, weight_type, per_channel, quant_format)
+        w_qtype, symmetric = _weight_quantization(node, settings.weight_type, per_channel, quant_format)
         bias = np.broadcast_to(np.abs(bias.reshape(-1)), (weight.shape[axis] if per_channel else bias.size,))
         required = _FLOOR_MARGIN * bias / (INT32_MAX * in_scale * beta)
         if per_channel:
@@ -235,23 +221,16 @@ def _widened(data: np.ndarray, required: float, qtype, symmetric: bool, reduce_r
 
 def bias_overflow_nodes(float_model: onnx.ModelProto,
                         activation_ranges: Mapping[str, Any],
-                        per_channel: bool,
-                        reduce_range: bool,
-                        weight_type: str = "int8",
-                        **settings: Any) -> list[str]:
+                        settings: QuantSettings,
+                        *,
+                        weight_adjust: bool = True) -> list[str]:
     """Names of the nodes whose int32 bias would overflow and that onnxruntime will not repair:
-    keep them in float (nodes_to_exclude). Extra keywords as in `predict_bias_overflows`."""
-    predicted = predict_bias_overflows(float_model, activation_ranges, per_channel=per_channel,
-                                       reduce_range=reduce_range, weight_type=weight_type, **settings)
+    keep them in float (nodes_to_exclude)."""
+    predicted = predict_bias_overflows(float_model, activation_ranges, settings, weight_adjust=weight_adjust)
     names = [item.node for item in predicted if not item.fixed_by_ort]
     if names:
         log.info("int32 bias would overflow in %d node(s): %s", len(names), ", ".join(names))
     return names
-
-
-def _check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
-    if value not in allowed:
-        raise InvalidArgument(f"{name}={value!r} is not one of {', '.join(allowed)}", step=_STEP)
 
 
 def _bias_plan(node, inits, quant_format):

@@ -8,14 +8,16 @@ search over prefixes of the ranking finds the shortest prefix that crashes; its 
 blamed and kept in float, until the remaining quantized set no longer crashes. One culprit costs
 about log2(n) + 1 probes; the last probe is the retried candidate (blamed nodes excluded), so its
 result comes for free. Probes go through a callable, so the same code drives the farm (jobs on one
-device class) and local runs."""
+device class) and local runs. `blame_phase` is the tuner's use of it, after the search."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from shared.results import DeviceResult
+from coordinator.tuner.run import TuneRun
+from shared.results import CrashCause, CrashKind, DeviceResult, ResultStatus
+from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +143,52 @@ def blame_crashes(candidates: Sequence[CandidateResults], devices: Sequence[str]
         if entries:
             out[device] = entries
     return out
+
+
+# -- the tuner's phase -------------------------------------------------------------------------
+def candidates_to_blame(report: Mapping, settings: QuantSettings) -> list[CandidateResults]:
+    """The report's candidates with `settings` (no int16 ladder), as blame sees them. QOperator and
+    dynamic models are refused whole by QDQ-only runtimes (TVM): their `unsupported` is not a
+    node's fault, so it is left out."""
+    current = settings.to_dict()
+    node_level = settings.is_static and settings.format == "qdq"
+    out = []
+    for c in report["candidates"]:
+        if c.get("settings", current) != current or c.get("int16_nodes"):
+            continue
+        results = {d: DeviceResult.from_dict(r) for d, r in c["results"].items()}
+        out.append(CandidateResults(c["id"], tuple(c["excluded_nodes"]), {
+            d: r for d, r in results.items() if node_level or r.status != ResultStatus.UNSUPPORTED}))
+    return out
+
+
+def blame_phase(run: TuneRun, ranking: list[str]) -> None:
+    """For each device class with crashing candidates, bisect (most sensitive nodes first) to the
+    nodes whose quantization makes it crash, and measure the candidate without them: the retried
+    candidate joins the report like any other, so the front has a working model."""
+    from coordinator.quantize import quantizable_nodes
+
+    if not run.config.blame_crashes:
+        return
+    candidates = candidates_to_blame(run.state.report, run.settings)
+    if not any(r.blameable for c in candidates for r in c.results.values()):
+        return
+    if run.budget_spent():
+        run.state.set_section("blame", {"skipped": f"crashes not blamed: {run.budget.stop_reason}"})
+        return
+    run.events.on_stage("blaming crashes")
+    quantizable = quantizable_nodes(run.ws.prepared, run.settings)
+
+    def probe(device: str, excluded: tuple[str, ...]) -> DeviceResult:
+        spec = run.spec(excluded)
+        if not run.state.complete(spec.id):
+            if run.budget_spent():
+                return DeviceResult.failure(CrashCause(CrashKind.NOT_MEASURED, run.budget.stop_reason or ""))
+            fresh = run.state.entry(spec.id) is None
+            run.evaluate([spec])
+            if fresh:
+                run.state.mark_origin(spec.id, "blame")   # a probe, not a search step
+        return run.state.device_result(spec.id, device) or DeviceResult.failure(CrashCause(CrashKind.NOT_MEASURED))
+
+    run.state.set_section("blame", blame_crashes(candidates, run.evaluator.devices, quantizable,
+                                                 ranking or quantizable, probe))

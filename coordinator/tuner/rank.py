@@ -1,5 +1,75 @@
-"""Ranking layers by quantization sensitivity, cached by content across tunes and device classes."""
+"""Phase: rank the quantizable nodes by quantization sensitivity. Both methods come from one
+measurement pass and are reported per node; the chosen one orders the search. The ranking
+depends on the model, settings and data, never on the device, so it is cached by content: another
+device class (or campaign) tuning the same model reuses it."""
 from __future__ import annotations
 
-RANKING_METHODS = ("seqto", "quantune")
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from coordinator.quantize import build_candidate, quantizable_nodes, spec_for
+from coordinator.tuner.catalog import RANKING_METHODS
+from coordinator.tuner.run import TuneRun
+from shared.atomic import atomic_write_text
+from shared.settings import QuantSettings
+
+log = logging.getLogger(__name__)
+
 RANKING_CACHE_VERSION = "1"   # bump when the ranking's measurement changes
+
+
+def rank(run: TuneRun) -> list[str]:
+    """Quantizable nodes, most damaged first (the report's `ranking`, resumed when present)."""
+    cfg, ws, report = run.config, run.ws, run.state.report
+    if report.get("ranking") and report.get("ranking_method") == cfg.ranking_method:
+        return [r["node"] for r in report["ranking"]]
+    chosen = run.settings
+    qdq_settings = chosen if (chosen.is_static and chosen.format == "qdq") else \
+        QuantSettings(per_channel=chosen.per_channel, reduce_range=chosen.reduce_range,
+                      calibration_images=chosen.calibration_images, recipe=chosen.recipe)
+    calibration = ws.calibration if ws.calibration is not None else ws.eval_inputs.inputs[: cfg.n_calibration]
+    key = hashlib.sha256("|".join([ws.prepared.sha256, chosen.canonical(), qdq_settings.canonical(),
+                                   hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest(),
+                                   str(cfg.ranking_images), cfg.ranking_method, RANKING_CACHE_VERSION])
+                         .encode()).hexdigest()[:20]
+    cached = cfg.out / "cache" / f"ranking-{key}.json"
+    rows = None
+    if cached.is_file():
+        try:
+            rows = json.loads(cached.read_text())
+        except ValueError as exc:   # a torn or edited cache file is measured again, not trusted
+            log.warning("ignoring unreadable ranking cache %s: %s", cached, exc)
+    if rows is None:
+        rows = measure_ranking(run, chosen, qdq_settings, calibration)
+        atomic_write_text(cached, json.dumps(rows))
+    report["ranking"] = rows
+    report["ranking_method"] = cfg.ranking_method
+    run.state.save()
+    return [r["node"] for r in rows]
+
+
+def measure_ranking(run: TuneRun, chosen: QuantSettings, qdq_settings: QuantSettings,
+                    calibration: np.ndarray) -> list[dict]:
+    from coordinator.sensitivity import score_all
+
+    cfg, ws = run.config, run.ws
+    spec = spec_for(ws.prepared, qdq_settings, (), calibration_digest=ws.calibration_digest)
+    full_qdq = build_candidate(ws.prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
+    feeds = [{ws.prepared.input_name: calibration[i:i + 1]} for i in range(min(cfg.ranking_images, len(calibration)))]
+    by_method = score_all(ws.prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
+    allowed = set(quantizable_nodes(ws.prepared, chosen))
+    primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]
+    others = {m: {s.node: s for s in ranked} for m, ranked in by_method.items()}
+    rows = []
+    for position, s in enumerate(primary):
+        row: dict[str, Any] = {"node": s.node, "op_type": s.op_type, "score": s.score, "rank": position + 1,
+                               "tensor": s.tensor}
+        for method in RANKING_METHODS:
+            hit = others[method].get(s.node)
+            row[method] = None if hit is None else {"score": hit.score, **dict(hit.details)}
+        rows.append(row)
+    return rows
