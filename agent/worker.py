@@ -31,12 +31,15 @@ from shared.auth import Credentials
 from shared.errors import InvalidArgument, QfarmError
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 from shared.results import CrashKind, DeviceResult, runtime_message
+from shared.version import PROTOCOL_VERSION, package_version
 
 log = logging.getLogger(__name__)
 
 _RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
           grpc.StatusCode.RESOURCE_EXHAUSTED)
 _REREGISTER = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
+# a wrong token, or a coordinator that does not speak this agent's protocol
+_FATAL_AT_REGISTER = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 @dataclass(frozen=True)
@@ -211,14 +214,15 @@ class Agent:
             while self._agent_id is None and not self._stop.is_set():
                 with self._lock:
                     running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
-                caps = farm_pb2.AgentCapabilities(host=host_info(), slots=self.config.slots)
+                caps = farm_pb2.AgentCapabilities(host=host_info(), slots=self.config.slots,
+                                                  package_version=package_version(), protocol_version=PROTOCOL_VERSION)
                 caps.runtime.CopyFrom(runtime_message(self.runtime_info))
                 try:
                     resp = self._stub.Register(farm_pb2.RegisterRequest(
                         device=self.config.device, name=self.config.agent_name(), capabilities=caps,
                         running=running), timeout=10)
                 except grpc.RpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:   # retrying cannot help: stop, say why
+                    if exc.code() in _FATAL_AT_REGISTER:      # retrying cannot help: stop, say why
                         self._refused(exc)
                         break
                     if exc.code() not in _RETRY:
@@ -229,8 +233,9 @@ class Agent:
                 self._agent_id = resp.agent_id
                 self._heartbeat_s = resp.heartbeat_interval_s or self._heartbeat_s
                 self.counters["registrations"] += 1
-                log.info("registered as %s for device class %s (%d running job(s) handed over)",
-                         resp.agent_id, self.config.device, len(running))
+                log.info("registered as %s for device class %s (%d running job(s) handed over; coordinator "
+                         "qfarm %s, protocol %d)", resp.agent_id, self.config.device, len(running),
+                         resp.package_version or "unknown", resp.protocol_version)
             return self._agent_id
 
     def _forget(self, agent_id: str) -> None:
@@ -239,8 +244,9 @@ class Agent:
                 self._agent_id = None
 
     def _refused(self, exc: grpc.RpcError) -> None:
-        """The coordinator refuses our token (wrong, or rotated): stop, and say why."""
-        self.fatal = f"the coordinator refused this agent's credentials: {exc.details()}"
+        """The coordinator refuses our token (wrong, or rotated) or our protocol: stop, and say why."""
+        what = "credentials" if exc.code() == grpc.StatusCode.UNAUTHENTICATED else "registration"
+        self.fatal = f"the coordinator refused this agent's {what}: {exc.details()}"
         log.error("%s", self.fatal)
         self._stop.set()
 

@@ -1,45 +1,32 @@
 """Helpers for the security tests: a coordinator with a token (and TLS) on 127.0.0.1 port 0,
-agents on threads that send the token, and a throwaway CA made with the openssl CLI."""
+agents on threads that send the token (both from coordinator/testing.py), and a throwaway CA made
+with the openssl CLI."""
 from __future__ import annotations
 
 import subprocess
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from agent.runtimes import RuntimeOptions
-from agent.worker import Agent, AgentConfig
-from coordinator.farm.server import FarmServer, ServerConfig, build_server
+from agent.worker import Agent
+from coordinator.farm.server import FarmServer
+from coordinator.testing import AgentThread, coordinator
 from shared.auth import Credentials, ServerSecurity
 from shared.limits import DEFAULT_LIMITS, Limits
-from tests.farm_support import FAST
 
 
 @contextmanager
 def secured(data_dir: Path, security: ServerSecurity,
             limits: Limits = DEFAULT_LIMITS) -> Iterator[tuple[FarmServer, str]]:
-    server, port = build_server(ServerConfig(data_dir=data_dir, port=0, policy=FAST, tick_interval_s=0.1,
-                                             security=security, limits=limits))
-    server.start()
-    try:
-        yield server, f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+    with coordinator(data_dir, security=security, limits=limits) as served:
+        yield served
 
 
 @contextmanager
 def running_agent(device: str, address: str, work_dir: Path, credentials: Credentials) -> Iterator[Agent]:
     """A real Agent (jobs in child processes) with credentials, on a thread of the test process."""
-    agent = Agent(AgentConfig(device=device, coordinator=address, work_dir=work_dir, credentials=credentials,
-                              runtime=RuntimeOptions(threads=1), lease_wait_s=0.5, backoff_s=(0.1, 0.5)))
-    thread = threading.Thread(target=agent.run, name=f"agent-{work_dir.name}", daemon=True)
-    thread.start()
-    try:
+    with AgentThread(device, address, work_dir, credentials=credentials) as agent:
         yield agent
-    finally:
-        agent.stop()
-        thread.join(30)
 
 
 def _openssl(*args: str, cwd: Path) -> None:

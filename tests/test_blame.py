@@ -145,19 +145,13 @@ def test_no_crash_means_no_blame_section_and_blame_can_be_turned_off(tmp_path, i
 def test_on_the_farm_the_report_blames_the_node_per_device_class(tmp_path):
     """A real coordinator; a real agent per class, one with a runtime that lacks a quantized Gemm
     (`--runtime module:function`, run in the agent's child process like any runtime)."""
-    from coordinator.farm.client import CampaignClient
-    from tests.farm_support import AgentThread, coordinator, read_json, tiny_spec
+    from coordinator.testing import Farm
+    from tests.farm_support import tiny_spec
 
     model = make_classifier(tmp_path / "tiny.onnx")
     spec = tiny_spec(tmp_path, model, ["cpu-a", "npu-x"], max_candidates=2)
-    with coordinator(tmp_path / "coord") as (_, address), AgentThread("cpu-a", address, tmp_path / "a"), \
-            AgentThread("npu-x", address, tmp_path / "n", runtime="tests.device_runtimes:no_quantized_gemm"), \
-            CampaignClient(address) as client:
-        campaign = client.submit(spec)
-        final = client.wait(campaign, poll_s=0.2, timeout_s=180)
-        assert final.state == "done", final.message
-        client.report(campaign, tmp_path / "report")
-    report = read_json(tmp_path / "report" / "report.json")
+    with Farm(tmp_path / "farm", agents={"cpu-a": "ort", "npu-x": "tests.device_runtimes:no_quantized_gemm"}) as farm:
+        report = farm.run_campaign(spec)
     assert list(report["blame"]) == ["npu-x"]                       # cpu-a runs every candidate
     first = report["blame"]["npu-x"][0]
     assert first["blamed_nodes"] == ["fc"] and first["retried_status"] == "ok"

@@ -11,12 +11,10 @@ been leased 3 times, so the coordinator's give-up rule (5 leases without a resul
 from __future__ import annotations
 
 import logging
-import os
 import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +22,8 @@ from coordinator.farm.client import CampaignClient, CoordinatorUnavailable
 from coordinator.farm.store import Store
 from shared.auth import TOKEN_ENV, Credentials
 from shared.pb.qfarm.v1 import job_pb2
-from tests.farm_support import (ROOT, AgentThread, coordinator, read_json, results_per_pair, stop_process,
-                                tiny_spec, wait_for)
+from tests.farm_support import (AgentThread, agent_process, coordinator, coordinator_process, read_json,
+                                results_per_pair, stop_process, tiny_spec, wait_for)
 from tests.models import make_classifier
 
 SEED = 20240605
@@ -40,27 +38,12 @@ TOKEN = "chaos-test-token-" + "x" * 16
 ACCURACY_KEYS = ("status", "top1_agreement", "top5_agreement", "top1_accuracy", "size_bytes", "num_images")
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), TOKEN_ENV: TOKEN}
-
-
 def _serve(data: Path, port: int, port_file: Path, log: Path) -> subprocess.Popen:
-    port_file.unlink(missing_ok=True)
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(data), "--port", str(port),
-             "--port-file", str(port_file), "--heartbeat-interval", "0.25", "--missing-after", "0.8",
-             "--evict-after", "1.5", "--lease-ttl", "2.5"], stdout=out, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT)
+    return coordinator_process(data, port, port_file, log, env={TOKEN_ENV: TOKEN})
 
 
 def _agent(name: str, device: str, address: str, root: Path) -> subprocess.Popen:
-    work = root / name
-    work.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{name}.log", "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "register", "--device", device, "--coordinator", address,
-             "--work-dir", str(work), "--threads", "1", "--name", name], stdout=out, stderr=subprocess.STDOUT,
-            env=_env(), cwd=ROOT)
+    return agent_process(device, address, root / name, "--name", name, env={TOKEN_ENV: TOKEN})
 
 
 def _farm_view(db: Path) -> tuple[dict[str, float], dict[str, list[int]]]:

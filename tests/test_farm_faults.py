@@ -2,10 +2,7 @@
 the same data dir. Every (candidate, device) must end with exactly one result."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -16,8 +13,8 @@ from coordinator.farm.client import CampaignClient, CoordinatorUnavailable
 from coordinator.farm.states import JobState
 from coordinator.farm.store import Store
 from shared.pb.qfarm.v1 import job_pb2
-from tests.farm_support import (ROOT, AgentThread, agent_process, coordinator, read_json, results_per_pair,
-                                stop_process, tiny_spec, wait_for)
+from tests.farm_support import (AgentThread, agent_process, coordinator, coordinator_process, read_json,
+                                results_per_pair, stop_process, tiny_spec, wait_for)
 from tests.models import make_classifier
 
 
@@ -84,20 +81,11 @@ def test_agent_killed_mid_job_has_its_job_rerun_by_another(tmp_path):
     assert stats.results_accepted == 4
 
 
-def _serve(data_dir: Path, port: int, port_file: Path, log: Path) -> subprocess.Popen:
-    port_file.unlink(missing_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-         "--port-file", str(port_file), "--heartbeat-interval", "0.25", "--missing-after", "0.8",
-         "--evict-after", "1.5", "--lease-ttl", "2.5"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
-
-
 def test_coordinator_killed_and_restarted_on_same_data_dir_finishes_the_campaign(tmp_path):
     model = make_classifier(tmp_path / "tiny.onnx")
     spec = tiny_spec(tmp_path, model, ["cpu-a", "cpu-b"], max_candidates=4)
     data, port_file, log = tmp_path / "coord", tmp_path / "port", tmp_path / "coordinator.log"
-    proc = _serve(data, 0, port_file, log)
+    proc = coordinator_process(data, 0, port_file, log)
     try:
         port = int(wait_for(lambda: port_file.is_file() and port_file.read_text().strip(), 60, "the coordinator"))
         address = f"127.0.0.1:{port}"
@@ -113,7 +101,7 @@ def test_coordinator_killed_and_restarted_on_same_data_dir_finishes_the_campaign
             proc.wait(10)
             with pytest.raises(CoordinatorUnavailable):
                 client.status()
-            proc = _serve(data, port, port_file, log)
+            proc = coordinator_process(data, port, port_file, log)
             final = client.wait(campaign_id, poll_s=0.2, timeout_s=120)
             assert final.state == "done", final.message
             assert agent_a.counters["registrations"] >= 2 and agent_b.counters["registrations"] >= 2

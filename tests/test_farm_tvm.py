@@ -23,6 +23,8 @@ from coordinator.farm.store import Store
 from tests.farm_support import IMAGES, ROOT, AgentThread, coordinator, read_json, stop_process, wait_for
 from tests.models import make_classifier
 
+tvm = pytest.importorskip("tvm", reason="the TVM extra is not installed (pip install '.[tvm]')")
+
 KEY = "mali-g68"
 LLVM = '{"kind":"llvm"}'
 

@@ -31,6 +31,8 @@ from shared.metrics import accuracy_metrics
 from shared.runners.base import UnsupportedModel
 from tests.models import make_classifier
 
+tvm = pytest.importorskip("tvm", reason="the TVM extra is not installed (pip install '.[tvm]')")
+
 KEY = "mali-g68"
 SIZE = 32
 

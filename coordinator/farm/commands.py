@@ -154,12 +154,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         resp = client.status(args.campaign)
     agents = Table(title=f"agents on {args.coordinator}")
-    for col in ("agent", "name", "device", "state", "jobs", "slots", "heartbeat", "runtime", "host"):
+    for col in ("agent", "name", "device", "state", "jobs", "slots", "heartbeat", "runtime", "qfarm", "host"):
         agents.add_column(col)
     for a in resp.agents:
         caps = a.capabilities
         agents.add_row(a.agent_id, a.name, a.device, a.state, ", ".join(a.jobs) or "-", slots_text(a),
                        f"{a.last_heartbeat_age_s:.1f} s ago", runtime_text(caps.runtime),
+                       f"{caps.package_version or '?'} (protocol {caps.protocol_version or '?'})",
                        f"{caps.host.cpu_model} x{caps.host.cores} {caps.host.arch}")
     out.print(agents)
     campaigns = Table(title="campaigns")

@@ -37,6 +37,7 @@ from shared.errors import (DataError, EvaluationError, FailedPrecondition, Inval
                            QfarmError, ResourceExhausted, Unauthenticated)
 from shared.limits import DEFAULT_LIMITS, Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
+from shared.version import PROTOCOL_VERSION, package_version
 
 log = logging.getLogger(__name__)
 
@@ -238,13 +239,14 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
     @rpc
     def Register(self, request, context):
         caps = request.capabilities
-        check_registration(request.device, request.name)
+        check_registration(request.device, request.name, caps.protocol_version, caps.package_version)
         agent_id = self.coord.scheduler.register(
             request.device, request.name or context.peer(), caps.SerializeToString(), max(1, caps.slots),
             [(r.job_id, r.attempt) for r in request.running])
         policy = self.coord.config.policy
         return farm_pb2.RegisterResponse(agent_id=agent_id, heartbeat_interval_s=policy.heartbeat_interval_s,
-                                         lease_ttl_s=policy.lease_ttl_s)
+                                         lease_ttl_s=policy.lease_ttl_s, package_version=package_version(),
+                                         protocol_version=PROTOCOL_VERSION)
 
     @rpc
     def Heartbeat(self, request, context):

@@ -24,14 +24,18 @@ class HostInfo(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., cpu_model: _Optional[str] = ..., cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., os: _Optional[str] = ..., arch: _Optional[str] = ...) -> None: ...
 
 class AgentCapabilities(_message.Message):
-    __slots__ = ("runtime", "host", "slots")
+    __slots__ = ("runtime", "host", "slots", "package_version", "protocol_version")
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     runtime: _job_pb2.RuntimeInfo
     host: HostInfo
     slots: int
-    def __init__(self, runtime: _Optional[_Union[_job_pb2.RuntimeInfo, _Mapping]] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ..., slots: _Optional[int] = ...) -> None: ...
+    package_version: str
+    protocol_version: int
+    def __init__(self, runtime: _Optional[_Union[_job_pb2.RuntimeInfo, _Mapping]] = ..., host: _Optional[_Union[HostInfo, _Mapping]] = ..., slots: _Optional[int] = ..., package_version: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class JobRef(_message.Message):
     __slots__ = ("job_id", "attempt")
@@ -54,14 +58,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., name: _Optional[str] = ..., capabilities: _Optional[_Union[AgentCapabilities, _Mapping]] = ..., running: _Optional[_Iterable[_Union[JobRef, _Mapping]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("agent_id", "heartbeat_interval_s", "lease_ttl_s")
+    __slots__ = ("agent_id", "heartbeat_interval_s", "lease_ttl_s", "package_version", "protocol_version")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     heartbeat_interval_s: float
     lease_ttl_s: float
-    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ...) -> None: ...
+    package_version: str
+    protocol_version: int
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., package_version: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id", "running", "free_slots", "busy_slots")
