@@ -194,3 +194,32 @@ def test_ranking_is_reused_across_tunes_that_share_the_cache(tmp_path, images_di
     third = tune(tmp_path / "third", "cpu-c")
     assert measured == [1] and third["ranking"] == first["ranking"]
     assert json.loads(cache.read_text()) == first["ranking"]
+
+
+def test_a_strategy_repeating_itself_on_unchanged_results_ends_the_search(tmp_path, images_dir, monkeypatch):
+    """The search stops a strategy that never returns [] but only proposes what is measured: once a
+    proposal comes back with no new result in between, it would go round forever."""
+    from coordinator import strategies
+    from coordinator.data import Preprocess
+    from coordinator.evaluators import LocalEvaluator
+    from coordinator.tune import TuneConfig, Tuner
+    from shared.runners.ort import OrtConfig, OrtRunner
+
+    asked = []
+
+    class Circling:                      # full INT8 and one exclusion in turn, forever
+        def __init__(self, context):
+            self.ranking = context.ranking
+
+        def next_batch(self, history):
+            asked.append(len(history))
+            return [()] if len(asked) % 2 else [(self.ranking[0],)]
+
+    monkeypatch.setitem(strategies.STRATEGIES, "circling", Circling)
+    config = TuneConfig(model=make_classifier(tmp_path / "tiny.onnx"), images=images_dir, out=tmp_path / "out",
+                        preprocess=Preprocess(input_size=32), n_calibration=8, n_eval=8,
+                        settings=QuantSettings(calibration_images=8), ranking_images=4, latency_runs=0,
+                        strategy="circling")
+    report = Tuner(config, LocalEvaluator(OrtRunner(OrtConfig(intra_op_threads=1)), tmp_path / "fp32")).run()
+    assert report["status"]["evaluations"] == 2 and report["status"]["stopped_by"] is None
+    assert asked == [0, 1, 2, 2, 2]      # () and (n0,) measured, proposed again, then () a third time: stop
