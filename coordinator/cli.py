@@ -45,6 +45,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from shared.runners.ort import OrtConfig, OrtRunner
     from coordinator.console import console, front_table, out, progress_events
     from coordinator.evaluators import LocalEvaluator
+    from coordinator.html import write_html
     from coordinator.plots import write_plots
     from coordinator.tune import Tuner
 
@@ -59,6 +60,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                   console=console, transient=False, disable=not console.is_terminal) as progress:
         report = Tuner(config, evaluator, progress_events(progress)).run()
     write_plots(report, args.out)
+    html = write_html(report, args.out)
     for device in report["devices"]:
         out.print(front_table(report, device))
     status = report["status"]
@@ -69,7 +71,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             out.print(summary["target"]["line"])
     if status.get("stopped_by"):
         out.print(f"stopped early: {status['stopped_by']}")
-    out.print(f"report: {args.out / 'report.json'}")
+    out.print(f"report: {args.out / 'report.json'}; page: {html}")
     return 0
 
 
@@ -112,7 +114,13 @@ def _farm_subcommands() -> list:
     return farm
 
 
-SUBCOMMANDS = [add_tune, add_export, *_farm_subcommands()]
+def _html_subcommands() -> list:
+    from coordinator.html.command import add_export_html
+
+    return [add_export_html]
+
+
+SUBCOMMANDS = [add_tune, add_export, *_html_subcommands(), *_farm_subcommands()]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,6 +126,7 @@ def _write_report(client, campaign_id: str, out: Path) -> None:
 
     from coordinator.console import front_table
     from coordinator.console import out as stdout
+    from coordinator.html import write_html
 
     state, paths = client.report(campaign_id, out)
     for path in paths:
@@ -133,7 +134,8 @@ def _write_report(client, campaign_id: str, out: Path) -> None:
             report = json.loads(path.read_text())
             for device in report.get("devices", []):
                 stdout.print(front_table(report, device))
-            stdout.print(f"recommended: {report.get('pareto', {}).get('recommended')}; report: {path}")
+            page = write_html(report, path.parent)
+            stdout.print(f"recommended: {report.get('pareto', {}).get('recommended')}; report: {path}; page: {page}")
     if state != "done":
         stdout.print(f"campaign {campaign_id} is {state}: the report is partial")
 

@@ -1,0 +1,60 @@
+"""Jinja2 rendering of the report view. Autoescaping is on for every template; the page's one
+script is allowed by its hash in the Content-Security-Policy, so any script that found its way
+into the page some other way would not run, and `default-src 'none'` forbids every network load."""
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Mapping
+
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from coordinator.html.view import build
+from coordinator.report import atomic_write_text
+
+REPORT_FILE = "report.html"
+
+
+@lru_cache(maxsize=1)
+def environment() -> Environment:
+    return Environment(loader=PackageLoader("coordinator.html", "templates"), autoescape=True,
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+@lru_cache(maxsize=4)
+def script(name: str) -> tuple[str, str]:
+    """A template folder's script and its CSP source expression ('sha256-...')."""
+    source = environment().loader.get_source(environment(), name)[0]
+    digest = base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()
+    return source, f"sha256-{digest}"
+
+
+def qfarm_version() -> str:
+    try:
+        return version("qfarm")
+    except PackageNotFoundError:
+        return "dev"
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The page for a report dict; raises DataError when it is not a qfarm report."""
+    view = build(report)
+    js, digest = script("report.js")
+    return environment().get_template("report.html.j2").render(view=view, script=_markup(js),
+                                                               script_hash=digest, version=qfarm_version())
+
+
+def write_html(report: Mapping[str, Any], out_dir: Path, name: str = REPORT_FILE) -> Path:
+    """Write the page beside report.json (atomically) and return its path."""
+    path = Path(out_dir) / name
+    atomic_write_text(path, render_html(report))
+    return path
+
+
+def _markup(source: str):
+    from markupsafe import Markup
+
+    return Markup(source)   # our own packaged script, not report data
