@@ -114,9 +114,10 @@ class Point:
 
 def scatter(title: str, points: Sequence[Point], x_metric: Metric, y_metric: Metric,
             reference: tuple[float, float] | None = None, reference_label: str = "FP32",
-            caption: str = "", empty: str = "no candidate ran successfully") -> Chart:
-    """Accuracy (y) against latency or size (x), marker area by size, the front joined by a line,
-    the recommended candidate ringed, FP32 as a reference point."""
+            caption: str = "", empty: str = "no candidate ran successfully", join_front: bool = True) -> Chart:
+    """Accuracy (y) against latency or size (x), marker area by size, the recommended candidate
+    ringed, FP32 as a reference point; the front is joined by a line only when it was computed over
+    exactly these two axes (otherwise its projection would zigzag)."""
     chart = Chart("scatter", title, 640, 360, x_label=x_metric.label, y_label=y_metric.label, caption=caption)
     if not points:
         chart.empty = empty
@@ -130,7 +131,7 @@ def scatter(title: str, points: Sequence[Point], x_metric: Metric, y_metric: Met
     chart.x_ticks, chart.y_ticks = xa.ticks, ya.ticks
     biggest = max(p.size for p in points) or 1.0
     front = sorted((p for p in points if p.front), key=lambda p: (p.x, -p.y))
-    if len(front) > 1:
+    if join_front and len(front) > 1:
         chart.lines.append(Line(" ".join(f"{xa(p.x)},{ya(p.y)}" for p in front), "front-line", "Pareto front"))
     for p in sorted(points, key=lambda p: (p.front, p.recommended)):   # front drawn on top
         r = round(3 + 9 * (max(p.size, 0.0) / biggest) ** 0.5, 2)

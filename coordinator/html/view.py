@@ -360,9 +360,12 @@ class _Builder:
             reference = (axis_value(x_metric, base[x_metric.key]), 100.0)   # FP32 agrees with itself
         caption = "marker area: model size" + (f"; front over {', '.join(_strs(self.pareto.get('objectives')))}"
                                                if self.pareto.get("objectives") else "")
+        objectives = set(_strs(self.pareto.get("objectives")))
+        x_objective = "latency_ms" if x_metric.key == "latency_ms_p50" else "size_bytes"
+        join = len(objectives) == 2 and x_objective in objectives
         return charts.scatter(f"{device}: {y_metric.label if y_metric else 'accuracy'} vs {x_metric.label}",
                               points, x_metric, y_metric or KNOWN_BY_KEY["top1_agreement"], reference,
-                              caption=caption)
+                              caption=caption, join_front=join)
 
     def _candidate_table(self, index: int, device: str, measured: list[Candidate], front_of: dict[str, int],
                          rec: str | None) -> Table:
