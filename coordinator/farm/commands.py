@@ -27,6 +27,9 @@ def add_serve(sub) -> None:
     p.add_argument("--evict-after", type=float, default=20.0, help="no heartbeat this long: evicted, jobs re-queued")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="a lease not renewed this long is re-queued")
     p.add_argument("--max-workers", type=int, default=64, help="RPC threads (>= agents + clients at once)")
+    from coordinator.dashboard.command import add_dashboard_arguments
+
+    add_dashboard_arguments(p)
     from shared.auth import add_server_arguments
 
     add_server_arguments(p)
@@ -35,6 +38,7 @@ def add_serve(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from coordinator.dashboard.command import start_dashboard
     from shared.atomic import atomic_write_text
     from coordinator.farm.scheduler import LeasePolicy
     from coordinator.farm.server import ServerConfig, build_server
@@ -56,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    dashboard = start_dashboard(args, server.coordinator, security)   # a bad --http-port fails before serving
     server.start()
     if args.port_file:
         atomic_write_text(args.port_file, f"{port}\n")
@@ -63,6 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
              "TLS" if security.tls else "plaintext", "token required" if security.token else "no token",
              args.data_dir)
     stop.wait()
+    if dashboard is not None:
+        dashboard.stop()
     server.stop(grace=2.0)
     log.info("coordinator stopped")
     return 0

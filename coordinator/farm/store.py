@@ -11,7 +11,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from coordinator.farm.states import AgentState, CampaignState, JobState, require_transition
 from shared.errors import NotFound
@@ -114,6 +114,9 @@ class Store:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "qfarm.sqlite3"
         self._lock = threading.RLock()
+        #: called after each commit for every job that changed state in it: (device, before, after,
+        #: seconds spent in `before`); e.g. the dashboard's latency histograms
+        self.job_listeners: list[Callable[[str, JobState, JobState, float], None]] = []
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._conn.row_factory = sqlite3.Row
         self._conn.execute("PRAGMA journal_mode=WAL")
@@ -131,12 +134,16 @@ class Store:
         """One atomic unit: committed when the block ends, rolled back if it raises."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            tx = Tx(self._conn)
             try:
-                yield Tx(self._conn)
+                yield tx
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
+        for listener in self.job_listeners:
+            for transition in tx.transitions:
+                listener(*transition)
 
     def journal_mode(self) -> str:
         with self._lock:
@@ -148,6 +155,7 @@ class Tx:
 
     def __init__(self, conn: sqlite3.Connection):
         self._c = conn
+        self.transitions: list[tuple[str, JobState, JobState, float]] = []
 
     def executescript_safe(self, script: str) -> None:
         for statement in script.split(";"):
@@ -214,10 +222,12 @@ class Tx:
     def set_job_state(self, job_id: str, target: JobState, now: float, *, agent_id: str | None = None,
                       lease_deadline: float | None = None, attempt: int | None = None) -> JobRow:
         """Move a job, checked; leased jobs carry an agent and a deadline, all others none."""
-        job = self.job(job_id)
-        if job is None:
+        row = self._c.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
             raise NotFound(f"job {job_id!r} does not exist", step="job")
+        job = _job(row)
         require_transition(job.state, target, what=job_id)
+        self.transitions.append((job.device, job.state, target, now - row["updated_at"]))
         if target != JobState.LEASED:
             agent_id, lease_deadline = None, None
         self._c.execute(

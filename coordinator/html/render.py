@@ -39,12 +39,13 @@ def qfarm_version() -> str:
         return "dev"
 
 
-def render_html(report: Mapping[str, Any]) -> str:
-    """The page for a report dict; raises DataError when it is not a qfarm report."""
+def render_html(report: Mapping[str, Any], refresh_s: float = 0) -> str:
+    """The page for a report dict (reloading itself every `refresh_s` seconds when > 0, for a
+    campaign still running); raises DataError when it is not a qfarm report."""
     view = build(report)
     js, digest = script("report.js")
-    return environment().get_template("report.html.j2").render(view=view, script=_markup(js),
-                                                               script_hash=digest, version=qfarm_version())
+    return environment().get_template("report.html.j2").render(view=view, script=_markup(js), script_hash=digest,
+                                                               version=qfarm_version(), refresh=refresh_s)
 
 
 def write_html(report: Mapping[str, Any], out_dir: Path, name: str = REPORT_FILE) -> Path:
