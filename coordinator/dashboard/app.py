@@ -1,7 +1,8 @@
 """The dashboard's web application (aiohttp), run on its own event loop in a thread of
 `coordinator serve`. Every page is read-only; every route but the login form needs the coordinator's
 token when one is configured (see auth.py). Pages reload themselves while there is something to
-watch; no page runs a script except the report page's own table sorter."""
+watch (a small script fetches the page again and swaps its content in, so nothing flickers and a
+click is never lost to a reload)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,12 +18,13 @@ from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined
 from coordinator.dashboard import snapshot
 from coordinator.dashboard.auth import COOKIE, HttpAuth
 from coordinator.dashboard.metrics import CONTENT_TYPE, FarmMetrics
-from coordinator.html.render import qfarm_version, render_html
+from coordinator.html.render import qfarm_version, render_html, script
 from shared.errors import NotFound, QfarmError
 
 log = logging.getLogger("coordinator.dashboard")
 
-PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; frame-ancestors 'none'"
+PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; form-action 'self'; "
+            "frame-ancestors 'none'; script-src '{script}'")
 HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 TERMINAL = ("done", "failed", "cancelled")
 
@@ -36,9 +38,10 @@ def environment() -> Environment:
 
 
 def _page(template: str, status: int = 200, **context: Any) -> web.Response:
-    body = environment().get_template(template).render(version=qfarm_version(), **context)
+    js, digest = script("dashboard.js", environment())
+    body = environment().get_template(template).render(version=qfarm_version(), script=js, **context)
     return web.Response(text=body, status=status, content_type="text/html", charset="utf-8",
-                        headers={**HEADERS, "Content-Security-Policy": PAGE_CSP})
+                        headers={**HEADERS, "Content-Security-Policy": PAGE_CSP.format(script=digest)})
 
 
 def _safe_next(value: str | None) -> str:

@@ -78,7 +78,7 @@ def overview(coord) -> Overview:
     from coordinator.farm.commands import runtime_text, slots_text
 
     resp = coord.status("")
-    table = Table("agents", [Column("agent", "agent"), Column("name", "name"), Column("device class", "device"),
+    table = Table("agent-list", [Column("agent", "agent"), Column("name", "name"), Column("device class", "device"),
                              Column("state", "state"), Column("slots", "slots"), Column("jobs", "jobs", numeric=True),
                              Column("last heartbeat", "heartbeat", "seconds ago", True), Column("runtime", "runtime"),
                              Column("host", "host")])
@@ -108,7 +108,7 @@ def campaign(coord, campaign_id: str) -> CampaignDetail:
         results = c.results(ids)
         jobs = {j: c.job(j) for j in results}
         names = {a.agent_id: a.name for a in c.agents()}
-    running = Table("running", [Column("job", "job"), Column("kind", "kind"), Column("device class", "device"),
+    running = Table("running-jobs", [Column("job", "job"), Column("kind", "kind"), Column("device class", "device"),
                                 Column("candidate", "candidate"), Column("agent", "agent"),
                                 Column("attempt", "attempt", numeric=True),
                                 Column("lease left", "lease", "seconds until the lease expires", True)])
@@ -122,7 +122,7 @@ def campaign(coord, campaign_id: str) -> CampaignDetail:
     order = sorted(results, key=lambda job_id: results[job_id].received_at, reverse=True)
     recent_ids = order[:RECENT_RESULTS]
     metrics = columns(flatten(decoded[j]) for j in recent_ids if results[j].status == "ok")
-    recent = Table("recent", [Column("received", "received", numeric=True), Column("kind", "kind"),
+    recent = Table("recent-results", [Column("received", "received", numeric=True), Column("kind", "kind"),
                               Column("device class", "device"), Column("candidate", "candidate"),
                               Column("agent", "agent"), Column("status", "status")] +
                    [Column(m.label, css_key(m.key), m.title, True) for m in metrics])
@@ -134,7 +134,7 @@ def campaign(coord, campaign_id: str) -> CampaignDetail:
                                 Cell((job.candidate_id if job else "-")[:10]), Cell(names.get(row.agent_id, row.agent_id)),
                                 Cell(row.status, cls="" if row.status == "ok" else "bad")] +
                                [metric_cell(m, flat.get(m.key)) for m in metrics]))
-    failures = Table("failures", [Column("received", "received", numeric=True), Column("device class", "device"),
+    failures = Table("failure-list", [Column("received", "received", numeric=True), Column("device class", "device"),
                                   Column("candidate", "candidate"), Column("agent", "agent"), Column("status", "status"),
                                   Column("crash cause", "crash-cause")])
     for job_id in order:

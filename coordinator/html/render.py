@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
+from markupsafe import Markup
 
 from coordinator.html.view import build
 from coordinator.report import atomic_write_text
@@ -24,12 +25,14 @@ def environment() -> Environment:
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-@lru_cache(maxsize=4)
-def script(name: str) -> tuple[str, str]:
-    """A template folder's script and its CSP source expression ('sha256-...')."""
-    source = environment().loader.get_source(environment(), name)[0]
+@lru_cache(maxsize=8)
+def script(name: str, env: Environment | None = None):
+    """A template folder's script (as markup: our own file, not data) and its CSP source expression
+    ('sha256-...'), so the page allows exactly that script and no other."""
+    env = env or environment()
+    source = env.loader.get_source(env, name)[0]
     digest = base64.b64encode(hashlib.sha256(source.encode()).digest()).decode()
-    return source, f"sha256-{digest}"
+    return Markup(source), f"sha256-{digest}"
 
 
 def qfarm_version() -> str:
@@ -44,7 +47,7 @@ def render_html(report: Mapping[str, Any], refresh_s: float = 0) -> str:
     campaign still running); raises DataError when it is not a qfarm report."""
     view = build(report)
     js, digest = script("report.js")
-    return environment().get_template("report.html.j2").render(view=view, script=_markup(js), script_hash=digest,
+    return environment().get_template("report.html.j2").render(view=view, script=js, script_hash=digest,
                                                                version=qfarm_version(), refresh=refresh_s)
 
 
@@ -53,9 +56,3 @@ def write_html(report: Mapping[str, Any], out_dir: Path, name: str = REPORT_FILE
     path = Path(out_dir) / name
     atomic_write_text(path, render_html(report))
     return path
-
-
-def _markup(source: str):
-    from markupsafe import Markup
-
-    return Markup(source)   # our own packaged script, not report data
