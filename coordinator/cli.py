@@ -47,6 +47,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from coordinator.evaluators import LocalEvaluator
     from coordinator.html import write_html
     from coordinator.plots import write_plots
+    from coordinator.progress_lines import line_events
+    from coordinator.thirdparty import divert_third_party
     from coordinator.tune import Tuner
 
     if args.coordinator:  # farm mode: the same tune as a campaign on the coordinator's agents
@@ -56,9 +58,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = tune_config_from_args(args)
     runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads))
     evaluator = LocalEvaluator(runner, args.out / "cache")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False, disable=not console.is_terminal) as progress:
-        report = Tuner(config, evaluator, progress_events(progress)).run()
+    with divert_third_party(args.out) as diverted, \
+            Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                     console=console, transient=False, disable=not console.is_terminal) as progress:
+        events = progress_events(progress) if console.is_terminal else line_events(console.print)
+        report = Tuner(config, evaluator, events).run()
     write_plots(report, args.out)
     html = write_html(report, args.out)
     for device in report["devices"]:
@@ -71,6 +75,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             out.print(summary["target"]["line"])
     if status.get("stopped_by"):
         out.print(f"stopped early: {status['stopped_by']}")
+    if diverted.count:
+        out.print(diverted.summary())
     out.print(f"report: {args.out / 'report.json'}; page: {html}")
     return 0
 

@@ -1,0 +1,35 @@
+"""A readable console: `coordinator tune` with stdout and stderr not a terminal prints one line per
+stage and per result batch, and other libraries' warnings (onnxruntime's quantizer warns once per
+candidate it builds) go to third-party.log in the output folder, counted once in the summary."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.farm_support import IMAGES, ROOT
+from tests.models import make_classifier
+
+
+def test_a_non_tty_tune_prints_stage_and_batch_lines_and_files_library_warnings(tmp_path):
+    model = make_classifier(tmp_path / "tiny.onnx")
+    out = tmp_path / "out"
+    # int16 activations on an opset-17 model: the quantizer warns (on the root logger) for every build
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "tune", str(model), "--images", str(IMAGES),
+                           "--out", str(out), "--input-size", "32", "--calibration", "8", "--eval", "16",
+                           "--latency-runs", "1", "--max-candidates", "4", "--ranking-images", "4", "--threads", "1",
+                           "--activation-type", "int16"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stderr = proc.stderr.splitlines()
+    assert stderr[:4] == ["preparing model and data", "measuring the FP32 reference", "ranking layer sensitivity",
+                          "evaluating candidates"]
+    batches = [line for line in stderr[4:] if line.startswith("  results ")]
+    assert batches and batches[-1] == "  results 4/4" and len(stderr) == 4 + len(batches)
+    assert not any("16-bit" in line for line in proc.stdout.splitlines() + stderr)   # not on the terminal
+    logged = (out / "third-party.log").read_text().splitlines()
+    assert len(logged) >= 4 and all("WARNING" in line and "16-bit" in line for line in logged)
+    [summary] = [line for line in proc.stdout.splitlines() if "messages from other libraries" in line]
+    assert int(re.match(r"(\d+) messages", summary).group(1)) == len(logged)
+    assert str(out / "third-party.log") in summary
+    # the whole run: stage and batch lines, the front table, a few summary lines; nothing per candidate
+    assert len(proc.stdout.splitlines()) + len(stderr) <= 25
