@@ -61,7 +61,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     with divert_third_party(args.out) as diverted, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=False, disable=not console.is_terminal) as progress:
-        events = progress_events(progress) if console.is_terminal else line_events(console.print)
+        events = progress_events(progress) if console.is_terminal else line_events(out.print)
         report = Tuner(config, evaluator, events).run()
     write_plots(report, args.out)
     html = write_html(report, args.out)

@@ -20,16 +20,26 @@ def test_a_non_tty_tune_prints_stage_and_batch_lines_and_files_library_warnings(
                            "--latency-runs", "1", "--max-candidates", "4", "--ranking-images", "4", "--threads", "1",
                            "--activation-type", "int16"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    stderr = proc.stderr.splitlines()
-    assert stderr[:4] == ["preparing model and data", "measuring the FP32 reference", "ranking layer sensitivity",
+    assert proc.stderr == ""                           # errors only: progress is ordinary output
+    stdout = proc.stdout.splitlines()
+    assert stdout[:4] == ["preparing model and data", "measuring the FP32 reference", "ranking layer sensitivity",
                           "evaluating candidates"]
-    batches = [line for line in stderr[4:] if line.startswith("  results ")]
-    assert batches and batches[-1] == "  results 4/4" and len(stderr) == 4 + len(batches)
-    assert not any("16-bit" in line for line in proc.stdout.splitlines() + stderr)   # not on the terminal
+    batches = [line for line in stdout[4:] if line.startswith("  results ")]
+    assert batches and batches[-1] == "  results 4/4"
+    assert stdout[4:4 + len(batches)] == batches      # then the table: no other line per candidate
+    assert not any("16-bit" in line for line in stdout)   # not on the terminal
     logged = (out / "third-party.log").read_text().splitlines()
     assert len(logged) >= 4 and all("WARNING" in line and "16-bit" in line for line in logged)
-    [summary] = [line for line in proc.stdout.splitlines() if "messages from other libraries" in line]
+    [summary] = [line for line in stdout if "messages from other libraries" in line]
     assert int(re.match(r"(\d+) messages", summary).group(1)) == len(logged)
     assert str(out / "third-party.log") in summary
     # the whole run: stage and batch lines, the front table, a few summary lines; nothing per candidate
-    assert len(proc.stdout.splitlines()) + len(stderr) <= 25
+    assert len(stdout) <= 25
+
+
+def test_waiting_on_the_farm_prints_stages_and_finished_batches_only():
+    from coordinator.farm.commands import batch_in_progress
+
+    assert batch_in_progress("tiny: 3/12 results")
+    assert not batch_in_progress("tiny: 12/12 results")
+    assert not batch_in_progress("tiny: ranking layer sensitivity")

@@ -112,7 +112,7 @@ def _wait_and_report(client, campaign_id: str, out: Path | None) -> int:
 
     def show(status) -> None:
         line = f"{status.state}: {status.message}"
-        if line != last[0]:
+        if line != last[0] and not batch_in_progress(status.message):
             console.print(line)
             last[0] = line
 
@@ -126,6 +126,14 @@ def _wait_and_report(client, campaign_id: str, out: Path | None) -> int:
             if final.state == "done":
                 raise
     return 0 if final.state == "done" else 1
+
+
+def batch_in_progress(message: str) -> bool:
+    """'model: 3/12 results': a batch still filling in, not worth a line of its own."""
+    import re
+
+    counts = re.search(r"(\d+)/(\d+) results$", message)
+    return bool(counts) and counts.group(1) != counts.group(2)
 
 
 def _write_report(client, campaign_id: str, out: Path) -> None:
