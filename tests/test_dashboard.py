@@ -85,6 +85,13 @@ def test_a_browser_watches_a_campaign_progress_and_its_report_fill_in(browser, f
             # the page reloads itself: the count rises while we only look
             wait_for(lambda: _done(page, "cpu-a") > before, 120, "cpu-a progress on the page", poll=0.3)
             screenshot(page, tmp / "dashboard-campaign-running.png")
+            # the report page fills in: while the campaign runs it is a snapshot that says so and reloads
+            response = wait_for(lambda: (r := page.request.get(f"{dashboard.url}campaigns/{campaign}/report")).ok
+                                and r, 60, "a partial report")
+            body = response.text()
+            [state] = [c.state for c in client.status(campaign).campaigns]
+            if state == "running":          # else it finished between the two calls: nothing to check
+                assert "this campaign is still running" in body and 'http-equiv="refresh"' in body
             wait_for(lambda: "done" == page.locator("#progress .state").inner_text(), 180, "campaign done", poll=0.5)
         assert page.locator("#recent tbody tr").count() > 0
         assert "no quantized Gemm kernel" in page.locator("#failures").inner_text()     # failures with their cause
