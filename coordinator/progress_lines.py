@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from coordinator.tune import TuneEvents
+from shared.results import DeviceResult
 
 
 def line_events(say: Callable[[str], None], devices: int = 1) -> TuneEvents:
@@ -21,13 +22,13 @@ def line_events(say: Callable[[str], None], devices: int = 1) -> TuneEvents:
             state["batch"] = total * devices
             state["batch_done"] = 0
 
-    def on_result(cid: str, device: str, result: dict) -> None:
+    def on_result(cid: str, device: str, result: DeviceResult) -> None:
         state["done"] += 1
         state["batch_done"] += 1
-        if result.get("status") != "ok":
+        if not result.ok:
             state["failed"] += 1
             state["first_failure"] = state["first_failure"] or \
-                f"; {cid[:10]} on {device}: {result.get('status')} ({result.get('crash_cause')})"
+                f"; {cid[:10]} on {device}: {result.status.value} ({result.crash_cause})"
         if state["batch_done"] == state["batch"] or state["done"] >= state["planned"]:
             failed = f", {state['failed']} failed{state['first_failure']}" if state["failed"] else ""
             say(f"  results {state['done']}/{state['planned']}{failed}")

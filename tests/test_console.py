@@ -43,3 +43,20 @@ def test_waiting_on_the_farm_prints_stages_and_finished_batches_only():
     assert batch_in_progress("tiny: 3/12 results")
     assert not batch_in_progress("tiny: 12/12 results")
     assert not batch_in_progress("tiny: ranking layer sensitivity")
+
+
+def test_a_batch_line_counts_failures_and_names_the_first():
+    from coordinator.progress_lines import line_events
+    from shared.results import DeviceResult
+
+    lines: list[str] = []
+    events = line_events(lines.append, devices=2)
+    events.on_stage("evaluating candidates")
+    events.on_plan(2)                                    # 2 candidates x 2 device classes
+    ok = DeviceResult(status="ok", top1_agreement=1.0, top5_agreement=1.0, latency_ms_p50=1.0, latency_ms_p90=1.0)
+    events.on_result("a" * 16, "cpu", ok)
+    events.on_result("a" * 16, "npu", DeviceResult(status="crash", crash_cause="signal:SIGSEGV"))
+    events.on_result("b" * 16, "cpu", ok)
+    assert lines == ["evaluating candidates"]            # nothing until the batch is complete
+    events.on_result("b" * 16, "npu", DeviceResult(status="unsupported", crash_cause="error:no kernel"))
+    assert lines[1] == "  results 4/4, 2 failed; aaaaaaaaaa on npu: crash (signal:SIGSEGV)"

@@ -28,7 +28,7 @@ def start_dashboard(args: argparse.Namespace, coord, security):
 
     from coordinator.dashboard.app import DashboardServer
     from coordinator.dashboard.auth import HttpAuth
-    from coordinator.report import atomic_write_text
+    from shared.atomic import atomic_write_text
 
     host = args.http_host or args.host
     security.check_exposure(host)

@@ -9,6 +9,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from coordinator.farm.describe import runtime_text, slots_text
 from coordinator.html.metrics import columns, flatten
 from coordinator.html.tables import Cell, Column, Row, Table, css_key, metric_cell, text
 from shared.errors import NotFound
@@ -75,8 +76,6 @@ def _summary(c: farm_pb2.CampaignStatus) -> CampaignSummary:
 
 
 def overview(coord) -> Overview:
-    from coordinator.farm.commands import runtime_text, slots_text
-
     resp = coord.status("")
     table = Table("agent-list", [Column("agent", "agent"), Column("name", "name"), Column("device class", "device"),
                              Column("state", "state"), Column("slots", "slots"), Column("jobs", "jobs", numeric=True),

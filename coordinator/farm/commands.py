@@ -11,6 +11,7 @@ from pathlib import Path
 
 from coordinator.arguments import (add_coordinator_argument, add_limit_arguments, limits_from_args,
                                    preprocess_from_args, settings_from_args)
+from coordinator.farm.describe import runtime_text, slots_text
 from shared.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("coordinator")
@@ -189,21 +190,6 @@ def cmd_status(args: argparse.Namespace) -> int:
         campaigns.add_row(c.campaign_id, c.name, c.state, progress, c.message)
     out.print(campaigns)
     return 0
-
-
-def slots_text(agent) -> str:
-    """Free/busy as the agent reports them: job slots, or for a TVM agent the devices of its key."""
-    what = " devices" if agent.capabilities.runtime.runtime == "tvm" else ""
-    return f"{agent.free_slots} free / {agent.busy_slots} busy{what}"
-
-
-def runtime_text(runtime) -> str:
-    """Runtime and version; for TVM also the key and tracker its devices register with."""
-    text = f"{runtime.runtime} {runtime.version}"
-    if runtime.runtime == "tvm":
-        fields = dict(item.split("=", 1) for item in runtime.options.split() if "=" in item)
-        text += "".join(f" {k}={fields[k]}" for k in ("key", "tracker") if k in fields)
-    return text
 
 
 # ------------------------------------------------------------------------------------ report

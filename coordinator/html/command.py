@@ -17,7 +17,8 @@ def add_export_html(sub) -> None:
 
 def cmd_export_html(args: argparse.Namespace) -> int:
     from coordinator.html.render import REPORT_FILE, render_html
-    from coordinator.report import atomic_write_text, read_report
+    from coordinator.report import read_report
+    from shared.atomic import atomic_write_text
 
     report = read_report(args.report)
     output = args.output or args.report.parent / REPORT_FILE

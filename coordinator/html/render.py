@@ -14,7 +14,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from coordinator.html.view import build
-from coordinator.report import atomic_write_text
+from shared.atomic import atomic_write_text
 
 REPORT_FILE = "report.html"
 
