@@ -1,5 +1,7 @@
 """`agent register --device KEY --coordinator HOST:PORT ...`: join the farm and serve jobs until
-SIGINT/SIGTERM, then stop running jobs and deregister.
+SIGTERM/SIGINT, which drains the agent: no new jobs, the running ones get `--drain-timeout` seconds
+to finish, then what still runs is handed back and the agent deregisters (a second signal stops it
+at once). `agent drain --work-dir DIR` drains a running agent without stopping it (agent/drain.py).
 
 With `--runtime tvm` the agent also starts a TVM RPC tracker (or attaches to one with `--tracker`)
 that phones register with under `--rpc-key`; it runs one job per free device of that key. A bad
@@ -40,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--work-dir", type=Path, default=None, help="artifact cache and job files "
                      "(default ~/.cache/qfarm/agent-<device>)")
     reg.add_argument("--job-timeout", type=float, default=1800.0, help="seconds before a job counts as hung")
+    reg.add_argument("--drain-timeout", type=float, default=30.0,
+                     help="on SIGTERM/SIGINT: seconds the running jobs may take to finish before they are handed "
+                          "back to the coordinator (keep it below your supervisor's stop timeout)")
     reg.add_argument("--job-memory-mb", type=int, default=os.environ.get("QFARM_JOB_MEMORY_MB") or 0,
                      help="address-space limit (RLIMIT_AS) of each job's worker, MiB; a job above it is reported "
                           "as crash with cause oom (0 = no limit; default $QFARM_JOB_MEMORY_MB)")
@@ -60,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help='TVM host target dict, e.g. \'{"kind":"llvm","mtriple":"aarch64-linux-android"}\'')
     tvm.add_argument("--rpc-key", metavar="KEY", help="key the devices register under (default: --device)")
     tvm.add_argument("--chunk", type=int, metavar="N", help="images per remote call (default 8)")
+    from agent.drain import add_drain
+
+    add_drain(sub)
     return parser
 
 
@@ -116,6 +124,8 @@ def local_address(tracker) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "drain":
+        return args.func(args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s agent %(levelname)s %(message)s", stream=sys.stderr)
     from agent.runtimes import RuntimeOptions, make_runner
@@ -149,17 +159,21 @@ def main(argv: list[str] | None = None) -> int:
                                                         optimization=args.optimization, extra=extra),
                                  slots=1 if slots is None else slots, job_timeout_s=args.job_timeout,
                                  name=args.name, credentials=credentials_from_args(args),
-                                 job_memory_mb=args.job_memory_mb)
+                                 job_memory_mb=args.job_memory_mb, drain_timeout_s=args.drain_timeout)
             agent = Agent(config, devices)
         except QfarmError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         stopping = threading.Event()
 
-        def on_signal(signum, frame):
+        def on_signal(signum, frame):   # the first drains (on a thread: never block the handler), a second stops
+            name = signal.Signals(signum).name
             if not stopping.is_set():
-                log.info("%s: stopping", signal.Signals(signum).name)
+                log.info("%s: draining for up to %g s, then stopping", name, config.drain_timeout_s)
                 stopping.set()
+                threading.Thread(target=agent.stop_gracefully, name="drain", daemon=True).start()
+            else:
+                log.info("%s again: stopping now", name)
                 agent.stop()
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -174,7 +174,13 @@ class TvmTracker:
         """Stop the tracker if this agent started it; attached trackers are left running."""
         if self._owned is not None:
             tracker, self._owned = self._owned, None
-            tracker.terminate()
+            try:
+                tracker.terminate()
+            except OSError as exc:   # it got the signal too (Ctrl-C, a signal to the process group) and is gone
+                log.info("TVM tracker on %s had already stopped (%s)", self.address, exc)
+                if tracker.proc is not None:
+                    tracker.proc.kill()
+                return
             log.info("TVM tracker on %s stopped", self.address)
 
     def __enter__(self) -> "TvmTracker":

@@ -23,6 +23,7 @@ from typing import Iterator, Protocol
 import grpc
 
 import agent as agent_pkg
+from agent.drain import DRAIN_FILE, STATE_FILE, write_state
 from agent.host import host_info
 from agent.runtimes import RuntimeOptions, make_runner
 from agent.sandbox import ChildWorker
@@ -57,6 +58,7 @@ class AgentConfig:
     max_message_bytes: int = 64 << 20
     credentials: Credentials = field(default_factory=Credentials)   # farm token, TLS CA
     job_memory_mb: int = 0                # address-space limit of each job's worker process (0: none)
+    drain_timeout_s: float = 30.0         # on stop: how long running jobs may finish before they are handed back
 
     def __post_init__(self) -> None:
         if not self.device or not self.device.strip():
@@ -70,6 +72,8 @@ class AgentConfig:
             raise InvalidArgument(f"--job-timeout {self.job_timeout_s} must be > 0", step="agent")
         if not isinstance(self.job_memory_mb, int) or self.job_memory_mb < 0:
             raise InvalidArgument(f"--job-memory-mb {self.job_memory_mb!r} must be an integer >= 0", step="agent")
+        if not self.drain_timeout_s >= 0:
+            raise InvalidArgument(f"--drain-timeout {self.drain_timeout_s!r} must be >= 0", step="agent")
 
     def agent_name(self) -> str:
         if self.name:
@@ -126,6 +130,10 @@ class Agent:
         self._verified: set[str] = set()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
+        self._draining = threading.Event()  # no new leases; running jobs go on (agent.drain)
+        self._drain_reason = ""             # "agent drain" (a request file, can be cancelled) or "stopping"
+        self.drain_file = self.work_dir / DRAIN_FILE
+        self.drain_file.unlink(missing_ok=True)   # a request left by an earlier process is not for this one
         self.fatal: str | None = None     # why the agent gave up (e.g. its token was refused)
         self.counters = {"jobs_run": 0, "bytes_fetched": 0, "registrations": 0}
         env = dict(os.environ)
@@ -138,12 +146,63 @@ class Agent:
 
     # ---------------------------------------------------------------- lifecycle
     def stop(self) -> None:
+        """Stop now: running jobs are killed and handed back (deregistering re-queues them at once)."""
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
 
+    def drain(self, reason: str = "agent drain") -> None:
+        """Lease no new jobs; the running ones go on."""
+        with self._lock:
+            if not self._draining.is_set():
+                log.info("draining (%s): no new jobs, %d running", reason, len(self._running))
+                self._draining.set()
+                self._drain_reason = reason
+            elif reason == "stopping":
+                self._drain_reason = reason          # a stop is never cancelled by removing the request file
+            self._lock.notify_all()
+            self._publish_state()
+
+    def stop_gracefully(self, timeout: float | None = None) -> bool:
+        """Drain, give the running jobs up to `timeout` (default: the config's drain timeout) to
+        finish and report, then stop: what still runs is handed back at once. True when nothing was."""
+        timeout = self.config.drain_timeout_s if timeout is None else timeout
+        self.drain("stopping")
+        with self._lock:
+            finished = self._lock.wait_for(lambda: not self._running or self._stop.is_set(), timeout)
+            if not finished:
+                log.warning("drain timeout (%g s): handing back %s", timeout, ", ".join(sorted(self._running)))
+        self.stop()
+        return bool(finished)
+
+    def _follow_drain_request(self) -> None:
+        """`agent drain` asks through a file in the work dir; `agent drain --cancel` removes it."""
+        requested = self.drain_file.exists()
+        if requested and not self._draining.is_set():
+            self.drain("agent drain")
+        elif not requested and self._draining.is_set() and self._drain_reason == "agent drain":
+            with self._lock:
+                self._draining.clear()
+                self._drain_reason = ""
+                log.info("drain cancelled: leasing again")
+                self._publish_state()
+
+    def _publish_state(self, stopped: bool = False) -> None:
+        """What `agent drain` reads; call with self._lock held."""
+        try:
+            write_state(self.work_dir, {"pid": os.getpid(), "agent_id": self._agent_id or "",
+                                        "device": self.config.device, "draining": self._draining.is_set(),
+                                        "stopped": stopped, "running": sorted(self._running)})
+        except OSError as exc:
+            log.warning("could not write %s: %s", STATE_FILE, exc)
+
+    def _leasable(self) -> int:
+        return 0 if self._draining.is_set() else self._free()
+
     def run(self) -> None:
         """Serve jobs until `stop()`; then kill running children and deregister."""
+        with self._lock:
+            self._publish_state()
         if self.devices is not None:
             self.devices.start()
         heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -154,9 +213,10 @@ class Agent:
                 agent_id = self._ensure_registered()
                 if agent_id is None:
                     break
+                self._follow_drain_request()
                 with self._lock:
-                    self._lock.wait_for(lambda: self._free() > 0 or self._stop.is_set(), timeout=1.0)
-                    free = self._free()
+                    self._lock.wait_for(lambda: self._leasable() > 0 or self._stop.is_set(), timeout=1.0)
+                    free = self._leasable()
                 if free <= 0 or self._stop.is_set():
                     continue
                 try:
@@ -166,9 +226,10 @@ class Agent:
                 except grpc.RpcError as exc:
                     self._rpc_failed("lease", exc, agent_id)
                     continue
-                for job in resp.jobs:
+                for job in resp.jobs:   # leased even if a drain began meanwhile: run them (the drain waits)
                     with self._lock:
                         self._running[job.job_id] = _Running(job.job_id, job.attempt)
+                        self._publish_state()
                     log.info("leased %s (attempt %d)", job.job_id, job.attempt)
                     pool.submit(self._execute, job)
         finally:
@@ -179,6 +240,8 @@ class Agent:
         with self._lock:
             for run in self._running.values():
                 self._kill(run)
+            if self._running:
+                log.info("handing back %s", ", ".join(sorted(self._running)))
         pool.shutdown(wait=True)
         heartbeat.join()
         while not self._workers.empty():
@@ -192,6 +255,8 @@ class Agent:
             except grpc.RpcError as exc:
                 log.info("could not deregister (%s): the coordinator will evict this agent", exc.code().name)
         self._channel.close()
+        with self._lock:
+            self._publish_state(stopped=True)
 
     def _free(self) -> int:
         free = self.config.slots - len(self._running)
@@ -314,6 +379,7 @@ class Agent:
             shutil.rmtree(job_dir, ignore_errors=True)
             with self._lock:
                 self._running.pop(job.job_id, None)
+                self._publish_state()
                 self._lock.notify_all()
 
     def _fetch_job_files(self, job: job_pb2.Job, run: _Running) -> dict[str, Path | None]:

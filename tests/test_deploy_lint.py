@@ -245,7 +245,9 @@ def test_agents_are_one_deployment_per_device_class_and_drain_within_their_grace
         drain = c["lifecycle"]["preStop"]["exec"]["command"]
         assert drain[:2] == ["agent", "drain"]
         timeout = float(drain[drain.index("--timeout") + 1])
-        assert spec["terminationGracePeriodSeconds"] >= timeout + 20, "the grace period must cover the drain"
+        after_sigterm = float(c["args"][c["args"].index("--drain-timeout") + 1])
+        assert spec["terminationGracePeriodSeconds"] >= timeout + after_sigterm + 10, \
+            "the grace period must cover the preStop drain, the SIGTERM drain and the deregistration"
         assert c["args"][c["args"].index("--coordinator") + 1] == "qfarm-coordinator:50051"
     assert len(classes) == len(set(classes))
     assert len(classes) == {"demo": 1, "fleet": 2}[overlay.name]

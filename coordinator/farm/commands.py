@@ -12,6 +12,7 @@ from pathlib import Path
 from coordinator.arguments import (add_coordinator_argument, add_limit_arguments, limits_from_args,
                                    preprocess_from_args, settings_from_args)
 from coordinator.farm.describe import runtime_text, slots_text
+from coordinator.farm.health_probe import add_health
 from shared.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("coordinator")
@@ -31,6 +32,8 @@ def add_serve(sub) -> None:
     from coordinator.dashboard.command import add_dashboard_arguments
 
     add_dashboard_arguments(p)
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT: seconds in-flight calls may take to finish (campaigns pause first)")
     from shared.auth import add_server_arguments
 
     add_server_arguments(p)
@@ -71,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     stop.wait()
     if dashboard is not None:
         dashboard.stop()
-    server.stop(grace=2.0)
+    server.stop(grace=args.shutdown_grace)
     log.info("coordinator stopped")
     return 0
 
@@ -243,4 +246,4 @@ def spec_from_tune_args(args: argparse.Namespace):
     return spec_from_local(raw, "coordinator tune arguments", Path.cwd())
 
 
-SUBCOMMANDS = [add_serve, add_submit, add_status, add_report]
+SUBCOMMANDS = [add_serve, add_submit, add_status, add_report, add_health]
