@@ -12,7 +12,6 @@ from pathlib import Path
 from coordinator.arguments import (add_coordinator_argument, add_limit_arguments, limits_from_args,
                                    preprocess_from_args, settings_from_args)
 from coordinator.farm.describe import runtime_text, slots_text
-from coordinator.farm.health_probe import add_health
 from shared.errors import InvalidArgument, NotFound
 
 log = logging.getLogger("coordinator")
@@ -28,12 +27,12 @@ def add_serve(sub) -> None:
     p.add_argument("--missing-after", type=float, default=6.0, help="no heartbeat this long: agent missing")
     p.add_argument("--evict-after", type=float, default=20.0, help="no heartbeat this long: evicted, jobs re-queued")
     p.add_argument("--lease-ttl", type=float, default=30.0, help="a lease not renewed this long is re-queued")
+    p.add_argument("--shutdown-grace", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT: seconds in-flight calls may take to finish (campaigns pause first)")
     p.add_argument("--max-workers", type=int, default=64, help="RPC threads (>= agents + clients at once)")
     from coordinator.dashboard.command import add_dashboard_arguments
 
     add_dashboard_arguments(p)
-    p.add_argument("--shutdown-grace", type=float, default=10.0,
-                   help="on SIGTERM/SIGINT: seconds in-flight calls may take to finish (campaigns pause first)")
     from shared.auth import add_server_arguments
 
     add_server_arguments(p)
@@ -244,6 +243,12 @@ def spec_from_tune_args(args: argparse.Namespace):
     if args.calibration_images is not None:
         raw["data"]["calibration_images"] = str(Path(args.calibration_images).resolve())
     return spec_from_local(raw, "coordinator tune arguments", Path.cwd())
+
+
+def add_health(sub) -> None:
+    from coordinator.farm.health_probe import add_health as add  # `coordinator health`: the gRPC health check
+
+    add(sub)
 
 
 SUBCOMMANDS = [add_serve, add_submit, add_status, add_report, add_health]
