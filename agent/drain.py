@@ -20,16 +20,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from shared.atomic import atomic_output
+
 DRAIN_FILE = "drain"                 # its presence asks the agent serving the work dir to drain
 STATE_FILE = "agent-state.json"      # written by the agent whenever what it runs changes
 
 
 def write_state(work_dir: Path, state: dict) -> None:
-    """Atomically (a reader never sees half a file)."""
-    path = Path(work_dir) / STATE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(state))
-    tmp.replace(path)
+    """Atomically (a reader never sees half a file); not synced: it describes a live process only."""
+    with atomic_output(Path(work_dir) / STATE_FILE, fsync=False) as tmp:
+        tmp.write_text(json.dumps(state))
 
 
 def read_state(work_dir: Path) -> dict | None:

@@ -15,14 +15,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-
 from agent.drain import read_state, wait_drained
 from coordinator.farm.client import CampaignClient
 from coordinator.farm.scheduler import LeasePolicy
 from coordinator.farm.states import JobState
-from tests.farm_support import (ROOT, AgentThread, coordinator, read_json, results_per_pair, stop_process,
-                                tiny_spec, wait_for)
+from tests.farm_support import (ROOT, AgentThread, agent_process, coordinator, coordinator_process, read_json,
+                                results_per_pair, stop_process, tiny_spec, wait_for)
 from tests.models import make_classifier
 from tests.test_farm_faults import _job_rows, _measuring
 
@@ -31,24 +29,16 @@ PATIENT = LeasePolicy(heartbeat_interval_s=0.25, missing_after_s=30.0, evict_aft
                       max_wait_s=0.5)
 
 
-def _agent(address: str, work: Path, name: str, *extra: str, device: str = "cpu-a") -> subprocess.Popen:
-    work.mkdir(parents=True, exist_ok=True)
-    log = open(work.with_suffix(".log"), "wb")
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "register", "--device", device, "--coordinator",
-                             address, "--work-dir", str(work), "--threads", "1", "--name", name, *extra],
-                            stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+def _agent(address: str, work: Path, name: str, *extra: str) -> subprocess.Popen:
+    return agent_process("cpu-a", address, work, "--name", name, *extra)
 
 
 def _serve(data_dir: Path, port: int, port_file: Path, log: Path) -> subprocess.Popen:
-    """`coordinator serve` as its own process, with PATIENT's timings."""
-    port_file.unlink(missing_ok=True)
+    """`coordinator serve` as its own process with PATIENT's timings (later flags win)."""
     p = PATIENT
-    return subprocess.Popen(
-        [sys.executable, "-m", "coordinator.cli", "serve", "--data-dir", str(data_dir), "--port", str(port),
-         "--port-file", str(port_file), "--heartbeat-interval", str(p.heartbeat_interval_s), "--missing-after",
-         str(p.missing_after_s), "--evict-after", str(p.evict_after_s), "--lease-ttl", str(p.lease_ttl_s),
-         "--shutdown-grace", "5"],
-        stdout=open(log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    return coordinator_process(data_dir, port, port_file, log, "--missing-after", str(p.missing_after_s),
+                               "--evict-after", str(p.evict_after_s), "--lease-ttl", str(p.lease_ttl_s),
+                               "--shutdown-grace", "5")
 
 
 def _agent_ids(client: CampaignClient) -> dict[str, str]:
