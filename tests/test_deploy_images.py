@@ -295,7 +295,7 @@ def test_images_build_and_the_compose_demo_runs(tmp_path):
         pytest.skip(why)
     project = f"qfarm-test-{tmp_path.name.lower()[-12:]}"
     compose = ["docker", "compose", "-p", project, "-f", str(COMPOSE)]
-    env = {**os.environ, "QFARM_COMPOSE_PORT": "0"}           # any free loopback port
+    env = {**os.environ, "QFARM_COMPOSE_PORT": "0", "QFARM_COMPOSE_HTTP_PORT": "0"}   # any free loopback ports
     try:
         subprocess.run([*compose, "build"], check=True, env=env, timeout=3600)
         for image in ("qfarm-coordinator:dev", "qfarm-agent:dev"):

@@ -221,6 +221,7 @@ def test_coordinator_is_one_stateful_replica_with_a_volume_and_health_probes(ove
     assert tls == ("exec" in c["readinessProbe"]), "grpc probes cannot speak TLS: TLS needs the exec probe"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 50051, "http": 8080}
+    assert [c["args"][c["args"].index(flag) + 1] for flag in ("--port", "--http-port")] == ["50051", "8080"]
     [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "qfarm-coordinator"]
     assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"grpc": 50051, "http": 8080}
     assert all(service["spec"]["selector"].get(k) == v for k, v in spec["selector"]["matchLabels"].items())
