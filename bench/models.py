@@ -1,0 +1,180 @@
+"""`coordinator tune` on every zoo model (bench/zoo.py), one row per model, read from each report.json.
+
+    .venv/bin/python bench/zoo.py fetch                      # once: models + real data under models/zoo
+    .venv/bin/python bench/models.py [--only NAME ...] [--skip-unsupported] [--try-unsupported]
+        [--zoo models/zoo] [--out bench-out/models] [-- EXTRA TUNE FLAGS]
+
+Each model is tuned with its own input convention (the zoo's `qfarm_flags`) and the same search flags
+(defaults below, overridable after `--`) into OUT/<name>/, by the repository's own CLI
+(.venv/bin/coordinator), in a fresh output dir. Columns: FP32 p50, the recommended candidate's p50 and
+its ratio to FP32, top-1 agreement, labelled top-1 (FP32 -> recommended, where labels exist), output SQNR,
+size kept (share of the full-INT8 size saving of the recommended candidate's recipe that it keeps),
+evaluations, wall seconds, whether the target was met. Keys a report does not carry yet print '-'; a ratio
+that the report does not carry is recomputed from the two p50s and marked '~' (those two were measured at
+different moments, not interleaved). Models the tuner cannot run yet are listed with the reason
+(`--try-unsupported` runs them anyway and shows the tuner's own error).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from zoo import ZOO, load_meta  # noqa: E402
+from zoo_baseline import cpu_flags  # noqa: E402
+
+SEARCH = ["--strategy", "greedy", "--max-drop", "0.01", "--probe-recipes", "u8s8", "u8s8-rr", "s8s8-rr",
+          "--budget-evals", "24", "--threads", "1"]
+N_EVAL, N_CAL = 200, 64
+
+
+def tune_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str]:
+    data = zoo / meta["name"] / "data"
+    images = data / "images"
+    n_images = len(list(images.iterdir()))
+    cmd = [str(ROOT / ".venv" / "bin" / "coordinator"), "tune", str(zoo / meta["name"] / "model.onnx"),
+           "--out", str(out), "--images", str(images),
+           "--labels", "synset" if meta["labels"] == "synset" else "none", *(meta["qfarm_flags"] or [])]
+    cal_dir = data / "calibration_images"
+    if cal_dir.is_dir():
+        cmd += ["--calibration-images", str(cal_dir), "--calibration", str(min(N_CAL, len(list(cal_dir.iterdir())))),
+                "--eval", str(min(N_EVAL, n_images))]
+    else:
+        n_eval = min(N_EVAL, n_images - min(N_CAL, n_images // 4))
+        cmd += ["--calibration", str(min(N_CAL, n_images - n_eval)), "--eval", str(n_eval)]
+    return cmd + SEARCH + extra
+
+
+def local(result: dict | None) -> dict:
+    return (result or {}).get("local", {}) if isinstance(result, dict) else {}
+
+
+def first_number(value):
+    """A number, or the first number of a per-output mapping ({output: value})."""
+    if isinstance(value, dict):
+        value = next(iter(value.values()), None)
+    return value if isinstance(value, (int, float)) else None
+
+
+def row_from_report(report: dict) -> dict:
+    fp32 = report.get("fp32", {}).get("local", {})
+    pareto = report.get("pareto", {})
+    rec_id = pareto.get("per_device", {}).get("local", {}).get("recommended", pareto.get("recommended"))
+    cands = report.get("candidates", [])
+    rec = next((c for c in cands if c.get("id") == rec_id), None)
+    res = local(rec.get("results")) if rec else {}
+    size_kept = None
+    if rec:
+        full = [c for c in cands if c.get("num_excluded") == 0 and not c.get("int16_nodes")
+                and c.get("settings") == rec.get("settings")]
+        full_size = min((c["size_bytes"] for c in full), default=None)
+        fp32_size = fp32.get("size_bytes") or report.get("model", {}).get("size_bytes")
+        if full_size and fp32_size and fp32_size > full_size:
+            size_kept = (fp32_size - rec["size_bytes"]) / (fp32_size - full_size)
+    ratio, ratio_src = res.get("latency_ratio_vs_fp32"), "report"
+    if ratio is None and res.get("latency_ms_p50") and fp32.get("latency_ms_p50"):
+        ratio, ratio_src = res["latency_ms_p50"] / fp32["latency_ms_p50"], "recomputed"
+    target = pareto.get("per_device", {}).get("local", {}).get("target")
+    settings = (rec or {}).get("settings", {})
+    return {"candidate": rec_id, "fp32_p50_ms": fp32.get("latency_ms_p50"), "rec_p50_ms": res.get("latency_ms_p50"),
+            "ratio": ratio, "ratio_source": ratio_src, "agreement": res.get("top1_agreement"),
+            "fp32_top1": fp32.get("top1_accuracy"), "rec_top1": res.get("top1_accuracy"),
+            "sqnr_db": first_number(res.get("output_sqnr_db")), "size_kept": size_kept,
+            "float_layers": (rec or {}).get("num_excluded"),
+            "recipe": (report.get("recipe_probe") or {}).get("chosen")
+            or ("rr" if settings.get("reduce_range") else "no-rr") if rec else None,
+            "evaluations": report.get("status", {}).get("evaluations"),
+            "stopped_by": report.get("status", {}).get("stopped_by"),
+            "target_met": None if not target else target.get("met")}
+
+
+def run_one(meta: dict, args) -> dict:
+    out = args.out / meta["name"]
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = tune_command(meta, args.zoo, out, args.extra)
+    print("$ " + " ".join(cmd), flush=True)
+    start = time.monotonic()
+    log = args.out / f"{meta['name']}.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+    wall = time.monotonic() - start
+    row = {"name": meta["name"], "task": meta["task"], "wall_s": wall, "log": str(log)}
+    report_path = out / "report.json"
+    if proc.returncode != 0 or not report_path.exists():
+        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+        err = next((ln for ln in lines if ln.startswith("error:")), lines[-1] if lines else "no output")
+        return {**row, "error": f"exit {proc.returncode}: {err.strip()}"}
+    return {**row, **row_from_report(json.loads(report_path.read_text()))}
+
+
+def fmt(v, spec=".1f", scale=1.0) -> str:
+    if v is None:
+        return "-"
+    return format(v * scale if scale != 1.0 else v, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ("model", "task", "FP32 p50 ms", "rec p50 ms", "ratio", "agree %", "top-1 % FP32->rec", "SQNR dB",
+            "size kept %", "float layers", "recipe", "evals", "wall s", "target", "note")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        if "error" in r or "unsupported" in r:
+            note = r.get("error") or "not run: " + r["unsupported"]
+            print(f"| {r['name']} | {r['task']} |" + " - |" * (len(head) - 3) + f" {note} |")
+            continue
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}" + ("~" if r["ratio_source"] != "report" else "")
+        top1 = "-" if r["fp32_top1"] is None else f"{fmt(r['fp32_top1'], '.1f', 100)}->{fmt(r['rec_top1'], '.1f', 100)}"
+        target = "-" if r["target_met"] is None else ("met" if r["target_met"] else "not met")
+        print(f"| {r['name']} | {r['task']} | {fmt(r['fp32_p50_ms'], '.2f')} | {fmt(r['rec_p50_ms'], '.2f')} | "
+              f"{ratio} | {fmt(r['agreement'], '.1f', 100)} | {top1} | {fmt(r['sqnr_db'])} | "
+              f"{fmt(r['size_kept'], '.0f', 100)} | {fmt(r['float_layers'], 'd')} | {r['recipe'] or '-'} | "
+              f"{fmt(r['evaluations'], 'd')} | {r['wall_s']:.0f} | {target} | {r.get('stopped_by') or ''} |")
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"models to run (default: all of {', '.join(ZOO)})")
+    p.add_argument("--skip-unsupported", action="store_true", help="leave models the tuner cannot run out of the table")
+    p.add_argument("--try-unsupported", action="store_true", help="run them anyway and show the tuner's error")
+    p.add_argument("--zoo", type=Path, default=ROOT / "models" / "zoo")
+    p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "models")
+    p.add_argument("--table-only", action="store_true", help="print the table of OUT/models.json, run nothing")
+    args = p.parse_args(argv)
+    args.extra = extra
+    unknown = [n for n in args.only or [] if n not in ZOO]
+    if unknown:
+        p.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(ZOO)}")
+    args.zoo, args.out = args.zoo.resolve(), args.out.resolve()
+    print(f"CPU: {cpu_flags()}", flush=True)
+    if args.table_only:
+        print_table(json.loads((args.out / "models.json").read_text()))
+        return 0
+    print(f"search flags: {' '.join(SEARCH + extra)}", flush=True)
+    rows = []
+    for name in args.only or list(ZOO):
+        model = ZOO[name]
+        if model.unsupported and not args.try_unsupported:
+            if not args.skip_unsupported:
+                rows.append({"name": name, "task": model.task, "unsupported": model.unsupported})
+            continue
+        rows.append(run_one(load_meta(args.zoo, name), args))
+        (args.out / "models.json").write_text(json.dumps(rows, indent=1) + "\n")
+        print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

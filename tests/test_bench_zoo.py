@@ -1,0 +1,100 @@
+"""The model zoo's declarations and the helpers of bench/zoo.py and bench/models.py (no network, no
+packages installed: the zoo's fetch itself is exercised by running it, see bench/zoo.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+import models as bench_models  # noqa: E402
+import zoo  # noqa: E402
+from coordinator.cli import build_parser, preprocess_from_args  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_declaration_is_complete_and_pinned(name):
+    m = zoo.ZOO[name]
+    assert m.name == name
+    assert m.task in ("classification", "dense", "generic")
+    assert m.data in zoo.BUILDERS
+    assert m.labels in ("synset", "rotation", "none")
+    assert all("==" in p for p in m.source.packages), m.source.packages
+    assert m.source.kind in ("wheel", "sdist", "export")
+    assert m.source.kind == "export" or m.source.member.endswith(".onnx")
+    if m.task == "classification" and m.labels == "rotation":
+        assert len(m.classes) in (2, 4)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in zoo.ZOO.items() if m.images))
+def test_qfarm_flags_reproduce_the_zoo_preprocessing(name):
+    """`coordinator tune --images data/images <qfarm_flags>` must feed the tensors the npz files hold."""
+    m = zoo.ZOO[name]
+    args = build_parser().parse_args(["tune", "m.onnx", "--out", "o", "--images", "i", *m.images.qfarm_flags()])
+    assert preprocess_from_args(args) == m.images.preprocess()
+
+
+def test_textline_tensor_keeps_aspect_and_pads_with_zero():
+    crop = np.full((20, 40, 3), 255, np.uint8)           # aspect 2 -> 96 of 192 columns
+    x = zoo.textline_tensor(crop)
+    assert x.shape == zoo.TEXTLINE_SHAPE
+    assert np.allclose(x[:, :, :96], 1.0) and np.all(x[:, :, 96:] == 0.0)
+    wide = zoo.textline_tensor(np.zeros((10, 400, 3), np.uint8))   # wider than 4:1 -> squeezed to 192
+    assert np.allclose(wide, -1.0)
+
+
+def test_text_lines_keep_line_shaped_boxes_only():
+    boxes = [(0, 0, 60, 20), (0, 0, 20, 20), (0, 0, 100, 5), (0, 0, 300, 120)]
+    assert zoo.text_lines(boxes, height=300) == [(0, 0, 60, 20)]
+
+
+def test_vad_frames_carry_64_samples_of_context():
+    audio = np.arange(2 * zoo.VAD_FRAME + 10, dtype=np.float32)
+    frames = zoo.vad_frames(audio)
+    assert frames.shape == (2, zoo.VAD_FRAME + zoo.VAD_CONTEXT)
+    assert np.all(frames[0, :zoo.VAD_CONTEXT] == 0) and frames[0, zoo.VAD_CONTEXT] == 0.0
+    assert frames[1, 0] == zoo.VAD_FRAME - zoo.VAD_CONTEXT and frames[1, -1] == 2 * zoo.VAD_FRAME - 1
+
+
+def test_split_is_disjoint_and_shrinks_to_what_exists():
+    cal, ev = zoo.split_indices(87, 16, 50)
+    assert (len(cal), len(ev)) == (16, 50) and not set(cal) & set(ev)
+    cal, ev = zoo.split_indices(40, 64, 200)
+    assert (len(cal), len(ev)) == (10, 30) and not set(cal) & set(ev)
+
+
+def _report(**rec_result):
+    settings = {"reduce_range": False}
+    return {"model": {"size_bytes": 1000}, "status": {"evaluations": 5},
+            "fp32": {"local": {"latency_ms_p50": 10.0, "size_bytes": 1000}},
+            "pareto": {"recommended": "b", "per_device": {"local": {"recommended": "b",
+                                                                    "target": {"met": True}}}},
+            "candidates": [
+                {"id": "a", "num_excluded": 0, "size_bytes": 200, "settings": settings, "results": {}},
+                {"id": "x", "num_excluded": 0, "size_bytes": 100, "settings": {"reduce_range": True}, "results": {}},
+                {"id": "b", "num_excluded": 2, "size_bytes": 300, "settings": settings,
+                 "results": {"local": {"latency_ms_p50": 6.0, "top1_agreement": 0.99, **rec_result}}}]}
+
+
+def test_models_row_reads_missing_keys_as_none_and_recomputes_the_ratio():
+    row = bench_models.row_from_report(_report())
+    assert row["ratio"] == pytest.approx(0.6) and row["ratio_source"] == "recomputed"
+    assert row["sqnr_db"] is None and row["target_met"] is True and row["evaluations"] == 5
+    # size kept against the full-INT8 candidate of the SAME recipe: (1000-300)/(1000-200)
+    assert row["size_kept"] == pytest.approx(0.875)
+
+
+def test_models_row_prefers_the_reports_own_ratio_and_sqnr():
+    row = bench_models.row_from_report(_report(latency_ratio_vs_fp32=0.7, output_sqnr_db={"logits": 21.5}))
+    assert row["ratio"] == 0.7 and row["ratio_source"] == "report" and row["sqnr_db"] == 21.5
+
+
+def test_models_table_prints_dashes_and_reasons(capsys):
+    row = {"name": "m", "task": "classification", "wall_s": 3.0, **bench_models.row_from_report(_report())}
+    bench_models.print_table([row, {"name": "d", "task": "dense", "unsupported": "dynamic H/W"}])
+    out = capsys.readouterr().out
+    assert "| m | classification | 10.00 | 6.00 | 0.60~ | 99.0 | - | - | 88 |" in out
+    assert "not run: dynamic H/W" in out
