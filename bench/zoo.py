@@ -427,6 +427,7 @@ def build_rotations(ctx: Context) -> dict:
 
 TEXTLINE_SHAPE = (3, 48, 192)
 TEXTLINES_PER_PHOTO = 6
+TEXTLINE_MIN_LINES = 2    # photos with a single "line" are mostly textures the detector mistakes for text
 
 
 def textline_tensor(rgb: np.ndarray) -> np.ndarray:
@@ -450,7 +451,7 @@ def build_textlines(ctx: Context) -> dict:
     det = TextDetector(ctx.zoo, ctx.export_venv)
     per_photo: list[list[np.ndarray]] = []
     names = []
-    for f in text_photos(ctx, 1):
+    for f in text_photos(ctx, TEXTLINE_MIN_LINES):
         with Image.open(f) as im:
             rgb = np.asarray(im.convert("RGB"))
         crops = [rgb[y0:y1, x0:x1] for x0, y0, x1, y1 in text_lines(det.boxes(rgb), rgb.shape[0])]
@@ -480,7 +481,7 @@ def build_textlines(ctx: Context) -> dict:
     name = ctx.input_names[0]
     np.save(ctx.data / "eval_labels.npy", np.asarray(ev_labels, np.int64))
     return {"source": f"{len(ev_files) // 2 + len(cal_files) // 2} text-line crops from {len(per_photo)} text photos "
-                      f"of {IMAGENET} (<= {TEXTLINES_PER_PHOTO} largest per photo), each at 0 and 180 degrees; "
+                      f"of {IMAGENET} (>= {TEXTLINE_MIN_LINES} lines; <= {TEXTLINES_PER_PHOTO} largest per photo), each at 0 and 180 degrees; "
                       "data/images holds the eval crops", "images": len(ev_files),
             "calibration": save_npz(ctx.data / "calibration.npz", {name: cal_x}),
             "eval": save_npz(ctx.data / "eval.npz", {name: ev_x}),

@@ -50,7 +50,8 @@ def samples(npz: Path) -> list[dict[str, np.ndarray]]:
     with np.load(npz) as z:
         arrays = {k: z[k] for k in z.files}
     n = len(next(iter(arrays.values())))
-    return [{k: v[i] for k, v in arrays.items()} for i in range(n)]
+    # np.asarray: a scalar input (silero's sr) indexes to a numpy scalar, which onnxruntime refuses
+    return [{k: np.asarray(v[i]) for k, v in arrays.items()} for i in range(n)]
 
 
 class Reader(CalibrationDataReader):
