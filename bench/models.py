@@ -159,7 +159,12 @@ def main(argv=None) -> int:
     args.zoo, args.out = args.zoo.resolve(), args.out.resolve()
     print(f"CPU: {cpu_flags()}", flush=True)
     if args.table_only:
-        print_table(json.loads((args.out / "models.json").read_text()))
+        rows = json.loads((args.out / "models.json").read_text())
+        done = {r["name"] for r in rows}
+        if not args.skip_unsupported:
+            rows += [{"name": n, "task": m.task, "unsupported": m.unsupported} for n, m in ZOO.items()
+                     if m.unsupported and n not in done and (not args.only or n in args.only)]
+        print_table(rows)
         return 0
     print(f"search flags: {' '.join(SEARCH + extra)}", flush=True)
     rows = []

@@ -93,6 +93,7 @@ class ZooModel:
     classes: tuple[str, ...] = ()
     labels: str = "none"                 # synset | rotation | none: where true labels come from
     unsupported: str = ""                # why `coordinator tune` cannot run it yet ("" = it can)
+    threshold: float | None = None       # the package's own decision threshold on the first output
     notes: str = ""
 
 
@@ -131,9 +132,9 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              Source(RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                     license="Apache-2.0"),
              "textlines", classes=("0", "180"), labels="rotation",
-             unsupported="input x is [-1,3,?,?] (dynamic H/W) and the data is not an image folder "
-                         "(aspect-preserving resize to 48x<=192 then zero padding): needs npz datasets "
-                         "and --input-shape x:1x3x48x192",
+             unsupported="prepare/check refuses x [-1,3,?,?] ('tensor x has a negative dimension -1'); "
+                         "dynamic H/W; its preprocessing (aspect-kept resize to 48x<=192, zero padding) is no "
+                         "image-folder convention: needs npz datasets and --input-shape x:1x3x48x192",
              notes="PP-OCR mobile v2.0 text-line direction classifier (MobileNetV3-small); data: text-line "
                    "crops cut by the FP32 PP-OCRv4 detector from ImageNet-sample photos, each fed upright "
                    "and rotated 180 degrees; preprocessing " + PPOCR_BGR + ", resize to height 48 keeping "
@@ -145,6 +146,7 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
                     package_reference=PPOCR_BGR + ", short side >= 736 rounded to a multiple of 32, NCHW"),
              unsupported="opset 12, x is [N,3,H,W] with dynamic H and W: onnxruntime quant_pre_process "
                          "fails (symbolic shape inference) and a 1-channel probability map has no top-1",
+             threshold=0.3,
              notes="PP-OCRv4 mobile text detector (DBNet); output sigmoid probability map [N,1,H,W]; data: "
                    "ImageNet-sample photos with >= 1 text line (FP32 detector), short side 366, center crop 320x320"),
     ZooModel("silero_vad", "generic",
@@ -152,6 +154,7 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "vad_frames",
              unsupported="audio model: 3 inputs (input float [1,576], state float [2,1,128], sr int64 "
                          "scalar) with If subgraphs; needs npz datasets",
+             threshold=0.5,
              notes="Silero VAD v6, 16 kHz, opset 15 (torch export); each sample is one 32 ms frame (64 "
                    "context + 512 new samples) with the recurrent state the FP32 model itself produced "
                    "while streaming the clip; eval: tests/data/test.wav, calibration: "
@@ -160,6 +163,7 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              Source(SILERO, "silero_vad/data/silero_vad_16k_sequence.onnx", license=SILERO_LICENSE),
              "vad_blocks",
              unsupported="audio model: 3 float inputs (input [T,576], h, c [1,1,128]) with an LSTM; needs npz",
+             threshold=0.5,
              notes="Silero VAD v6 sequence export (no If nodes; one LSTM over T consecutive frames); each "
                    "sample is a block of 32 frames (1.02 s) with the h/c state the FP32 model produced "
                    "while streaming the clip; same clips as silero_vad"),
@@ -586,6 +590,7 @@ def fetch(model: ZooModel, zoo: Path, export_venv: Path) -> Path:
     (out / "data").mkdir()
     data = BUILDERS[model.data](Context(model, out, zoo, export_venv))
     meta = {"name": model.name, "task": model.task, "classes": list(model.classes), "labels": model.labels,
+            "threshold": model.threshold,
             "source": asdict(model.source), "model": {"path": str(onnx_path), "size_bytes": onnx_path.stat().st_size,
                                                       "sha256": sha256_file(onnx_path), **graph_io(onnx_path)},
             "images": asdict(model.images) if model.images else None,

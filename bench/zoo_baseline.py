@@ -8,8 +8,9 @@ Per model it prints: what onnxruntime's quant_pre_process and shape inference sa
 where they fail), then FP32 and INT8 p50 latency measured INTERLEAVED in one process with 1 intra-op thread
 (rounds alternate FP32 / INT8 rr-off / INT8 rr-on; the ratio is taken per round and its median and
 p10-p90 spread are shown), top-1 agreement and labelled top-1 (classifiers), and SQNR in dB of every
-output against FP32 over the whole eval set (all models); for dense models also the IoU of the masks
-thresholded at 0.3. CPU flags are printed: VNNI changes the int8 kernels.
+output against FP32 over the whole eval set (all models); where the package has a decision threshold
+(the zoo's `threshold`), the IoU of the thresholded masks (dense) or the agreement of the decisions
+(e.g. speech / no speech per VAD frame). CPU flags are printed: VNNI changes the int8 kernels.
 """
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from zoo import ZOO, load_meta  # noqa: E402
-
-MASK_THRESHOLD = 0.3
 
 
 def cpu_flags() -> str:
@@ -138,7 +137,7 @@ def sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return 10 * np.log10(signal / noise) if signal > 0 else float("-inf")
 
 
-def iou(ref: np.ndarray, got: np.ndarray, thr: float = MASK_THRESHOLD) -> float:
+def iou(ref: np.ndarray, got: np.ndarray, thr: float) -> float:
     a, b = ref > thr, got > thr
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
@@ -219,8 +218,11 @@ def evaluate(name: str, zoo: Path, work: Path, rounds: int, runs: int) -> dict:
             row[f"{k}_agreement"] = float((a == b).mean())
             if labels is not None:
                 row[f"{k}_top1"] = float((b == labels).mean())
-        if meta["task"] == "dense":
-            row[f"{k}_iou"] = iou(ref[0], got[0])
+        threshold = ZOO[name].threshold
+        if meta["task"] == "dense" and threshold is not None:
+            row[f"{k}_iou"] = iou(ref[0], got[0], threshold)
+        elif threshold is not None:   # e.g. speech / no speech per VAD frame
+            row[f"{k}_decision_agreement"] = float(((ref[0] > threshold) == (got[0] > threshold)).mean())
         row[f"{k}_max_abs_err"] = {n: float(np.max(np.abs(r - g))) for n, r, g in zip(out_names, ref, got)}
     row["latency"] = interleaved(sessions, ev[0], rounds, runs)
     return row
@@ -234,9 +236,16 @@ def fmt(v, spec=".1f", scale=1.0) -> str:
     return format(v * scale, spec)
 
 
+def thresholded(row: dict, k: str) -> str:
+    if row.get(f"{k}_iou") is not None:
+        return fmt(row[f"{k}_iou"], ".3f")
+    return fmt(row.get(f"{k}_decision_agreement"), ".1f", 100)
+
+
 def print_table(rows: list[dict]) -> None:
     head = ("model", "task", "fp32 p50 ms", "int8 p50 ms", "ratio (p10-p90)", "int8-rr p50 ms", "ratio (p10-p90)",
-            "agree % rr-off/on", "top-1 % fp32/off/on", "SQNR dB off/on (1st output)", "IoU off/on", "size int8/fp32")
+            "agree % rr-off/on", "top-1 % fp32/off/on", "SQNR dB off/on (1st output)", "IoU or decisions % off/on",
+            "size int8/fp32")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -257,7 +266,7 @@ def print_table(rows: list[dict]) -> None:
               f"{fmt(r.get('int8_agreement'), '.1f', 100)}/{fmt(r.get('int8_rr_agreement'), '.1f', 100)} | "
               f"{fmt(r.get('fp32_top1'), '.1f', 100)}/{fmt(r.get('int8_top1'), '.1f', 100)}/"
               f"{fmt(r.get('int8_rr_top1'), '.1f', 100)} | {first_sqnr('int8')}/{first_sqnr('int8_rr')} | "
-              f"{fmt(r.get('int8_iou'), '.3f')}/{fmt(r.get('int8_rr_iou'), '.3f')} | {size} |")
+              f"{thresholded(r, 'int8')}/{thresholded(r, 'int8_rr')} | {size} |")
 
 
 def main(argv=None) -> int:
