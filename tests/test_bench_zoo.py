@@ -98,3 +98,39 @@ def test_models_table_prints_dashes_and_reasons(capsys):
     out = capsys.readouterr().out
     assert "| m | classification | 10.00 | 6.00 | 0.60~ | 99.0 | - | - | 88 |" in out
     assert "not run: dynamic H/W" in out
+
+
+def test_sqnr_and_iou_are_the_textbook_numbers():
+    import zoo_baseline as zb
+
+    ref = np.array([1.0, 1.0])
+    assert zb.sqnr_db(ref, np.array([1.1, 0.9])) == pytest.approx(20.0)   # 10 log10(2 / 0.02)
+    assert zb.sqnr_db(ref, ref) == float("inf")
+    a, b = np.array([0.9, 0.9, 0.1, 0.1]), np.array([0.9, 0.1, 0.9, 0.1])
+    assert zb.iou(a, b, 0.3) == pytest.approx(1 / 3)
+    assert zb.iou(np.zeros(4), np.zeros(4), 0.3) == 1.0
+
+
+def test_npz_samples_feed_scalars_as_0d_arrays(tmp_path):
+    import zoo_baseline as zb
+
+    np.savez(tmp_path / "d.npz", **{"input:0": np.zeros((3, 1, 4), np.float32), "sr": np.full(3, 16000, np.int64)})
+    feeds = zb.samples(tmp_path / "d.npz")
+    assert len(feeds) == 3 and feeds[0]["input:0"].shape == (1, 4)
+    assert isinstance(feeds[0]["sr"], np.ndarray) and feeds[0]["sr"].shape == ()
+
+
+def test_interleaved_reports_a_ratio_per_candidate():
+    """Shape of the result only: no timing is asserted."""
+    import zoo_baseline as zb
+
+    class Fake:
+        def __init__(self, n):
+            self.n = n
+
+        def run(self, _outputs, _feed):
+            return sum(range(self.n))
+
+    out = zb.interleaved({"fp32": Fake(200), "int8": Fake(20)}, {}, rounds=3, runs=2)
+    assert set(out) == {"fp32", "int8"} and "ratio_median" not in out["fp32"]
+    assert out["int8"]["ratio_p10"] <= out["int8"]["ratio_median"] <= out["int8"]["ratio_p90"]
