@@ -63,6 +63,25 @@ def first_number(value):
     return value if isinstance(value, (int, float)) else None
 
 
+def recipe_label(settings: dict) -> str:
+    """The recommended candidate's own recipe, named like --probe-recipes (u8s8, u8s8-rr, s8s8-rr, ...)."""
+    short = {"uint8": "u8", "int8": "s8", "uint16": "u16", "int16": "s16"}
+    label = short.get(settings.get("activation_type", "uint8"), "?") + short.get(settings.get("weight_type", "int8"), "?")
+    if settings.get("format") == "qoperator":
+        label = "qoperator-" + label
+    if settings.get("mode") == "dynamic":
+        label = "dynamic-" + label
+    if settings.get("reduce_range"):
+        label += "-rr"
+    if settings.get("per_channel") is False:
+        label += " per-tensor"
+    if settings.get("calibrate", "minmax") != "minmax":
+        label += " " + settings["calibrate"]
+    for key, value in sorted((settings.get("recipe") or {}).items()):
+        label += f" {key}={value}"
+    return label
+
+
 def row_from_report(report: dict) -> dict:
     fp32 = report.get("fp32", {}).get("local", {})
     pareto = report.get("pareto", {})
@@ -87,9 +106,7 @@ def row_from_report(report: dict) -> dict:
             "ratio": ratio, "ratio_source": ratio_src, "agreement": res.get("top1_agreement"),
             "fp32_top1": fp32.get("top1_accuracy"), "rec_top1": res.get("top1_accuracy"),
             "sqnr_db": first_number(res.get("output_sqnr_db")), "size_kept": size_kept,
-            "float_layers": (rec or {}).get("num_excluded"),
-            "recipe": (report.get("recipe_probe") or {}).get("chosen")
-            or ("rr" if settings.get("reduce_range") else "no-rr") if rec else None,
+            "float_layers": (rec or {}).get("num_excluded"), "recipe": recipe_label(settings) if rec else None,
             "evaluations": report.get("status", {}).get("evaluations"),
             "stopped_by": report.get("status", {}).get("stopped_by"),
             "target_met": None if not target else target.get("met")}
@@ -97,6 +114,9 @@ def row_from_report(report: dict) -> dict:
 
 def run_one(meta: dict, args) -> dict:
     out = args.out / meta["name"]
+    if not (args.zoo / meta["name"] / "data" / "images").is_dir():
+        return {"name": meta["name"], "task": meta["task"], "wall_s": 0.0,
+                "error": "no image folder in the zoo data (npz only): `coordinator tune` takes --images only"}
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = tune_command(meta, args.zoo, out, args.extra)
@@ -160,6 +180,10 @@ def main(argv=None) -> int:
     print(f"CPU: {cpu_flags()}", flush=True)
     if args.table_only:
         rows = json.loads((args.out / "models.json").read_text())
+        for r in rows:   # re-read each report: the table follows the reports, not an old reading of them
+            report = args.out / r["name"] / "report.json"
+            if "error" not in r and "unsupported" not in r and report.exists():
+                r.update(row_from_report(json.loads(report.read_text())))
         done = {r["name"] for r in rows}
         if not args.skip_unsupported:
             rows += [{"name": n, "task": m.task, "unsupported": m.unsupported} for n, m in ZOO.items()

@@ -87,6 +87,12 @@ def test_models_row_reads_missing_keys_as_none_and_recomputes_the_ratio():
     assert row["size_kept"] == pytest.approx(0.875)
 
 
+def test_recipe_is_named_from_the_recommended_candidates_settings():
+    assert bench_models.row_from_report(_report())["recipe"] == "u8s8"
+    assert bench_models.recipe_label({"activation_type": "int8", "weight_type": "int8", "reduce_range": True,
+                                      "format": "qdq", "recipe": {"cle": "on"}}) == "s8s8-rr cle=on"
+
+
 def test_models_row_prefers_the_reports_own_ratio_and_sqnr():
     row = bench_models.row_from_report(_report(latency_ratio_vs_fp32=0.7, output_sqnr_db={"logits": 21.5}))
     assert row["ratio"] == 0.7 and row["ratio_source"] == "report" and row["sqnr_db"] == 21.5
