@@ -118,13 +118,14 @@ def run_one(meta: dict, args) -> dict:
         return {"name": meta["name"], "task": meta["task"], "wall_s": 0.0,
                 "error": "no image folder in the zoo data (npz only): `coordinator tune` takes --images only"}
     shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     cmd = tune_command(meta, args.zoo, out, args.extra)
     print("$ " + " ".join(cmd), flush=True)
     start = time.monotonic()
     log = args.out / f"{meta['name']}.log"
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        # cwd: a failing quant_pre_process leaves sym_shape_infer_temp.onnx and <uuid>.data in the cwd
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=out)
     wall = time.monotonic() - start
     row = {"name": meta["name"], "task": meta["task"], "wall_s": wall, "log": str(log)}
     report_path = out / "report.json"

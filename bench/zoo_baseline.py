@@ -15,6 +15,7 @@ output against FP32 over the whole eval set (all models); where the package has 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import sys
 import tempfile
@@ -287,7 +288,13 @@ def main(argv=None) -> int:
     for name in args.names or list(ZOO):
         with tempfile.TemporaryDirectory() as tmp:
             start = time.monotonic()
-            row = evaluate(name, args.zoo, Path(tmp), args.rounds, args.runs)
+            # cwd: a failing quant_pre_process leaves sym_shape_infer_temp.onnx and <uuid>.data in the cwd
+            here = os.getcwd()
+            os.chdir(tmp)
+            try:
+                row = evaluate(name, args.zoo.resolve(), Path(tmp), args.rounds, args.runs)
+            finally:
+                os.chdir(here)
             row["wall_s"] = round(time.monotonic() - start, 1)
         rows.append(row)
         print(json.dumps(row), flush=True)
