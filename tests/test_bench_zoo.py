@@ -2,16 +2,22 @@
 packages installed: the zoo's fetch itself is exercised by running it, see bench/zoo.py)."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
 
-import models as bench_models  # noqa: E402
 import zoo  # noqa: E402
+
+# bench/models.py under its own name: `models` alone could be another module (tests/models.py)
+_spec = importlib.util.spec_from_file_location("bench_models", BENCH / "models.py")
+bench_models = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_models)
 from coordinator.cli import build_parser, preprocess_from_args  # noqa: E402
 
 
