@@ -66,7 +66,8 @@ def first_number(value):
 def recipe_label(settings: dict) -> str:
     """The recommended candidate's own recipe, named like --probe-recipes (u8s8, u8s8-rr, s8s8-rr, ...)."""
     short = {"uint8": "u8", "int8": "s8", "uint16": "u16", "int16": "s16"}
-    label = short.get(settings.get("activation_type", "uint8"), "?") + short.get(settings.get("weight_type", "int8"), "?")
+    label = (short.get(settings.get("activation_type", "uint8"), "?")
+             + short.get(settings.get("weight_type", "int8"), "?"))
     if settings.get("format") == "qoperator":
         label = "qoperator-" + label
     if settings.get("mode") == "dynamic":

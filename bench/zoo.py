@@ -423,7 +423,8 @@ def build_rotations(ctx: Context) -> dict:
     ev_paths, ev_labels = rotated(ev, ctx.data / "images")
     np.save(ctx.data / "eval_labels.npy", np.asarray(ev_labels, np.int64))
     return {"source": f"{len(cal) + len(ev)} text photos of {IMAGENET}, each turned clockwise by {ROTATIONS} "
-                      "degrees; label = index of the angle; data/images = eval, data/calibration_images = calibration", "images": len(cal_paths) + len(ev_paths),
+                      "degrees; label = index of the angle; data/images = eval, data/calibration_images = "
+                      "calibration", "images": len(cal_paths) + len(ev_paths),
             "calibration": save_npz(ctx.data / "calibration.npz", image_npz(cal_paths, pre, name)),
             "eval": save_npz(ctx.data / "eval.npz", image_npz(ev_paths, pre, name)),
             "calibration_files": [p.name for p in cal_paths], "eval_files": [p.name for p in ev_paths]}
@@ -484,9 +485,9 @@ def build_textlines(ctx: Context) -> dict:
     ev_x, ev_labels, ev_files = tensors(ev, True)
     name = ctx.input_names[0]
     np.save(ctx.data / "eval_labels.npy", np.asarray(ev_labels, np.int64))
-    return {"source": f"{len(ev_files) // 2 + len(cal_files) // 2} text-line crops from {len(per_photo)} text photos "
-                      f"of {IMAGENET} (>= {TEXTLINE_MIN_LINES} lines; <= {TEXTLINES_PER_PHOTO} largest per photo), each at 0 and 180 degrees; "
-                      "data/images holds the eval crops", "images": len(ev_files),
+    return {"source": f"{len(ev_files) // 2 + len(cal_files) // 2} text-line crops from {len(per_photo)} text "
+                      f"photos of {IMAGENET} (>= {TEXTLINE_MIN_LINES} lines; <= {TEXTLINES_PER_PHOTO} largest per "
+                      "photo), each at 0 and 180 degrees; data/images holds the eval crops", "images": len(ev_files),
             "calibration": save_npz(ctx.data / "calibration.npz", {name: cal_x}),
             "eval": save_npz(ctx.data / "eval.npz", {name: ev_x}),
             "calibration_files": cal_files, "eval_files": ev_files}
