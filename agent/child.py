@@ -5,7 +5,7 @@ A runtime that segfaults, aborts or hangs takes down only this process; the agen
 status, reports a crash, and starts a fresh worker for the next job. A warm worker keeps the
 runtime imported (and its caches) between jobs, so small jobs are not dominated by start-up.
 A request names local files (already fetched and verified by the agent); the outcome is written
-to `<out>/result.json` (and, for a reference job, the FP32 logits to `<out>/fp32.npy`).
+to `<out>/result.json` (and, for a reference job, the FP32 outputs to `<out>/fp32.npz`).
 In serve mode the request paths arrive one per line on stdin and each finished job is answered
 by one line on the original stdout; everything else the process prints goes to stderr.
 `--memory-mb N` caps the worker's address space (RLIMIT_AS) before it takes jobs; a job that runs
@@ -49,27 +49,31 @@ def limit_memory(megabytes: int) -> None:
 
 def run(request: dict) -> DeviceResult:
     from agent.runtimes import RuntimeOptions, make_runner
-    from shared.evaluate import evaluate_model, reference_result
+    from shared.evaluate import EvalSpec, evaluate_model, reference_result
     from shared.errors import QfarmError
-    from shared.runners.base import UnsupportedModel
+    from shared.feeds import load_npz, npz_bytes
+    from shared.metrics import MetricError
+    from shared.runners.base import UnsupportedModel, run_outputs
 
     out = Path(request["out"])
     model = Path(request["model"])
     try:
         runner = make_runner(RuntimeOptions.from_dict(request["runtime"]))
-        inputs = np.load(request["inputs"], mmap_mode="r")
+        spec = EvalSpec.from_dict(request["eval"])
+        feeds = load_npz(Path(request["inputs"]), "the job's inputs")
         labels = np.load(request["labels"]) if request.get("labels") else None
-        name, runs = request["input_name"], int(request["latency_runs"])
         if request["reference"]:
             start = time.perf_counter()
-            logits = runner.infer(model, inputs, name)
-            with atomic_output(out / "fp32.npy") as tmp:
-                np.save(tmp, np.ascontiguousarray(logits, dtype=np.float32))
-            return reference_result(runner, model, logits, inputs, name, labels, runs, start)
-        reference = np.load(request["fp32_outputs"])
-        return evaluate_model(runner, model, inputs, name, reference, labels, runs)
+            outputs = run_outputs(runner, model, feeds)
+            with atomic_output(out / "fp32.npz") as tmp:
+                tmp.write_bytes(npz_bytes(outputs))
+            return reference_result(runner, model, outputs, feeds, labels, spec, start)
+        reference = load_npz(Path(request["fp32_outputs"]), "the FP32 reference outputs")
+        return evaluate_model(runner, model, Path(request["fp32_model"]), feeds, reference, labels, spec)
     except UnsupportedModel as exc:
         return DeviceResult.failure(CrashCause(CrashKind.ERROR, exc.args[0]), model.stat().st_size, unsupported=True)
+    except MetricError as exc:
+        return DeviceResult.failure(CrashCause(CrashKind.METRIC, exc.args[0]), model.stat().st_size)
     except QfarmError as exc:
         return DeviceResult.failure(_cause(exc, exc.args[0]), model.stat().st_size)
 

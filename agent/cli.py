@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared.auth import add_client_arguments, credentials_from_args
 from shared.errors import InvalidArgument, QfarmError
+from shared.latency import add_lock_arguments
 
 log = logging.getLogger("agent")
 
@@ -49,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address-space limit (RLIMIT_AS) of each job's worker, MiB; a job above it is reported "
                           "as crash with cause oom (0 = no limit; default $QFARM_JOB_MEMORY_MB)")
     reg.add_argument("--name", default="", help="agent name shown in status (default host/device/work-dir)")
+    add_lock_arguments(reg)                                          # --latency-lock, --no-latency-lock
+    reg.add_argument("--allow-metric", action="append", default=[], metavar="MODULE:FUNCTION",
+                     help="a user metric (--metric of a tune) jobs may run on this agent; the module must be "
+                          "importable here (repeatable)")
     reg.add_argument("--runtime-option", action="append", default=[], metavar="KEY=VALUE",
                      help="runtime-specific setting passed to the runtime's factory (repeatable)")
     add_client_arguments(reg)                                        # --token, --token-file, --tls-ca
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         optimization=args.optimization, extra=extra),
                                  slots=1 if slots is None else slots, job_timeout_s=args.job_timeout,
                                  name=args.name, credentials=credentials_from_args(args),
-                                 job_memory_mb=args.job_memory_mb, drain_timeout_s=args.drain_timeout)
+                                 job_memory_mb=args.job_memory_mb, drain_timeout_s=args.drain_timeout,
+                                 latency_lock=args.latency_lock, allowed_metrics=tuple(args.allow_metric))
             agent = Agent(config, devices)
         except QfarmError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -4,17 +4,17 @@ The agent process and its per-job child process both build the runner from the s
 `RuntimeOptions`, so what the coordinator is told at registration is what the child runs.
 A runtime is a factory `module:function` taking RuntimeOptions and returning a Runner; TVM's
 lives in agent.runners.tvm and is imported only when asked for. `--runtime module:function` names
-a factory outside qfarm (a vendor SDK's runner, or a test's device that lacks a kernel)."""
+a factory outside qfarm (a vendor SDK's runner, or a test's device that lacks a kernel); the runner
+it returns speaks the protocol of shared/runners/base.py (documented in deploy/README.md)."""
 from __future__ import annotations
 
-import importlib
-import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from shared.errors import InvalidArgument
-from shared.runners.base import Runner
+from shared.plugins import PluginNotFound, import_function, is_function_path
+from shared.runners.base import Runner, check_runner
 
 FACTORIES = {
     "ort": "agent.runtimes:ort_runner",
@@ -30,7 +30,7 @@ class RuntimeOptions:
     extra: Mapping[str, str] = field(default_factory=dict)   # runtime-specific (TVM target, tracker, ...)
 
     def __post_init__(self) -> None:
-        if self.runtime not in FACTORIES and not _is_factory_path(self.runtime):
+        if self.runtime not in FACTORIES and not is_function_path(self.runtime):
             raise InvalidArgument(f"--runtime {self.runtime!r} is not one of {', '.join(FACTORIES)} "
                                   "nor a factory as module:function", step="agent")
         if not isinstance(self.threads, int) or self.threads < 0:
@@ -47,22 +47,15 @@ class RuntimeOptions:
                    extra=dict(data.get("extra", {})))
 
 
-_FACTORY_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-
-
-def _is_factory_path(value: object) -> bool:
-    return isinstance(value, str) and _FACTORY_PATH.fullmatch(value) is not None
-
-
 def make_runner(options: RuntimeOptions) -> Runner:
     """Build the runner; a runtime whose module is missing is a clear error, not an ImportError."""
-    module_name, func = FACTORIES.get(options.runtime, options.runtime).split(":")
+    path = FACTORIES.get(options.runtime, options.runtime)
     try:
-        factory = getattr(importlib.import_module(module_name), func)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidArgument(f"runtime {options.runtime!r} is not available here ({module_name}.{func}: {exc})",
+        factory = import_function(path)
+    except PluginNotFound as exc:
+        raise InvalidArgument(f"runtime {options.runtime!r} is not available here ({path}: {exc})",
                               step="agent") from exc
-    return factory(options)
+    return check_runner(factory(options), f"runtime {options.runtime!r}")
 
 
 def ort_runner(options: RuntimeOptions) -> Runner:

@@ -30,8 +30,11 @@ from agent.sandbox import ChildWorker
 from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
 from shared.auth import Credentials
 from shared.errors import InvalidArgument, QfarmError
+from shared.evaluate import EvalSpec
+from shared.latency import DEFAULT_LATENCY_LOCK, check_lock_path
+from shared.metrics import check_metric_path
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
-from shared.results import CrashKind, DeviceResult, runtime_message
+from shared.results import CrashCause, CrashKind, DeviceResult, runtime_message
 from shared.version import PROTOCOL_VERSION, package_version
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class AgentConfig:
     credentials: Credentials = field(default_factory=Credentials)   # farm token, TLS CA
     job_memory_mb: int = 0                # address-space limit of each job's worker process (0: none)
     drain_timeout_s: float = 30.0         # on stop: how long running jobs may finish before they are handed back
+    latency_lock: Path | None = DEFAULT_LATENCY_LOCK   # host-wide lock around timing phases (None: none)
+    allowed_metrics: tuple[str, ...] = ()  # user metrics (module:function) jobs may run here
 
     def __post_init__(self) -> None:
         if not self.device or not self.device.strip():
@@ -74,6 +79,9 @@ class AgentConfig:
             raise InvalidArgument(f"--job-memory-mb {self.job_memory_mb!r} must be an integer >= 0", step="agent")
         if not self.drain_timeout_s >= 0:
             raise InvalidArgument(f"--drain-timeout {self.drain_timeout_s!r} must be >= 0", step="agent")
+        object.__setattr__(self, "latency_lock", check_lock_path(self.latency_lock))
+        for metric in self.allowed_metrics:
+            check_metric_path(metric)
 
     def agent_name(self) -> str:
         if self.name:
@@ -364,7 +372,7 @@ class Agent:
                 job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate.id, device=job.device)
             fp32 = None
             if job.reference and outcome.ok:
-                fp32 = self._upload(job_dir / "fp32.npy", "fp32_outputs", f"fp32 {job.device}")
+                fp32 = self._upload(job_dir / "fp32.npz", "fp32_outputs", f"fp32 {job.device}")
             with self._lock:
                 self.counters["jobs_run"] += 1
             self._report(job, run, result, fp32)
@@ -387,10 +395,12 @@ class Agent:
             "model": self._artifact(job.candidate.model.sha256, run),
             "inputs": self._artifact(job.data.inputs.sha256, run),
             "labels": self._artifact(job.data.labels.sha256, run) if job.data.labels.sha256 else None,
-            "fp32_outputs": None,
+            "fp32_outputs": None, "fp32_model": None,
         }
         if not job.reference:
             files["fp32_outputs"] = self._artifact(job.fp32_outputs.sha256, run)
+            # timed alongside the candidate; cached by sha256, so fetched once per agent
+            files["fp32_model"] = self._artifact(job.fp32_model.sha256 or job.candidate.base_model.sha256, run)
         return files
 
     def _artifact(self, sha: str, run: _Running) -> Path:
@@ -422,14 +432,23 @@ class Agent:
     def _run_child(self, job: job_pb2.Job, files: dict[str, Path | None], job_dir: Path,
                    run: _Running) -> DeviceResult:
         """Measure in a slot's worker process; its death, a timeout or a non-zero exit is a crash."""
+        size = files["model"].stat().st_size if files["model"] else 0
+        metric = job.data.metric or None
+        if metric is not None and metric not in self.config.allowed_metrics:
+            return DeviceResult.failure(CrashCause(CrashKind.METRIC, (
+                f"metric {metric} is not allowed on agent {self.config.agent_name()} (start it with "
+                f"--allow-metric {metric}, with that module importable there)")), size)
+        try:
+            spec = EvalSpec(latency_runs=job.data.latency_runs, task=job.data.task or "auto", metric=metric,
+                            latency_lock=self.config.latency_lock)
+        except InvalidArgument as exc:      # a job this agent cannot measure as asked: its result says why
+            return DeviceResult.failure(CrashCause(CrashKind.ERROR, exc.args[0]), size)
         job_dir.mkdir(parents=True, exist_ok=True)
         request = {
-            "out": str(job_dir), "reference": job.reference,
-            "model": str(files["model"]), "inputs": str(files["inputs"]),
-            "labels": None if files["labels"] is None else str(files["labels"]),
-            "fp32_outputs": None if files["fp32_outputs"] is None else str(files["fp32_outputs"]),
-            "input_name": job.data.input_name, "latency_runs": job.data.latency_runs,
-            "runtime": self.config.runtime.to_dict(),
+            "out": str(job_dir), "reference": job.reference, "model": str(files["model"]),
+            **{key: None if files[key] is None else str(files[key])
+               for key in ("inputs", "labels", "fp32_outputs", "fp32_model")},
+            "eval": spec.to_dict(), "runtime": self.config.runtime.to_dict(),
         }
         (job_dir / "request.json").write_text(json.dumps(request))
         worker = self._workers.get()
@@ -440,7 +459,6 @@ class Agent:
             self._workers.put(worker)
         if run.cancelled or (outcome.crash_cause and outcome.crash_cause.kind == CrashKind.CANCELLED):
             raise JobCancelled()
-        size = files["model"].stat().st_size if files["model"] else 0
         if not outcome.finished:
             log.warning("%s crashed: %s", job.job_id, outcome.crash_cause)
             return DeviceResult.failure(outcome.crash_cause, size, stderr_tail=outcome.stderr_tail)

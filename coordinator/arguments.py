@@ -9,12 +9,18 @@ from pathlib import Path
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """Image folders and preprocessing; defaults and choices come from coordinator.preprocess."""
+    """The samples (an image folder or a tensor dataset) and the image preprocessing; defaults and
+    choices come from coordinator.preprocess."""
     from coordinator.preprocess import LAYOUTS, PIXEL_SCALES, Preprocess
 
     d = Preprocess()
-    p.add_argument("--images", type=Path, required=True, help="image folder (JPEG/PNG)")
+    p.add_argument("--images", type=Path, help="image folder (JPEG/PNG) for a single-input image model")
     p.add_argument("--calibration-images", type=Path, help="separate calibration folder (default: --images)")
+    p.add_argument("--data", type=Path, metavar="PATH",
+                   help="tensor dataset instead of --images: a folder of .npz files (one sample each, one array "
+                        "per model input, named like it) or one .npz/.npy with a leading sample axis; any dtype")
+    p.add_argument("--calibration-data", type=Path, metavar="PATH",
+                   help="separate calibration tensor dataset (default: --data)")
     p.add_argument("--input-size", type=int, default=d.input_size)
     p.add_argument("--mean", type=float, nargs=3, default=d.mean, metavar=("R", "G", "B"))
     p.add_argument("--std", type=float, nargs=3, default=d.std, metavar=("R", "G", "B"))

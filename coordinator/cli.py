@@ -27,6 +27,9 @@ def add_tune(sub) -> None:
     options.add_arguments(p)                             # every tuner option: coordinator/options.py
     p.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
+    from shared.latency import add_lock_arguments
+
+    add_lock_arguments(p)                                # the host-wide timing lock, shared with agents
     add_farm_tune_arguments(p)                           # farm mode: --coordinator, --devices
     p.set_defaults(func=cmd_tune)
 
@@ -35,6 +38,7 @@ def tune_config_from_args(args: argparse.Namespace):
     from coordinator.tune import TuneConfig
 
     return TuneConfig(model=args.model, images=args.images, out=args.out, calibration_images=args.calibration_images,
+                      data=args.data, calibration_data=args.calibration_data,
                       preprocess=preprocess_from_args(args), settings=settings_from_args(args),
                       excludes=tuple(args.exclude), **options.values_from_args(args, options.TUNE_OPTIONS))
 
@@ -55,9 +59,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from coordinator.farm.commands import cmd_tune_farm
 
         return cmd_tune_farm(args)
+    from shared.latency import check_lock_path
+    from shared.metrics import load_metric
+
     config = tune_config_from_args(args)
+    if config.metric is not None:
+        load_metric(config.metric)                       # importable here, or one line before anything runs
     runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads))
-    evaluator = LocalEvaluator(runner, args.out / "cache")
+    evaluator = LocalEvaluator(runner, args.out / "cache", latency_lock=check_lock_path(args.latency_lock))
     with divert_third_party(args.out) as diverted, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=False, disable=not console.is_terminal) as progress:

@@ -26,17 +26,21 @@ def front_table(report: Mapping, device: str) -> Table:
     full = fp32.get("size_bytes") or report["model"]["size_bytes"]
     table = Table(title=f"Pareto front on {device} (FP32 top-1 {pct(fp32.get('top1_accuracy'))}%, "
                         f"{full / 1e6:.2f} MB)")
-    for col in ("candidate", "float layers", "top-1 agree %", "top-5 agree %", "top-1 %", "size MB",
-                "p50 ms", ""):
+    for col in ("candidate", "float layers", "top-1 agree %", "top-5 agree %", "top-1 %", "SQNR dB", "size MB",
+                "p50 ms", "x FP32", ""):
         table.add_column(col, justify="right" if col not in ("candidate", "") else "left")
     for cid in front:
         c = by_id[cid]
         r = c["results"][device]
         mark = "recommended" if cid == pareto.get("recommended") else ""
-        table.add_row(cid, str(c["num_excluded"]), pct(r["top1_agreement"]), pct(r["top5_agreement"]),
-                      pct(r.get("top1_accuracy")), f"{c['size_bytes'] / 1e6:.2f}", f"{r['latency_ms_p50']:.2f}",
-                      mark)
+        table.add_row(cid, str(c["num_excluded"]), pct(r.get("top1_agreement")), pct(r.get("top5_agreement")),
+                      pct(r.get("top1_accuracy")), num(r.get("output_sqnr_db"), 1), f"{c['size_bytes'] / 1e6:.2f}",
+                      num(r.get("latency_ms_p50"), 2), num(r.get("latency_ratio_vs_fp32"), 2), mark)
     return table
+
+
+def num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def progress_events(progress) -> TuneEvents:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from coordinator.prepare import ModelInput
 from coordinator.preprocess import LABEL_SOURCES, Preprocess  # noqa: F401  (re-exported)
 from shared.errors import DataError, InvalidArgument, NotFound
 
@@ -70,24 +71,24 @@ def list_images(folder: Path, labels: str = "synset") -> ImageSet:
     return ImageSet(tuple(files), tuple(label_ids))
 
 
-def split(images: ImageSet, n_calibration: int, n_eval: int, seed: int,
-          calibration_images: ImageSet | None = None) -> tuple[ImageSet, ImageSet]:
-    """Seeded subsets; disjoint when both come from the same folder."""
+def split(images, n_calibration: int, n_eval: int, seed: int, calibration_images=None, noun: str = "images"):
+    """Seeded subsets of an ImageSet or TensorSet (anything with len() and subset()); disjoint when
+    both come from the same set."""
     if n_calibration < 1 or n_eval < 1:
         raise InvalidArgument(f"--calibration {n_calibration} and --eval {n_eval} must both be >= 1")
     rng = np.random.default_rng(seed)
     if calibration_images is not None:
         if len(calibration_images) < n_calibration:
-            raise DataError(f"--calibration {n_calibration} asks for more images than the calibration folder "
+            raise DataError(f"--calibration {n_calibration} asks for more {noun} than the calibration set "
                             f"has ({len(calibration_images)})")
         if len(images) < n_eval:
-            raise DataError(f"--eval {n_eval} asks for more images than the folder has ({len(images)})")
+            raise DataError(f"--eval {n_eval} asks for more {noun} than the dataset has ({len(images)})")
         cal = sorted(rng.permutation(len(calibration_images))[:n_calibration].tolist())
         ev = sorted(rng.permutation(len(images))[:n_eval].tolist())
         return calibration_images.subset(cal), images.subset(ev)
     if len(images) < n_calibration + n_eval:
-        raise DataError(f"--calibration {n_calibration} + --eval {n_eval} need {n_calibration + n_eval} images; "
-                        f"the folder has {len(images)} (lower them or pass --calibration-images)")
+        raise DataError(f"--calibration {n_calibration} + --eval {n_eval} need {n_calibration + n_eval} {noun}; "
+                        f"the dataset has {len(images)} (lower them or pass a separate calibration set)")
     order = rng.permutation(len(images)).tolist()
     return images.subset(sorted(order[:n_calibration])), images.subset(sorted(order[n_calibration:][:n_eval]))
 
@@ -124,12 +125,21 @@ def labels_array(images: ImageSet) -> np.ndarray | None:
     return None if images.labels is None else np.asarray(images.labels, dtype=np.int64)
 
 
-def check_fits_model(pre: Preprocess, model_shape: tuple[int | None, ...], input_name: str) -> None:
-    """The preprocessed image must match the model's declared input (ignoring symbolic dims)."""
+def check_fits_model(pre: Preprocess, inputs: tuple[ModelInput, ...], model_name: str) -> None:
+    """An image folder feeds one float32 4-D input whose static dims match the preprocessed images."""
+    if len(inputs) != 1:
+        raise DataError(f"{model_name} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); an image "
+                        "folder feeds one: give the samples as a tensor dataset with --data (.npz)")
+    inp = inputs[0]
+    if inp.dtype != "float32":
+        raise DataError(f"input {inp.name!r} of {model_name} is {inp.dtype}; images are float32: give the samples "
+                        "as a tensor dataset with --data (.npz)")
+    if len(inp.dims) != 4:
+        raise DataError(f"input {inp.name!r} of {model_name} has rank {len(inp.dims)}; images are a 4-D batch "
+                        "(NCHW or NHWC): give the samples as a tensor dataset with --data (.npz)")
     want = pre.input_shape()
-    have = model_shape[1:]
-    for w, h in zip(want, have):
+    for w, h in zip(want, inp.dims[1:]):
         if h is not None and w != h:
-            shown = "x".join("?" if d is None else str(d) for d in model_shape)
-            raise DataError(f"model input {input_name!r} expects {shown} but the images are preprocessed to "
+            shown = "x".join("?" if d is None else str(d) for d in inp.dims)
+            raise DataError(f"model input {inp.name!r} expects {shown} but the images are preprocessed to "
                             f"{pre.layout} {'x'.join(map(str, want))} (check --input-size and --layout)")

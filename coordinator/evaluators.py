@@ -6,27 +6,46 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 
 from coordinator.quantize import BuiltCandidate
 from shared.atomic import atomic_output
 from shared.errors import EvaluationError
-from shared.evaluate import evaluate_model, reference_result
+from shared.evaluate import EvalSpec, evaluate_model, reference_result
+from shared.feeds import digest as feeds_digest
+from shared.feeds import load_npz, npz_bytes, num_samples
+from shared.latency import DEFAULT_LATENCY_LOCK
+from shared.metrics import MetricError
 from shared.results import CrashCause, CrashKind, DeviceResult
-from shared.runners.base import Runner, UnsupportedModel
+from shared.runners.base import Runner, UnsupportedModel, run_outputs
 
 
 @dataclass(frozen=True)
 class EvalInputs:
-    inputs: np.ndarray
+    """The evaluation set and what every job measures on it."""
+
+    feeds: Mapping[str, np.ndarray]        # every model input -> (N, ...) samples
     labels: np.ndarray | None
-    input_name: str
     latency_runs: int
+    task: str = "auto"
+    metric: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "feeds", {name: np.asarray(a) for name, a in self.feeds.items()})
+        num_samples(self.feeds, "evaluation inputs")
+
+    @property
+    def num_samples(self) -> int:
+        return num_samples(self.feeds)
+
+    def spec(self, latency_lock: Path | None = None) -> EvalSpec:
+        return EvalSpec(self.latency_runs, self.task, self.metric, latency_lock)
 
     def digest(self) -> str:
-        h = hashlib.sha256(np.ascontiguousarray(self.inputs).tobytes())
+        """The samples and labels (not what is measured on them)."""
+        h = hashlib.sha256(feeds_digest(self.feeds).encode())
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()
@@ -37,7 +56,7 @@ class Evaluator(Protocol):
     parallelism: int            # evaluations that can run at once (agents); strategies batch to it
 
     def reference(self, model: Path, model_sha256: str, data: EvalInputs) -> dict[str, DeviceResult]:
-        """FP32 results per device (top1_accuracy, latency, size); devices keep their own logits."""
+        """FP32 results per device (top1_accuracy, latency vs itself, size); devices keep their own outputs."""
 
     def evaluate(self, candidates: Iterable[BuiltCandidate],
                  data: EvalInputs) -> Iterator[tuple[str, str, DeviceResult]]:
@@ -45,41 +64,48 @@ class Evaluator(Protocol):
 
 
 class LocalEvaluator:
-    """Evaluates in this process with one runner; FP32 logits cached on disk per model + data."""
+    """Evaluates in this process with one runner; FP32 outputs cached on disk per model + data.
+    Timing phases hold the host-wide latency lock (shared with agents on this host)."""
 
     parallelism = 1
 
-    def __init__(self, runner: Runner, cache_dir: Path, device: str = "local"):
+    def __init__(self, runner: Runner, cache_dir: Path, device: str = "local",
+                 latency_lock: Path | None = DEFAULT_LATENCY_LOCK):
         self.runner = runner
         self.cache_dir = cache_dir
         self.devices = (device,)
-        self._reference: np.ndarray | None = None
+        self.latency_lock = latency_lock
+        self._reference: dict[str, np.ndarray] | None = None
+        self._fp32_model: Path | None = None
 
     def reference(self, model: Path, model_sha256: str, data: EvalInputs) -> dict[str, DeviceResult]:
         started = time.perf_counter()
         info = self.runner.info()
         key = hashlib.sha256(f"{model_sha256}|{data.digest()}|{info.runtime}|{info.version}|{info.options}"
                              .encode()).hexdigest()[:20]
-        path = self.cache_dir / f"fp32-{key}.npy"
+        path = self.cache_dir / f"fp32-{key}.npz"
         if path.exists():
-            logits = np.load(path)
+            outputs = load_npz(path)
         else:
-            logits = self.runner.infer(model, data.inputs, data.input_name)
+            outputs = run_outputs(self.runner, model, data.feeds)
             with atomic_output(path) as tmp:
-                np.save(tmp, logits)
-        self._reference = logits
-        result = reference_result(self.runner, model, logits, data.inputs, data.input_name, data.labels,
-                                  data.latency_runs, started)
+                tmp.write_bytes(npz_bytes(outputs))
+        self._reference, self._fp32_model = outputs, Path(model)
+        result = reference_result(self.runner, model, outputs, data.feeds, data.labels,
+                                  data.spec(self.latency_lock), started)
         return {self.devices[0]: result}
 
     def evaluate(self, candidates: Iterable[BuiltCandidate],
                  data: EvalInputs) -> Iterator[tuple[str, str, DeviceResult]]:
-        if self._reference is None:
+        if self._reference is None or self._fp32_model is None:
             raise EvaluationError("reference() must run before evaluate()")
+        spec = data.spec(self.latency_lock)
         for cand in candidates:
             try:
-                result = evaluate_model(self.runner, cand.path, data.inputs, data.input_name, self._reference,
-                                        data.labels, data.latency_runs)
+                result = evaluate_model(self.runner, cand.path, self._fp32_model, data.feeds, self._reference,
+                                        data.labels, spec)
+            except MetricError as exc:
+                result = DeviceResult.failure(CrashCause(CrashKind.METRIC, exc.args[0]), cand.size_bytes)
             except EvaluationError as exc:
                 result = DeviceResult.failure(CrashCause(CrashKind.ERROR, str(exc)), cand.size_bytes,
                                               unsupported=isinstance(exc, UnsupportedModel))

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from coordinator.preprocess import LABEL_SOURCES, is_number
 from shared.errors import InvalidArgument
 
-KINDS = ("int", "number", "fraction", "choice", "choices", "bool")
+KINDS = ("int", "number", "fraction", "choice", "choices", "bool", "function")
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,13 @@ class Option:
             return self.default, [f"{value!r} must be true or false"]
         return value, []
 
+    def _check_function(self, value: Any) -> tuple[Any, list[str]]:
+        from shared.plugins import is_function_path
+
+        if not is_function_path(value):
+            return self.default, [f"{value!r} must name a function as module:function"]
+        return value, []
+
 
 # -- where choices live (imported only when asked: strategies pull in pymoo) ----------------------
 def _strategies() -> Sequence[str]:
@@ -117,6 +124,12 @@ def _recipe_probes() -> Sequence[str]:
     return tuple(RECIPE_PROBES)
 
 
+def _tasks() -> Sequence[str]:
+    from shared.metrics import TASKS
+
+    return TASKS
+
+
 def _objectives() -> Sequence[str]:
     from coordinator.pareto import OBJECTIVES
 
@@ -131,6 +144,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("latency_runs", "int", 20, "batch-1 timed runs per candidate", ("--latency-runs",), "data.latency_runs",
            minimum=0),
     Option("seed", "int", 0, "seed of the image split and the search", ("--seed",), "data.seed", minimum=0),
+    Option("task", "choice", "auto",
+           "which fidelity metrics apply (auto: classification when the first output is (N, C) scores, dense "
+           "when an output has spatial dims, else generic); every task gets SQNR and cosine per output",
+           ("--task",), "data.task", _tasks),
+    Option("metric", "function", None,
+           "a user metric module:function, called with the FP32 and candidate outputs ({name: array}) and "
+           "returning {name: number}; runs where the outputs are (on the farm: agents started with "
+           "--allow-metric, the module importable there)", ("--metric",), "strategy.metric",
+           metavar="MODULE:FUNCTION"),
     Option("objectives", "choices", ("accuracy_loss", "size_bytes"), "objectives of the Pareto front",
            ("--objectives",), "objectives", _objectives, min_items=1, metavar="OBJECTIVE"),
     Option("strategy", "choice", "sweep", "search strategy", ("--strategy",), "strategy.name", _strategies),
@@ -200,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
             action = parser.add_argument(*option.flags, dest=option.name, default=option.default,
                                          action="store_false" if option.default else "store_true", help=option.help)
         else:
-            kind = {"int": int, "number": float, "fraction": float}.get(option.kind, str)
+            kind = {"int": int, "number": float, "fraction": float}.get(option.kind, str)   # function: str
             action = parser.add_argument(*option.flags, dest=option.name, type=kind, default=option.default,
                                          nargs="+" if option.kind == "choices" else None, metavar=option.metavar,
                                          help=option.help)

@@ -15,7 +15,20 @@ OBJECTIVES = {
     "label_loss": lambda r: 1.0 - (r["top1_accuracy"] if r.get("top1_accuracy") is not None else r["top1_agreement"]),
     "size_bytes": lambda r: float(r["size_bytes"]),
     "latency_ms": lambda r: float(r["latency_ms_p50"]),
+    "fidelity": lambda r: -float(r["output_sqnr_db"]),     # higher SQNR vs FP32 is better
 }
+#: objectives that need top-1 agreement, which only classification results have
+AGREEMENT_OBJECTIVES = frozenset({"accuracy_loss", "top5_loss", "label_loss"})
+
+
+def effective_objectives(objectives: Sequence[str], results: Mapping[str, Mapping]) -> tuple[str, ...]:
+    """The objectives as asked; when the measured results have no top-1 agreement (dense or
+    generic outputs), agreement-based ones become `fidelity` (output SQNR vs FP32)."""
+    ok = [r for r in results.values() if r.get("status") == "ok"]
+    if not ok or all(r.get("top1_agreement") is not None for r in ok):
+        return tuple(objectives)
+    swapped = ["fidelity" if o in AGREEMENT_OBJECTIVES else o for o in objectives]
+    return tuple(dict.fromkeys(swapped))
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,10 @@ def plot_objectives(report: Mapping, device: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     if cands:
         ks = [c["num_excluded"] for c in cands]
-        ax.plot(ks, [c["results"][device]["top1_agreement"] * 100 for c in cands], "o-", label="top-1 agreement %")
+        if cands[0]["results"][device].get("top1_agreement") is not None:
+            ax.plot(ks, [c["results"][device]["top1_agreement"] * 100 for c in cands], "o-", label="top-1 agreement %")
+        else:       # dense or generic outputs: fidelity in dB instead
+            ax.plot(ks, [c["results"][device].get("output_sqnr_db") for c in cands], "o-", label="output SQNR dB")
         if cands[0]["results"][device].get("top1_accuracy") is not None:
             ax.plot(ks, [c["results"][device]["top1_accuracy"] * 100 for c in cands], "s-", label="labelled top-1 %")
         ax2 = ax.twinx()
@@ -33,7 +36,7 @@ def plot_objectives(report: Mapping, device: str, path: Path) -> Path:
                 ax.axvline(by_id[cid]["num_excluded"], color=f"C{i + 3}", linestyle=":",
                            label=f"front {cid[:8]} (k={by_id[cid]['num_excluded']})")
     ax.set_xlabel("layers kept in float")
-    ax.set_ylabel("%")
+    ax.set_ylabel("% / dB")
     ax.set_title(f"{Path(report['model']['path']).name} on {device}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right", fontsize=8)

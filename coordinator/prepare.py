@@ -23,16 +23,42 @@ PREPARE_VERSION = "2"
 
 
 @dataclass(frozen=True)
+class ModelInput:
+    """One input the data must feed: its name, dims (None for symbolic ones) and numpy dtype."""
+
+    name: str
+    dims: tuple[int | None, ...]
+    dtype: str
+
+    def shown(self) -> str:
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.dims) + "]"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.dims), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
 class PreparedModel:
     source: Path
     path: Path                         # the prepared FP32 model every candidate is built from
     sha256: str                        # of the prepared file
     size_bytes: int
-    input_name: str
-    input_shape: tuple[int | None, ...]   # None for symbolic dims
-    output_name: str
+    inputs: tuple[ModelInput, ...]     # graph inputs that are not initializers, in order
+    output_names: tuple[str, ...]
     node_names: tuple[str, ...]
     op_types: tuple[str, ...]          # parallel to node_names
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self.inputs[0].dims
+
+    @property
+    def output_name(self) -> str:
+        return self.output_names[0]
 
     @property
     def num_nodes(self) -> int:
@@ -158,26 +184,30 @@ def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def _graph_io(model: onnx.ModelProto, path: Path) -> tuple[str, tuple[int | None, ...], str]:
+def _graph_io(model: onnx.ModelProto, path: Path) -> tuple[tuple[ModelInput, ...], tuple[str, ...]]:
+    """The inputs the data must feed and the outputs, checked: at least one of each, tensors only."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise ModelError(f"{path.name} has {len(inputs)} graph inputs "
-                         f"({', '.join(i.name for i in inputs) or 'none'}); qfarm tunes single-input image classifiers",
-                         step="prepare/check")
+    if not inputs:
+        raise ModelError(f"{path.name} has no graph inputs besides its initializers", step="prepare/check")
     if not model.graph.output:
         raise ModelError(f"{path.name} has no graph outputs", step="prepare/check")
-    tensor_type = inputs[0].type.tensor_type
-    if tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        raise ModelError(f"input {inputs[0].name!r} of {path.name} is "
-                         f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, expected FLOAT",
-                         step="prepare/check")
-    dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                 for d in tensor_type.shape.dim)
-    if len(dims) != 4:
-        raise ModelError(f"input {inputs[0].name!r} of {path.name} has rank {len(dims)}; expected a 4-D image "
-                         "batch (NCHW or NHWC)", step="prepare/check")
-    return inputs[0].name, dims, model.graph.output[0].name
+    found = []
+    for inp in inputs:
+        if not inp.type.HasField("tensor_type"):
+            raise ModelError(f"input {inp.name!r} of {path.name} is not a tensor; qfarm feeds tensors",
+                             step="prepare/check")
+        tensor_type = inp.type.tensor_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        except KeyError as exc:
+            raise ModelError(f"input {inp.name!r} of {path.name} has element type "
+                             f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, which numpy cannot hold",
+                             step="prepare/check") from exc
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                     for d in tensor_type.shape.dim)
+        found.append(ModelInput(inp.name, dims, dtype))
+    return tuple(found), tuple(o.name for o in model.graph.output)
 
 
 def _check_opset(model: onnx.ModelProto, path: Path) -> None:
@@ -229,10 +259,10 @@ def prepare_model(source: Path, work_dir: Path, limits: Limits = DEFAULT_LIMITS)
         model = name_nodes(constants_to_initializers(upgrade_opset(inferred, source)))
         _preprocess(model, target, source)
     prepared = onnx.load(str(target))
-    input_name, dims, output_name = _graph_io(prepared, source)
+    inputs, outputs = _graph_io(prepared, source)
     return PreparedModel(
         source=source, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size,
-        input_name=input_name, input_shape=dims, output_name=output_name,
+        inputs=inputs, output_names=outputs,
         node_names=tuple(n.name for n in prepared.graph.node),
         op_types=tuple(n.op_type for n in prepared.graph.node))
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
-
 from coordinator.prepare import PreparedModel, sha256_file
 from shared.atomic import publish
 from shared.errors import InvalidArgument, ModelError
+from shared.feeds import Feeds, num_samples, take
+from shared.feeds import digest as feeds_digest
 from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
@@ -79,18 +79,19 @@ def validate_node_names(prepared: PreparedModel, names: Iterable[str], what: str
     return tuple(result)
 
 
-class ArrayReader:
-    """onnxruntime CalibrationDataReader over an in-memory batch, one image per feed."""
+class FeedsReader:
+    """onnxruntime CalibrationDataReader over in-memory feeds ({input name: (N, ...)}), one sample
+    (a feed dict of every input) per call."""
 
-    def __init__(self, input_name: str, data: np.ndarray):
-        self.input_name = input_name
-        self.data = data
+    def __init__(self, feeds: Feeds):
+        self.feeds = dict(feeds)
+        self._count = num_samples(self.feeds, "calibration data")
         self._pos = 0
 
     def get_next(self):
-        if self._pos >= len(self.data):
+        if self._pos >= self._count:
             return None
-        item = {self.input_name: self.data[self._pos:self._pos + 1]}
+        item = take(self.feeds, self._pos, self._pos + 1)
         self._pos += 1
         return item
 
@@ -98,10 +99,11 @@ class ArrayReader:
         self._pos = 0
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self._count
 
     def set_range(self, start_index: int, end_index: int) -> None:
-        self.data = self.data[start_index:end_index]
+        self.feeds = take(self.feeds, start_index, end_index)
+        self._count = num_samples(self.feeds, "calibration data")
         self._pos = 0
 
 
@@ -116,7 +118,7 @@ def _ort_enums(settings: QuantSettings):
     return fmt, types[settings.activation_type], types[settings.weight_type], methods[settings.calibrate]
 
 
-def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration: np.ndarray | None,
+def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration: Feeds | None,
                     cache_dir: Path, extra_options: dict | None = None) -> BuiltCandidate:
     """Quantize `prepared` per `spec` into out_dir/<id>.onnx (reused when already built)."""
     if spec.model_sha256 != prepared.sha256:
@@ -134,18 +136,18 @@ def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path,
     return BuiltCandidate(spec=spec, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size)
 
 
-def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, calibration: np.ndarray,
+def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, calibration: Feeds,
                            cache_dir: Path) -> Path:
     h = hashlib.sha256()
     h.update(prepared.sha256.encode())
     h.update(settings.calibrate.encode())
     h.update(json.dumps(dict(settings.recipe), sort_keys=True).encode())
-    h.update(np.ascontiguousarray(calibration).tobytes())
+    h.update(feeds_digest(calibration).encode())
     cache_dir.mkdir(parents=True, exist_ok=True)
     return cache_dir / f"calibration-{h.hexdigest()[:20]}.json"
 
 
-def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibration: np.ndarray | None,
+def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibration: Feeds | None,
               cache_dir: Path, extra_options: dict) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
@@ -157,8 +159,8 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
                              weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
                              nodes_to_exclude=list(spec.excluded_nodes), extra_options=dict(extra_options))
             return
-        if calibration is None or len(calibration) == 0:
-            raise ModelError("static quantization needs calibration images", step="quantize")
+        if calibration is None or num_samples(calibration, "calibration data") == 0:
+            raise ModelError("static quantization needs calibration samples", step="quantize")
         fmt, act, wt, method = _ort_enums(settings)
         options = {"ActivationSymmetric": False, **extra_options}
         if spec.int16_nodes:  # precision ladder: these nodes' activations at 16 bit, weights at 8
@@ -173,7 +175,7 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
             options.update(ladder)
             options["UseQDQContribOps"] = True
         quantize_static(
-            str(prepared.path), str(out), ArrayReader(prepared.input_name, calibration), quant_format=fmt,
+            str(prepared.path), str(out), FeedsReader(calibration), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
             weight_type=wt, nodes_to_exclude=list(spec.excluded_nodes), calibrate_method=method,
             extra_options=options,

@@ -126,6 +126,7 @@ class Farm:
         """Start one more agent of `device` (config: AgentThread/AgentConfig fields)."""
         work = self.data_dir / "agents" / f"{device}-{len(self.agents)}"
         config.setdefault("credentials", self.credentials)
+        config.setdefault("latency_lock", self.data_dir / "latency.lock")   # the farm's agents share one "host"
         agent = self._stack.enter_context(AgentThread(device, self.address, work, runtime=runtime, **config))
         self.agents.append(agent)
         return agent

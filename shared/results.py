@@ -1,6 +1,6 @@
 """What a device reports for one job, typed: a frozen `DeviceResult` (status, `CrashCause`,
-accuracy, size, latency, the runtime that measured it) and exactly one conversion each way for
-each of its forms:
+accuracy and fidelity against FP32, size, latency interleaved with FP32, the runtime that
+measured it) and exactly one conversion each way for each of its forms:
 
 * the wire (qfarm.v1.DeviceResult): `to_proto` / `from_proto`, derived from the field names, so
   a new metric is one dataclass field here plus one proto field of the same name;
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Mapping
 
+from shared.metrics import OutputFidelity
 from shared.runners.base import RunnerInfo
 
 
@@ -37,10 +38,11 @@ class CrashKind(str, Enum):
     LOST = "lost"                   # leases kept ending without a result (the infrastructure, not the model)
     BUILD = "build"                 # the coordinator could not build the candidate
     NOT_MEASURED = "not measured"   # the tuner's budget ran out before it was measured
+    METRIC = "metric"               # the user's --metric failed or returned something that is not numbers
 
 
 #: kinds that say nothing about how a device runs quantized nodes: never blamed on a node
-_NOT_THE_DEVICE = frozenset({CrashKind.LOST, CrashKind.BUILD, CrashKind.NOT_MEASURED})
+_NOT_THE_DEVICE = frozenset({CrashKind.LOST, CrashKind.BUILD, CrashKind.NOT_MEASURED, CrashKind.METRIC})
 _SEPARATOR = {CrashKind.NOT_MEASURED: ": "}     # "not measured: budget ...", every other kind "kind:detail"
 # how running out of memory reads in Python, numpy, onnxruntime (BFC arena), C++ and libc
 OOM_PATTERN = re.compile(r"MemoryError|bad_alloc|Failed to allocate memory|Cannot allocate memory|out of memory",
@@ -85,10 +87,11 @@ class CrashCause:
         return self.kind not in _NOT_THE_DEVICE
 
 
-def _when(status: str, *, keep_none: bool = False, digits: int | None = None) -> dict:
+def _when(status: str, *, keep_none: bool = False, digits: int | None = None, keyed: str | None = None) -> dict:
     """Field metadata for the report: reported for `ok` results, `failed` ones or `always`;
-    None is left out unless `keep_none`; floats rounded to `digits`."""
-    return {"when": status, "keep_none": keep_none, "digits": digits}
+    None is left out unless `keep_none`; floats rounded to `digits`; a tuple of dataclasses
+    `keyed` by one of their fields is a JSON object by that field (None members left out)."""
+    return {"when": status, "keep_none": keep_none, "digits": digits, "keyed": keyed}
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,19 @@ class DeviceResult:
     top5_agreement: float | None = field(default=None, metadata=_when("ok"))   # FP32 top-1 in the top-5
     top1_accuracy: float | None = field(default=None, metadata=_when("ok", keep_none=True))  # vs labels
     size_bytes: int = field(default=0, metadata=_when("always"))
-    latency_ms_p50: float | None = field(default=None, metadata=_when("ok"))
+    latency_ms_p50: float | None = field(default=None, metadata=_when("ok"))     # batch 1, interleaved with FP32
     latency_ms_p90: float | None = field(default=None, metadata=_when("ok"))
+    fp32_latency_ms_p50: float | None = field(default=None, metadata=_when("ok"))  # FP32, same job and options
+    latency_ratio_vs_fp32: float | None = field(default=None, metadata=_when("ok"))  # median of per-pair ratios
+    latency_ratio_p10: float | None = field(default=None, metadata=_when("ok"))    # spread of those ratios
+    latency_ratio_p90: float | None = field(default=None, metadata=_when("ok"))
+    task: str | None = field(default=None, metadata=_when("ok"))        # classification | dense | generic
+    output_sqnr_db: float | None = field(default=None, metadata=_when("ok"))       # all outputs, capped +-200
+    cosine: float | None = field(default=None, metadata=_when("ok"))               # mean per-sample cosine
+    kl_divergence: float | None = field(default=None, metadata=_when("ok"))        # classification outputs
+    iou: float | None = field(default=None, metadata=_when("ok"))                  # dense outputs
+    outputs: tuple[OutputFidelity, ...] | None = field(default=None, metadata=_when("ok", keyed="name"))
+    user_metrics: Mapping[str, float] | None = field(default=None, metadata=_when("ok"))  # --metric
     num_images: int | None = field(default=None, metadata=_when("always"))
     wall_seconds: float | None = field(default=None, metadata=_when("always", digits=3))
     runtime: RunnerInfo | None = field(default=None, metadata=_when("always"))
@@ -117,6 +131,13 @@ class DeviceResult:
     @property
     def ok(self) -> bool:
         return self.status == ResultStatus.OK
+
+    @property
+    def latency_ratio_spread(self) -> tuple[float, float] | None:
+        """[p10, p90] of the per-pair candidate/FP32 ratios (the report has them as two keys)."""
+        if self.latency_ratio_p10 is None or self.latency_ratio_p90 is None:
+            return None
+        return self.latency_ratio_p10, self.latency_ratio_p90
 
     @property
     def blameable(self) -> bool:
@@ -141,7 +162,7 @@ class DeviceResult:
                 continue
             if value is None and not f.metadata["keep_none"]:
                 continue
-            value = _plain(value)
+            value = _plain_field(f, value)
             if f.metadata["digits"] is not None and value is not None:
                 value = round(value, f.metadata["digits"])
             out[f.name] = value
@@ -153,7 +174,7 @@ class DeviceResult:
 
     # -- result.json ---------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in _FIELDS}
+        return {f.name: _plain_field(f, getattr(self, f.name)) for f in _FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DeviceResult":
@@ -166,6 +187,8 @@ class DeviceResult:
             if value is not None:
                 if kind is CrashCause:
                     value = CrashCause.parse(value) if value else None
+                elif f.metadata.get("keyed"):
+                    value = _unkeyed(f, value)
                 elif dataclasses.is_dataclass(kind):
                     value = kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
             values[f.name] = value
@@ -190,7 +213,10 @@ class DeviceResult:
             descriptor = message.DESCRIPTOR.fields_by_name[f.name]
             if descriptor.has_presence and descriptor.message_type is None and not message.HasField(f.name):
                 continue            # an `optional` scalar that was not set (unlabelled top-1)
-            values[f.name] = _from_message(getattr(message, f.name), _TYPES[f.name], descriptor)
+            value = _from_message(getattr(message, f.name), _TYPES[f.name], descriptor)
+            if f.default is None and isinstance(value, (tuple, dict)) and not value:
+                value = None        # an empty repeated field or map: not measured
+            values[f.name] = value
         return cls(**values)
 
 
@@ -198,7 +224,26 @@ _FIELDS = dataclasses.fields(DeviceResult)
 _TYPES = {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
           for name, hint in typing.get_type_hints(DeviceResult).items()}
 FP32_REPORT_KEYS = ("status", "top1_accuracy", "size_bytes", "latency_ms_p50", "latency_ms_p90", "num_images",
-                    "runtime")
+                    "runtime", "fp32_latency_ms_p50", "latency_ratio_vs_fp32", "latency_ratio_p10", "latency_ratio_p90",
+                    "task")
+
+
+def _element_type(f: dataclasses.Field) -> type:
+    """The dataclass of a `tuple[X, ...]` field."""
+    return typing.get_args(_TYPES[f.name])[0]
+
+
+def _plain_field(f: dataclasses.Field, value: Any) -> Any:
+    key = f.metadata.get("keyed")
+    if not key or value is None:
+        return _plain(value)
+    return {getattr(item, key): {k: v for k, v in _plain(item).items() if k != key and v is not None}
+            for item in value}
+
+
+def _unkeyed(f: dataclasses.Field, value: Mapping[str, Any]) -> tuple:
+    kind, key = _element_type(f), f.metadata["keyed"]
+    return tuple(kind(**{key: name, **fields}) for name, fields in value.items())
 
 
 def _plain(value: Any) -> Any:
@@ -234,6 +279,13 @@ def _to_message(message, name: str, value: Any) -> None:
             _to_message(nested, f.name, getattr(value, f.name))
     elif isinstance(value, Mapping):
         getattr(message, name).update(value)
+    elif isinstance(value, (tuple, list)) and value and dataclasses.is_dataclass(value[0]):
+        repeated = getattr(message, name)
+        for item in value:
+            nested = repeated.add()
+            for f in dataclasses.fields(item):
+                if getattr(item, f.name) is not None:
+                    _to_message(nested, f.name, getattr(item, f.name))
     elif isinstance(value, (tuple, list)):
         getattr(message, name).extend(value)
     else:
@@ -246,15 +298,29 @@ def _from_message(value: Any, kind: type, descriptor) -> Any:
     if kind is CrashCause:
         return CrashCause.parse(value) if value else None
     if dataclasses.is_dataclass(kind):
-        hints = typing.get_type_hints(kind)
-        return kind(**{f.name: _from_message(getattr(value, f.name), hints[f.name],
-                                             value.DESCRIPTOR.fields_by_name[f.name])
-                       for f in dataclasses.fields(kind)})
+        return _dataclass_from_message(value, kind)
     if descriptor.message_type is not None and descriptor.message_type.GetOptions().map_entry:
         return dict(value)
+    if descriptor.is_repeated and descriptor.message_type is not None:
+        element = typing.get_args(kind)[0]
+        return tuple(_dataclass_from_message(item, element) for item in value)
     if descriptor.is_repeated:
         return tuple(value)
     return value
+
+
+def _dataclass_from_message(message, kind: type) -> Any:
+    """A nested dataclass; an `optional` field that was not set stays None."""
+    hints = typing.get_type_hints(kind)
+    values = {}
+    for f in dataclasses.fields(kind):
+        descriptor = message.DESCRIPTOR.fields_by_name[f.name]
+        if descriptor.has_presence and descriptor.message_type is None and not message.HasField(f.name):
+            continue
+        hint = hints[f.name]
+        kind_of = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        values[f.name] = _from_message(getattr(message, f.name), kind_of, descriptor)
+    return kind(**values)
 
 
 def runtime_message(info: RunnerInfo):

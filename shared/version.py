@@ -5,9 +5,10 @@ from __future__ import annotations
 from importlib import metadata
 
 #: the wire protocol this build speaks (protos/qfarm/v1); bump on an incompatible change of meaning
-PROTOCOL_VERSION = 1
+#: (2: .npz input sets and reference outputs, the FP32 model in candidate jobs, interleaved latency)
+PROTOCOL_VERSION = 2
 #: protocols a coordinator of this build accepts from agents
-COMPATIBLE_PROTOCOLS = frozenset({1})
+COMPATIBLE_PROTOCOLS = frozenset({2})
 #: what an agent that predates versioned registration (it sends 0) speaks
 UNVERSIONED_PROTOCOL = 1
 

@@ -63,8 +63,8 @@ def test_real_candidates_blame_the_gemm_on_a_device_without_quantized_gemm(tmp_p
     quantizable = quantizable_nodes(prepared, settings)
     assert "fc" in quantizable and len(quantizable) >= 4
     rng = np.random.default_rng(0)
-    calibration = rng.normal(size=(8, 3, 32, 32)).astype(np.float32)
-    data = EvalInputs(rng.normal(size=(4, 3, 32, 32)).astype(np.float32), None, prepared.input_name, 1)
+    calibration = {prepared.input_name: rng.normal(size=(8, 3, 32, 32)).astype(np.float32)}
+    data = EvalInputs({prepared.input_name: rng.normal(size=(4, 3, 32, 32)).astype(np.float32)}, None, 1)
     evaluator = LocalEvaluator(NoQuantizedGemm(OrtConfig(intra_op_threads=1)), tmp_path / "cache", device="npu-x")
     evaluator.reference(prepared.path, prepared.sha256, data)
     probed: list[tuple[str, ...]] = []

@@ -14,7 +14,8 @@ import pytest
 
 from agent.runtimes import RuntimeOptions
 from agent.sandbox import ChildWorker
-from coordinator.farm.evaluator import npy_bytes
+from shared.evaluate import EvalSpec
+from shared.feeds import load_npz, npz_bytes, save_npz
 from coordinator.farm.scheduler import PRIORITY_CANDIDATE, PRIORITY_REFERENCE
 from shared.pb.qfarm.v1 import job_pb2
 from tests.farm_support import ROOT, AgentThread, coordinator, wait_for
@@ -25,15 +26,15 @@ from tests.models import make_classifier
 def job_files(tmp_path):
     model = make_classifier(tmp_path / "tiny.onnx")
     inputs = np.random.default_rng(0).normal(size=(8, 3, 32, 32)).astype(np.float32)
-    np.save(tmp_path / "inputs.npy", inputs)
-    return model, tmp_path / "inputs.npy"
+    save_npz(tmp_path / "inputs.npz", {"input": inputs})
+    return model, tmp_path / "inputs.npz"
 
 
 def _request(tmp_path: Path, name: str, model: Path, inputs: Path, latency_runs: int) -> Path:
     out = tmp_path / name
     out.mkdir()
     request = {"out": str(out), "reference": True, "model": str(model), "inputs": str(inputs), "labels": None,
-               "fp32_outputs": None, "input_name": "input", "latency_runs": latency_runs,
+               "fp32_outputs": None, "fp32_model": None, "eval": EvalSpec(latency_runs=latency_runs).to_dict(),
                "runtime": RuntimeOptions(threads=1).to_dict()}
     (out / "request.json").write_text(json.dumps(request))
     return out / "request.json"
@@ -51,7 +52,7 @@ def test_worker_measures_and_a_segfault_costs_one_job_only(tmp_path, job_files):
         assert first.finished
         result = json.loads((tmp_path / "j1" / "result.json").read_text())
         assert result["status"] == "ok" and result["num_images"] == 8
-        assert np.load(tmp_path / "j1" / "fp32.npy").shape == (8, 1000)
+        assert load_npz(tmp_path / "j1" / "fp32.npz")["logits"].shape == (8, 1000)
         pid = worker.proc.pid
         outcome = {}
         slow = _request(tmp_path, "j2", model, inputs, 10_000_000)
@@ -90,8 +91,8 @@ def test_agent_fetches_each_artifact_once_and_refetches_a_corrupted_one(tmp_path
     with coordinator(tmp_path / "coord") as (server, address):
         ctx, sched = server.coordinator.ctx, server.coordinator.scheduler
         base = ctx.register_file(model, "model", "tiny.onnx")
-        data = job_pb2.EvalData(input_name="input", latency_runs=1)
-        data.inputs.CopyFrom(ctx.register_bytes(npy_bytes(inputs), "inputs", "inputs"))
+        data = job_pb2.EvalData(latency_runs=1)
+        data.inputs.CopyFrom(ctx.register_bytes(npz_bytes({"input": inputs}), "inputs", "inputs"))
 
         def run_job(job: job_pb2.Job, kind: str, priority: int):
             sched.submit(job, kind, priority, "test")
@@ -103,6 +104,7 @@ def test_agent_fetches_each_artifact_once_and_refetches_a_corrupted_one(tmp_path
         cand = job_pb2.Job(job_id="c1@cpu-a", device="cpu-a", data=data)
         cand.candidate.id = "c1"
         cand.candidate.model.CopyFrom(ctx.register_file(other, "model", "other.onnx"))
+        cand.fp32_model.CopyFrom(base)        # timed alongside: already in the cache from the reference job
         with AgentThread("cpu-a", address, tmp_path / "agent") as agent:
             ref_row = run_job(ref, "reference", PRIORITY_REFERENCE)
             assert ref_row.status == "ok" and ctx.artifacts.has(ref_row.fp32_sha256)

@@ -42,8 +42,10 @@ def test_registration_carries_versions_and_status_shows_them(tmp_path):
             [status] = client.status().agents
         assert status.capabilities.protocol_version == PROTOCOL_VERSION
         assert status.capabilities.package_version == package_version() != ""
-        answer = _register(farm.address, 0, name="an agent older than versioning")   # speaks protocol 1
-        assert answer.protocol_version == PROTOCOL_VERSION and answer.package_version == package_version()
+        with pytest.raises(grpc.RpcError) as old:     # older than versioning: speaks protocol 1, not this one
+            _register(farm.address, 0, name="an agent older than versioning")
+        assert old.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"this coordinator speaks protocol {PROTOCOL_VERSION}" in old.value.details()
 
 
 def test_an_agent_of_another_protocol_is_refused_naming_both_versions_and_stops(tmp_path, monkeypatch):

@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from agent.runtimes import RuntimeOptions
 from agent.sandbox import ChildWorker
 from agent.worker import Agent, AgentConfig
-from coordinator.farm.evaluator import npy_bytes
+from shared.evaluate import EvalSpec
+from shared.feeds import npz_bytes, save_npz
 from coordinator.farm.scheduler import PRIORITY_REFERENCE
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import is_oom
@@ -50,8 +51,8 @@ def make_memory_hog(path: Path, floats: int = HOG_FLOATS) -> Path:
 
 @pytest.fixture()
 def files(tmp_path):
-    inputs = tmp_path / "inputs.npy"
-    np.save(inputs, np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32))
+    inputs = tmp_path / "inputs.npz"
+    save_npz(inputs, {"input": np.random.default_rng(0).normal(size=(4, 3, 32, 32)).astype(np.float32)})
     return make_classifier(tmp_path / "tiny.onnx"), make_memory_hog(tmp_path / "hog.onnx"), inputs
 
 
@@ -59,7 +60,7 @@ def _request(tmp_path: Path, name: str, model: Path, inputs: Path) -> Path:
     out = tmp_path / name
     out.mkdir()
     request = {"out": str(out), "reference": True, "model": str(model), "inputs": str(inputs), "labels": None,
-               "fp32_outputs": None, "input_name": "input", "latency_runs": 1,
+               "fp32_outputs": None, "fp32_model": None, "eval": EvalSpec(latency_runs=1).to_dict(),
                "runtime": RuntimeOptions(threads=1).to_dict()}
     (out / "request.json").write_text(json.dumps(request))
     return out / "request.json"
@@ -106,8 +107,8 @@ def test_agent_reports_oom_as_a_crash_and_serves_the_next_job(tmp_path, files):
     inputs = np.random.default_rng(1).normal(size=(4, 3, 32, 32)).astype(np.float32)
     with coordinator(tmp_path / "coord") as (server, address):
         ctx, sched = server.coordinator.ctx, server.coordinator.scheduler
-        data = job_pb2.EvalData(input_name="input", latency_runs=1)
-        data.inputs.CopyFrom(ctx.register_bytes(npy_bytes(inputs), "inputs", "inputs"))
+        data = job_pb2.EvalData(latency_runs=1)
+        data.inputs.CopyFrom(ctx.register_bytes(npz_bytes({"input": inputs}), "inputs", "inputs"))
         agent = Agent(AgentConfig(device="cpu-a", coordinator=address, work_dir=tmp_path / "agent",
                                   runtime=RuntimeOptions(threads=1), lease_wait_s=0.5, backoff_s=(0.1, 0.5),
                                   job_memory_mb=LIMIT_MB))

@@ -26,6 +26,8 @@ def _other_value(option: options.Option):
         return 0.25
     if option.kind == "bool":
         return not option.default
+    if option.kind == "function":
+        return "tests.metric_plugins:mean_abs_error"
     allowed = option.allowed()
     if option.kind == "choice":
         return next(v for v in allowed if v != option.default)
@@ -68,7 +70,9 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
     ("n_eval", 0, "0 must be an integer >= 1"), ("max_agreement_drop", 1.5, "1.5 must be a fraction between 0 and 1"),
     ("budget_seconds", -1, "-1 must be a number > 0"), ("strategy", "annealing", "'annealing' is not one of bisect"),
     ("probe_recipes", ("fp4",), "'fp4' is not one of u8s8"), ("blame_crashes", "yes", "'yes' must be true or false"),
-    ("objectives", (), "[] must name at least 1 of accuracy_loss")])
+    ("objectives", (), "[] must name at least 1 of accuracy_loss"), ("task", "detection", "'detection' is not one "
+    "of auto, classification, dense, generic"), ("metric", "metrics.py", "'metrics.py' must name a function as "
+    "module:function")])
 def test_a_bad_value_is_named_by_flag_and_by_spec_key(name, bad, needle, tmp_path):
     option = options.BY_NAME[name]
     with pytest.raises(InvalidArgument) as info:

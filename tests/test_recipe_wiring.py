@@ -34,7 +34,7 @@ def test_keep_float_presets_and_cle_in_every_candidate(tmp_path, images_dir):
 def test_int16_ladder_candidate_has_16_bit_activations(tmp_path, images_dir):
     model = make_classifier(tmp_path / "m.onnx")
     prepared = prepare_model(model, tmp_path / "prep")
-    cal = load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))
+    cal = {"input": load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))}
     spec = spec_for(prepared, QuantSettings(), (), int16_nodes=("conv1",))
     plain = spec_for(prepared, QuantSettings(), ())
     assert spec.id != plain.id

@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from shared.pb.qfarm.v1 import job_pb2
+from shared.metrics import OutputFidelity
 from shared.results import CrashCause, CrashKind, DeviceResult, ResultStatus
 from shared.runners.base import RunnerInfo
 
@@ -91,3 +92,33 @@ def test_result_json_and_old_report_entries_parse_back():
     parsed = DeviceResult.from_dict(old)
     assert parsed.status == ResultStatus.UNSUPPORTED and parsed.crash_cause == CrashCause(CrashKind.ERROR, "no kernel")
     assert parsed.to_report() == {k: v for k, v in old.items() if k != "a_key_a_later_version_adds"}
+
+
+FIDELITY = OK.replace(
+    fp32_latency_ms_p50=1.25, latency_ratio_vs_fp32=1.2, latency_ratio_p10=1.1, latency_ratio_p90=1.4,
+    task="classification", output_sqnr_db=31.5, cosine=0.998, kl_divergence=0.01,
+    outputs=(OutputFidelity("logits", 30.0, 0.99, kl=0.01), OutputFidelity("pooled", 35.0, 0.999)),
+    user_metrics={"mae": 0.5, "outputs": 2.0})
+
+
+def test_fidelity_and_latency_ratio_fields_round_trip_every_form():
+    back = DeviceResult.from_proto(job_pb2.DeviceResult.FromString(FIDELITY.to_proto().SerializeToString()))
+    assert back == FIDELITY.replace(crash_cause=None, stderr_tail="", attempt=0)
+    assert DeviceResult.from_dict(FIDELITY.to_json()) == FIDELITY
+    report = FIDELITY.to_report()
+    assert report["outputs"] == {"logits": {"sqnr_db": 30.0, "cosine": 0.99, "kl": 0.01},
+                                 "pooled": {"sqnr_db": 35.0, "cosine": 0.999}}       # iou/kl only where they apply
+    assert report["user_metrics"] == {"mae": 0.5, "outputs": 2.0}
+    assert (report["latency_ratio_vs_fp32"], report["latency_ratio_p10"], report["latency_ratio_p90"]) == (1.2, 1.1, 1.4)
+    assert DeviceResult.from_dict(report) == FIDELITY.replace(wall_seconds=0.123)
+    assert FIDELITY.latency_ratio_spread == (1.1, 1.4)
+    assert {"fp32_latency_ms_p50", "latency_ratio_vs_fp32", "task"} <= set(FIDELITY.to_fp32_report())
+
+
+def test_absent_metrics_stay_absent_over_the_wire():
+    dense = DeviceResult(ResultStatus.OK, task="dense", output_sqnr_db=20.0, cosine=0.9, iou=0.8, size_bytes=5,
+                         outputs=(OutputFidelity("prob", 20.0, 0.9, iou=0.8),))
+    back = DeviceResult.from_proto(dense.to_proto())
+    assert back.top1_agreement is None and back.latency_ms_p50 is None and back.user_metrics is None
+    assert back.outputs == dense.outputs and back.outputs[0].kl is None
+    assert "top1_agreement" not in back.to_report() and "latency_ratio_vs_fp32" not in back.to_report()

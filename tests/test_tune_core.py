@@ -155,7 +155,7 @@ def test_constant_weights_are_quantized(tmp_path, images_dir):
     assert len(folded.graph.initializer) == 8 and not any(n.op_type == "Constant" for n in folded.graph.node)
     assert not raw.graph.initializer  # caller's model untouched
     prepared = prepare_model(model, tmp_path / "prep")
-    cal = load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))
+    cal = {"input": load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))}
     built = build_candidate(prepared, spec_for(prepared, QuantSettings(), ()), tmp_path / "c", cal, tmp_path / "k")
     q = onnx.load(str(built.path))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)

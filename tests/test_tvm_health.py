@@ -165,7 +165,7 @@ def test_a_device_that_drops_its_sessions_is_marked_unhealthy_and_skipped(tracke
             assert by_address[serving].cut_link() == 1      # the Wi-Fi drops mid-run
 
     first = runner(tracker, tmp_path, drop_first_session, unhealthy_after=1, quarantine=600)
-    first.infer(model, x, "input")
+    first.run(model, {"input": x})
     sessions = [e.device for e in events if e.kind == "session"]
     assert len(sessions) == 2 and sessions[0] != sessions[1]
     flaky, healthy = sessions
@@ -176,7 +176,7 @@ def test_a_device_that_drops_its_sessions_is_marked_unhealthy_and_skipped(tracke
 
     events.clear()
     second = runner(tracker, tmp_path, events.append, unhealthy_after=1, quarantine=600)
-    logits = second.infer(model, x, "input")
+    logits = second.run(model, {"input": x})["logits"]
     assert logits.shape == (8, 10)
     assert [(e.kind, e.device) for e in events if e.kind in ("skipped", "session")] == \
         [("skipped", flaky), ("session", healthy)]             # the tracker offered the flaky one first
@@ -192,7 +192,7 @@ def test_when_only_unhealthy_devices_are_free_one_of_them_is_used(tracker, phone
         health.failed(KEY, phone.address, "test: marked")
     events: list[TvmEvent] = []
     start = time.monotonic()
-    runner(tracker, tmp_path, events.append, unhealthy_after=1).infer(model, x[:4], "input")
+    runner(tracker, tmp_path, events.append, unhealthy_after=1).run(model, {"input": x[:4]})
     skipped = [e.device for e in events if e.kind == "skipped"]
     [used] = [e.device for e in events if e.kind == "session"]
     assert len(skipped) == 1 and used != skipped[0] and used in {p.address for p in phones}

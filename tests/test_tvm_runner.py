@@ -24,12 +24,12 @@ from agent.runners.tvm import TvmConfig, TvmEvent, TvmRunner
 from agent.runners.tvm_compile import fold_constants, unsupported_ops
 from agent.tvm_tracker import TrackerAddress, TvmTracker, free_port
 from coordinator.data import Preprocess, labels_array, list_images, load_batch
-from coordinator.quantize import ArrayReader
+from coordinator.quantize import FeedsReader
 from shared.errors import EvaluationError, InvalidArgument
-from shared.evaluate import evaluate_model
-from shared.metrics import accuracy_metrics
+from shared.evaluate import EvalSpec, evaluate_model
+from shared.metrics import accuracy_metrics, sqnr_db
 from shared.runners.base import UnsupportedModel
-from tests.models import make_classifier
+from tests.models import make_classifier, make_token_classifier, token_samples
 
 tvm = pytest.importorskip("tvm", reason="the TVM extra is not installed (pip install '.[tvm]')")
 
@@ -100,11 +100,15 @@ def models(tmp_path_factory: pytest.TempPathFactory, data) -> dict[str, Path]:
     out = {"fp32": fp32}
     for name, fmt in (("qdq", QuantFormat.QDQ), ("qop", QuantFormat.QOperator)):
         out[name] = root / f"{name}.onnx"
-        quantize_static(str(fp32), str(out[name]), ArrayReader("input", calibration), quant_format=fmt,
+        quantize_static(str(fp32), str(out[name]), FeedsReader({"input": calibration}), quant_format=fmt,
                         per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     out["dyn_conv"] = root / "dyn_conv.onnx"
     quantize_dynamic(str(fp32), str(out["dyn_conv"]), weight_type=QuantType.QUInt8)
     return out
+
+
+def logits_of(runner: TvmRunner, model: Path, x: np.ndarray) -> np.ndarray:
+    return runner.run(model, {"input": x})["logits"]
 
 
 def ort_logits(model: Path, x: np.ndarray) -> np.ndarray:
@@ -122,41 +126,60 @@ def test_infer_matches_onnxruntime_and_evaluate_model_measures_on_device(tracker
     events: list[TvmEvent] = []
     runner = TvmRunner(config(tracker, tmp_path, chunk=5), on_event=events.append)
 
-    logits = runner.infer(models["fp32"], x, "input")           # 12 images: chunks of 5, 5, 2 (padded)
+    logits = logits_of(runner, models["fp32"], x)           # 12 images: chunks of 5, 5, 2 (padded)
     np.testing.assert_allclose(logits, ort_logits(models["fp32"], x), rtol=1e-4, atol=1e-4)
     assert [e.done for e in events if e.kind == "chunk"] == [5, 10, 12]
     assert [e.device for e in events if e.kind == "session"] == [device.address]
 
     reference = ort_logits(models["fp32"], x)
-    metrics = evaluate_model(runner, models["qdq"], x, "input", reference, labels, latency_runs=4)
-    tvm_qdq = runner.infer(models["qdq"], x, "input")
+    metrics = evaluate_model(runner, models["qdq"], models["fp32"], {"input": x}, {"logits": reference}, labels,
+                             EvalSpec(latency_runs=4, latency_lock=tmp_path / "latency.lock"))
+    tvm_qdq = logits_of(runner, models["qdq"], x)
     ort_qdq = ort_logits(models["qdq"], x)
     spread = float(ort_qdq.max() - ort_qdq.min())
     assert np.abs(tvm_qdq - ort_qdq).max() < 0.05 * spread, "TVM's QDQ arithmetic drifted from onnxruntime's"
     expected = accuracy_metrics(tvm_qdq, reference, labels)
     assert (metrics.top1_agreement, metrics.top5_agreement, metrics.top1_accuracy) == \
         (expected.top1_agreement, expected.top5_agreement, expected.top1_accuracy)
-    assert metrics.num_images == 12 and metrics.runtime.runtime == "tvm"
-    assert 0 < metrics.latency_ms_p50 <= metrics.latency_ms_p90
+    assert metrics.num_images == 12 and metrics.runtime.runtime == "tvm" and metrics.task == "classification"
+    assert 0 < metrics.latency_ms_p50 <= metrics.latency_ms_p90 and metrics.fp32_latency_ms_p50 > 0
+    assert 0 < metrics.latency_ratio_p10 <= metrics.latency_ratio_vs_fp32 <= metrics.latency_ratio_p90
+    assert metrics.output_sqnr_db == pytest.approx(sqnr_db(reference, tvm_qdq))
 
 
-def test_latency_is_timed_on_the_device_per_run(tracker, device, models, data, tmp_path):
+def test_timers_time_both_models_on_the_device_in_one_session(tracker, device, models, data, tmp_path):
     x, _, _ = data
-    runner = TvmRunner(config(tracker, tmp_path))
-    times = runner.latency_seconds(models["fp32"], x[:1], "input", runs=5)
-    assert len(times) == 5 and all(0 < t < 5 for t in times)
+    events: list[TvmEvent] = []
+    runner = TvmRunner(config(tracker, tmp_path), on_event=events.append)
+    with runner.timers([models["fp32"], models["qdq"]], {"input": x[:1]}) as (fp32, qdq):
+        times = [fp32(2), qdq(1), fp32(1), qdq(3)]           # interleaved calls, one session throughout
+    assert [len(t) for t in times] == [2, 1, 1, 3] and all(0 < s < 5 for t in times for s in t)
+    assert len([e for e in events if e.kind == "session"]) == 1
+    with runner.timers([models["fp32"], models["fp32"]], {"input": x[:1]}) as (one, same):   # the reference job
+        assert len(one(2) + same(2)) == 4           # one library loaded once: a second load kills the server
+    assert tracker.wait_for_devices(KEY, 1, timeout=10, free=True) == (1, 0)
+
+
+def test_multi_input_int64_model_matches_onnxruntime(tracker, device, tmp_path):
+    model = make_token_classifier(tmp_path / "tokens.onnx")
+    feeds = token_samples(7)
+    got = TvmRunner(config(tracker, tmp_path / "cache", chunk=3)).run(model, feeds)
+    want = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, feeds)
+    assert list(got) == ["logits", "pooled"]
+    np.testing.assert_allclose(got["logits"], want[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(got["pooled"], want[1], rtol=1e-4, atol=1e-4)
 
 
 def test_compiled_library_cache_hits_across_runners(tracker, device, models, data, tmp_path):
     x, _, _ = data
     first = TvmRunner(config(tracker, tmp_path, chunk=4))
-    built = first.compile(models["fp32"], "input", 4, x.shape[1:])
+    built = first.compile(models["fp32"], 4, {"input": x})
     assert not built.from_cache and built.compile_seconds > 0 and built.path.is_file()
     stamp = built.path.stat().st_mtime_ns
 
     events: list[TvmEvent] = []
     second = TvmRunner(config(tracker, tmp_path, chunk=4), on_event=events.append)
-    second.infer(models["fp32"], x[:4], "input")
+    logits_of(second, models["fp32"], x[:4])
     compiled = [e for e in events if e.kind == "compiled"]
     assert len(compiled) == 1 and "cached=True" in compiled[0].detail
     assert built.path.stat().st_mtime_ns == stamp
@@ -167,10 +190,10 @@ def test_qoperator_and_conv_integer_models_are_unsupported_before_compiling(trac
     x, _, _ = data
     runner = TvmRunner(config(tracker, tmp_path))
     with pytest.raises(UnsupportedModel, match="QLinearConv") as qop:
-        runner.infer(models["qop"], x, "input")
+        logits_of(runner, models["qop"], x)
     assert qop.value.step == "unsupported"
     with pytest.raises(UnsupportedModel, match="ConvInteger"):
-        runner.infer(models["dyn_conv"], x, "input")
+        logits_of(runner, models["dyn_conv"], x)
     assert list(tmp_path.glob("*.so")) == []            # rejected before any compile
     assert unsupported_ops(onnx.load(str(models["qdq"]))) == []
 
@@ -189,7 +212,7 @@ def test_dynamic_matmul_integer_runs_with_exact_onnx_semantics(tracker, device, 
     onnx.save(model, str(tmp_path / "mm.onnx"))
     quantize_dynamic(str(tmp_path / "mm.onnx"), str(tmp_path / "mm_dyn.onnx"), weight_type=QuantType.QInt8)
     x = rng.normal(0, 1, (6, 64)).astype(np.float32)
-    got = TvmRunner(config(tracker, tmp_path / "cache", chunk=3)).infer(tmp_path / "mm_dyn.onnx", x, "input")
+    got = logits_of(TvmRunner(config(tracker, tmp_path / "cache", chunk=3)), tmp_path / "mm_dyn.onnx", x)
     # DynamicQuantizeLinear takes its range from the whole batch: compare chunk by chunk, with ONNX's
     # exact reference runtime (onnxruntime's u8s8 kernels saturate int16 pairs on CPUs without VNNI)
     exact = ReferenceEvaluator(onnx.load(str(tmp_path / "mm_dyn.onnx")))
@@ -236,7 +259,7 @@ def test_constant_pad_chains_are_folded_so_relax_can_import_them(tracker, device
     assert [n.op_type for n in folded.graph.node] == ["Pad", "DequantizeLinear", "Conv", "GlobalAveragePool", "Flatten"]
     assert len(model.graph.node) == 15                   # the caller's model is untouched
     x = rng.normal(0, 1, (3, 3, 8, 8)).astype(np.float32)
-    got = TvmRunner(config(tracker, tmp_path / "cache", chunk=3)).infer(path, x, "input")
+    got = logits_of(TvmRunner(config(tracker, tmp_path / "cache", chunk=3)), path, x)
     np.testing.assert_allclose(got, ort_logits(path, x), rtol=1e-4, atol=1e-4)
 
 
@@ -260,7 +283,7 @@ def test_killed_device_mid_run_is_retried_on_another_device_of_the_key(tracker, 
 
         runner = TvmRunner(config(tracker, tmp_path, key=key, chunk=4, retries=2, backoff=3.0),
                            on_event=on_event, sleep=slept.append)
-        logits = runner.infer(models["fp32"], x, "input")
+        logits = logits_of(runner, models["fp32"], x)
 
     np.testing.assert_allclose(logits, ort_logits(models["fp32"], x), rtol=1e-4, atol=1e-4)
     sessions = [e.device for e in events if e.kind == "session"]
@@ -286,7 +309,7 @@ def test_an_error_raised_by_on_event_aborts_the_run_unchanged(tracker, device, m
 
     runner = TvmRunner(config(tracker, tmp_path, chunk=4, retries=3, backoff=0.0), on_event=on_event)
     with pytest.raises(LeaseLost, match="lease of job j1"):
-        runner.infer(models["fp32"], x, "input")
+        logits_of(runner, models["fp32"], x)
     assert len(sessions) == 1
 
 
@@ -296,7 +319,7 @@ def test_no_free_device_gives_up_after_retries(tracker, models, data, tmp_path):
     runner = TvmRunner(config(tracker, tmp_path, key="nobody-home", request_timeout=0.3, retries=1, backoff=1.0),
                        sleep=slept.append)
     with pytest.raises(EvaluationError, match="nobody-home"):
-        runner.infer(models["fp32"], x[:2], "input")
+        logits_of(runner, models["fp32"], x[:2])
     assert slept == [1.0]
 
 
@@ -337,10 +360,10 @@ def test_configured_cross_linker_links_the_library(tracker, device, models, data
     """ndk_cc is the linker export_library uses (here the host cc, so the stand-in phone can load it)."""
     x, _, _ = data
     runner = TvmRunner(config(tracker, tmp_path, chunk=4, ndk_cc=shutil.which("cc")), environ={})
-    got = runner.infer(models["fp32"], x[:4], "input")
+    got = logits_of(runner, models["fp32"], x[:4])
     np.testing.assert_allclose(got, ort_logits(models["fp32"], x[:4]), rtol=1e-4, atol=1e-4)
     other = TvmRunner(config(tracker, tmp_path, chunk=4), environ={})
-    assert other.compile(models["fp32"], "input", 4, x.shape[1:]).from_cache is False   # linker is in the key
+    assert other.compile(models["fp32"], 4, {"input": x}).from_cache is False   # linker is in the key
 
 
 def test_config_rejects_bad_values():

@@ -8,6 +8,7 @@ device of the key is free. `on_event` is called after each chunk and during back
 caller can keep its job lease alive."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,15 +18,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 import onnx
 
-from agent.runners.tvm_compile import (BuildSpec, CompiledLibrary, LibraryCache, file_sha256, input_spec,
-                                       unsupported_ops)
+from agent.runners.tvm_compile import (BuildSpec, CompiledLibrary, LibraryCache, bind_inputs, file_sha256,
+                                       input_specs, unsupported_ops)
 from agent.runners.tvm_health import HEALTH_FILE, DeviceHealth, HealthPolicy
-from shared.runners.base import RunnerInfo, UnsupportedModel
+from shared.feeds import Feeds, num_samples
+from shared.runners.base import RunnerInfo, Timer, UnsupportedModel
 from agent.tvm_tracker import DeviceUnreachable, TrackerAddress, TvmTracker
 from shared.errors import DataError, EvaluationError, InvalidArgument, QfarmError
 
@@ -118,7 +120,7 @@ class TvmConfig:
 
 @dataclass(frozen=True)
 class TvmEvent:
-    """Progress of one infer/latency call, for lease keep-alive and logs."""
+    """Progress of one run or timing call, for lease keep-alive and logs."""
 
     kind: str             # compiled | skipped | session | chunk | retry | waiting
     attempt: int          # 1 for the first session, 2 after the first retry...
@@ -151,7 +153,20 @@ class _SessionLost(Exception):
 class _Remote:
     session: Any
     device: Any
-    vm: Any
+    vms: list[Any] = field(default_factory=list)     # one per library, in the order they were opened
+
+    @property
+    def vm(self) -> Any:
+        return self.vms[0]
+
+
+@dataclass
+class _Pinned:
+    """A session kept open across calls (interleaved timing of several models); `ready` holds the
+    libraries whose inputs are already on the device."""
+
+    remote: _Remote | None = None
+    ready: set[int] = field(default_factory=set)
 
 
 def resolve_ndk(config: TvmConfig, environ: Mapping[str, str]) -> str | None:
@@ -207,26 +222,22 @@ class TvmRunner:
 
     # -- compile -------------------------------------------------------------------------------
     @_hook_errors_as_is
-    def compile(self, model: Path, input_name: str, batch: int, sample_shape: tuple[int, ...],
-                dtype: str | None = None) -> CompiledLibrary:
-        """The cached library for `batch` rows of `sample_shape`, compiling it on a miss."""
+    def compile(self, model: Path, batch: int, sample: Feeds) -> CompiledLibrary:
+        """The cached library for `batch` rows of each input of `sample`, compiling it on a miss."""
         proto, sha = self._load(Path(model))
         missing = unsupported_ops(proto)
         if missing:
             raise UnsupportedModel(f"TVM Relax cannot import {Path(model).name}: no converter for "
                                    f"{', '.join(missing)} (TVM agents take QDQ candidates)")
-        spec_in = input_spec(proto, input_name)
-        if dtype is not None and dtype != spec_in.dtype:
-            raise DataError(f"input {input_name!r} of {Path(model).name} is {spec_in.dtype}; the data is {dtype}")
-        spec = BuildSpec(target=self.config.target, host=self.config.host, input_name=input_name,
-                         shape=spec_in.bind(batch, tuple(sample_shape)), dtype=spec_in.dtype, ndk_cc=self.ndk_cc)
+        spec = BuildSpec(target=self.config.target, host=self.config.host,
+                         inputs=bind_inputs(input_specs(proto), batch, sample), ndk_cc=self.ndk_cc)
         lib = self._cache.get_or_build(sha, spec, proto, Path(model).name)
         self._emit(TvmEvent("compiled", 0, detail=f"{lib.path.name} cached={lib.from_cache} "
                                                   f"seconds={lib.compile_seconds:.2f}"))
         return lib
 
     def _load(self, model: Path) -> tuple[onnx.ModelProto, str]:
-        """The parsed model and its sha256, reused while the file is unchanged (infer + latency)."""
+        """The parsed model and its sha256, reused while the file is unchanged (run + timing)."""
         try:
             stat = model.stat()
         except OSError as exc:
@@ -241,63 +252,110 @@ class TvmRunner:
             raise EvaluationError(f"cannot load ONNX model {model.name}: {str(exc).splitlines()[0]}") from exc
         entry = (proto, file_sha256(model))
         with self._models_lock:
-            self._models = {key: entry}
+            self._models = {k: v for k, v in self._models.items() if k[0] != key[0]}
+            self._models[key] = entry
+            while len(self._models) > 2:            # FP32 and one candidate
+                self._models.pop(next(iter(self._models)))
         return entry
 
-    def _batch_for(self, model: Path, input_name: str, wanted: int) -> int:
-        """The batch to compile: the model's own when fixed, else `wanted` (chunk, or 1 for latency)."""
-        spec = input_spec(self._load(model)[0], input_name)
-        return int(spec.dims[0]) if spec.batch_is_fixed else wanted
+    def _batch_for(self, model: Path, wanted: int) -> int:
+        """The batch to compile: the model's own when fixed, else `wanted` (chunk, or 1 for timing)."""
+        fixed = [int(s.dims[0]) for s in input_specs(self._load(model)[0]) if s.batch_is_fixed]
+        return fixed[0] if fixed else wanted
+
+    def _ordered(self, model: Path, feeds: Feeds) -> list[np.ndarray]:
+        """The feeds in the order of the compiled function's parameters (the graph's inputs)."""
+        return [np.asarray(feeds[s.name]) for s in input_specs(self._load(model)[0])]
 
     # -- runner protocol -----------------------------------------------------------------------
     @_hook_errors_as_is
-    def infer(self, model: Path, inputs: np.ndarray, input_name: str) -> np.ndarray:
+    def run(self, model: Path, feeds: Feeds) -> dict[str, np.ndarray]:
         model = Path(model)
-        inputs = np.asarray(inputs)
-        if len(inputs) == 0:
+        total = num_samples(feeds)
+        if total == 0:
             raise DataError("no inputs to run")
-        batch = self._batch_for(model, input_name, self.config.chunk)
-        lib = self.compile(model, input_name, batch, inputs.shape[1:], inputs.dtype.name)
-        outputs: list[np.ndarray] = []
-        total = len(inputs)
+        batch = self._batch_for(model, self.config.chunk)
+        lib = self.compile(model, batch, feeds)
+        arrays = self._ordered(model, feeds)
+        names = [o.name for o in self._load(model)[0].graph.output]
+        outputs: list[list[np.ndarray]] = []
 
-        def work(remote: _Remote, attempt: int) -> np.ndarray:
+        def work(remote: _Remote, attempt: int) -> dict[str, np.ndarray]:
             import tvm
 
-            while sum(len(o) for o in outputs) < total:
-                start = sum(len(o) for o in outputs)
-                chunk = inputs[start:start + batch]
-                feed = _pad(chunk, batch)
-                out = remote.vm["main"](tvm.runtime.tensor(feed, remote.device))
-                first = out if isinstance(out, tvm.runtime.Tensor) else out[0]
-                outputs.append(np.asarray(first.numpy()).reshape(batch, -1)[:len(chunk)])
-                self._emit(TvmEvent("chunk", attempt, done=start + len(chunk), total=total))
-            return np.concatenate(outputs)
+            while sum(len(o[0]) for o in outputs) < total:
+                start = sum(len(o[0]) for o in outputs)
+                count = min(batch, total - start)
+                remote.vm.set_input("main", *[tvm.runtime.tensor(_pad(a[start:start + batch], batch), remote.device)
+                                              for a in arrays])
+                remote.vm.invoke_stateful("main")
+                outs = _outputs(remote.vm)
+                if len(outs) != len(names):
+                    raise EvaluationError(f"{model.name} returned {len(outs)} outputs on the device; "
+                                          f"the model has {len(names)}")
+                outputs.append([np.asarray(o.numpy())[:count] for o in outs])
+                self._emit(TvmEvent("chunk", attempt, done=start + count, total=total))
+            return {name: np.concatenate([chunk[i] for chunk in outputs]) for i, name in enumerate(names)}
 
-        return self._with_session(lib, work, f"infer {model.name}")
+        return self._with_session([lib], work, f"run {model.name}")
 
-    @_hook_errors_as_is
-    def latency_seconds(self, model: Path, sample: np.ndarray, input_name: str, runs: int) -> list[float]:
-        """Per-inference seconds of `runs` batch-1 runs timed on the device by TVM's time_evaluator
-        (one warm-up run first). A model with a fixed batch > 1 is timed at that batch."""
-        model = Path(model)
-        sample = np.asarray(sample)[:1]
-        if runs < 1:
-            raise InvalidArgument(f"latency runs {runs} must be >= 1")
-        batch = self._batch_for(model, input_name, 1)
-        lib = self.compile(model, input_name, batch, sample.shape[1:], sample.dtype.name)
+    @contextlib.contextmanager
+    def timers(self, models: Sequence[Path], sample: Feeds) -> Iterator[list[Timer]]:
+        """One timer per model, all in one session on one device: each call times `n` batch-1 runs
+        with TVM's time_evaluator on the device. Libraries are compiled (or taken from the cache)
+        before the first call; a session lost between calls is reopened and the call repeated."""
+        models = [Path(m) for m in models]
+        built = [self.compile(m, self._batch_for(m, 1), sample) for m in models]
+        # one module per distinct library: loading the same library twice in one session kills the
+        # RPC server (FP32 timed against itself shares one VM)
+        libs = list({lib.path: lib for lib in built}.values())
+        vm_of = [next(i for i, lib in enumerate(libs) if lib.path == b.path) for b in built]
+        pinned = _Pinned()
+        what = f"timing {', '.join(m.name for m in models)}"
 
-        def work(remote: _Remote, attempt: int) -> list[float]:
-            import tvm
+        def timer_for(index: int) -> Timer:
+            batch = self._batch_for(models[index], 1)
+            arrays = [_pad(a[:1], batch) for a in self._ordered(models[index], sample)]
 
-            remote.vm.set_input("main", tvm.runtime.tensor(_pad(sample, batch), remote.device))
-            timer = remote.vm.time_evaluator("invoke_stateful", remote.device, number=1, repeat=runs)
-            return [float(t) for t in timer("main").results]
+            @_hook_errors_as_is
+            def timed(n: int) -> list[float]:
+                def work(remote: _Remote) -> list[float]:
+                    import tvm
 
-        return self._with_session(lib, work, f"latency {model.name}")
+                    vm = remote.vms[vm_of[index]]
+                    if vm_of[index] not in pinned.ready:
+                        vm.set_input("main", *[tvm.runtime.tensor(a, remote.device) for a in arrays])
+                        pinned.ready.add(vm_of[index])
+                    timer = vm.time_evaluator("invoke_stateful", remote.device, number=1, repeat=n)
+                    return [float(t) for t in timer("main").results]
+
+                return self._pinned_call(pinned, libs, work, what)
+            return timed
+
+        try:
+            yield [timer_for(i) for i in range(len(models))]
+        finally:
+            pinned.remote = None        # dropping the session frees the device
+
+    def _pinned_call(self, pinned: _Pinned, libs: list[CompiledLibrary], work: Callable[[_Remote], T],
+                     what: str) -> T:
+        last: Exception | None = None
+        for _ in range(self.config.retries + 1):
+            if pinned.remote is None:
+                pinned.remote = self._with_session(libs, lambda remote, attempt: remote, what)
+                pinned.ready.clear()
+            try:
+                return work(pinned.remote)
+            except (_HookFailed, QfarmError):
+                raise
+            except Exception as exc:  # TVM raises TVMError/RPCError/OSError subclasses from remote calls
+                last = self._classify(exc, pinned.remote, what)
+                pinned.remote = None
+                log.warning("%s on key %r: session lost (%s); reopening", what, self.config.rpc_key, last)
+        raise EvaluationError(f"{what}: the {self.config.rpc_key!r} session kept dropping; last error: {last}")
 
     # -- sessions ------------------------------------------------------------------------------
-    def _with_session(self, lib: CompiledLibrary, work: Callable[[_Remote, int], T], what: str) -> T:
+    def _with_session(self, libs: list[CompiledLibrary], work: Callable[[_Remote, int], T], what: str) -> T:
         """Run `work` on a fresh session; on a lost session retry with backoff on another one. Each
         lost session counts against the device that served it; a completed one clears its record."""
         cfg = self.config
@@ -310,7 +368,7 @@ class TvmRunner:
                 if attempt > 1:
                     self._backoff(attempt, what, last, failed_on)
                 session, where = self._request(attempt)
-                remote = self._open(session, where, lib, attempt)
+                remote = self._open(session, where, libs, attempt)
                 session = None
                 result = work(remote, attempt)
             except (_HookFailed, QfarmError):
@@ -361,18 +419,20 @@ class TvmRunner:
         finally:
             held.clear()   # dropping the sessions gives the skipped devices back to the tracker
 
-    def _open(self, session: Any, where: str, lib: CompiledLibrary, attempt: int) -> _Remote:
+    def _open(self, session: Any, where: str, libs: list[CompiledLibrary], attempt: int) -> _Remote:
         from tvm import relax
 
-        try:
-            session.upload(str(lib.path))
-            module = session.load_module(lib.path.name)
-            device = getattr(session, self._device_api)(0)
-            vm = relax.VirtualMachine(module, device)
-        except Exception as exc:  # a device dying here looks like any other remote failure
-            raise self._classify(exc, _Remote(session, None, None), f"loading {lib.path.name}") from exc
+        remote = _Remote(session, None)
+        for lib in libs:
+            try:
+                session.upload(str(lib.path))
+                module = session.load_module(lib.path.name)
+                remote.device = remote.device or getattr(session, self._device_api)(0)
+                remote.vms.append(relax.VirtualMachine(module, remote.device))
+            except Exception as exc:  # a device dying here looks like any other remote failure
+                raise self._classify(exc, remote, f"loading {lib.path.name}") from exc
         self._emit(TvmEvent("session", attempt, device=where, detail=f"key={self.config.rpc_key}"))
-        return _Remote(session, device, vm)
+        return remote
 
     def _classify(self, exc: Exception, remote: _Remote | None, what: str) -> _SessionLost:
         """A lost session is retried; anything the device itself rejects is the model's failure."""
@@ -403,6 +463,17 @@ class TvmRunner:
             self._on_event(event)
         except Exception as exc:  # the caller's decision to stop (e.g. lease lost) must not be retried
             raise _HookFailed() from exc
+
+
+def _outputs(vm: Any) -> list[Any]:
+    """The tensors `main` returned after invoke_stateful: one, or each of a tuple (a graph's outputs).
+    Asked field by field, as VirtualMachine.get_outputs does, but without its self-referencing
+    closure: that cycle keeps the VM, and so the RPC session and its device, alive until Python's
+    cycle collector happens to run."""
+    arity = vm._get_output_arity("main")  # noqa: SLF001 - the VM's RPC-safe output accessors
+    if arity == -1:
+        return [vm._get_output("main")]  # noqa: SLF001
+    return [vm._get_output("main", i) for i in range(arity)]  # noqa: SLF001
 
 
 def _pad(chunk: np.ndarray, batch: int) -> np.ndarray:

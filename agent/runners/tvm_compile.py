@@ -2,7 +2,7 @@
 
 Relax's ONNX importer needs static pad/shape operands and has no QOperator kernels, so a model is
 checked for ops the importer lacks (before any compile), constant-folded, bound to a fixed input
-shape (batch = the runner's chunk), compiled and exported; a library is built once per agent."""
+shape per input (batch = the runner's chunk), compiled and exported; a library is built once per agent."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import onnx
@@ -115,7 +115,7 @@ def _foldable(node: onnx.NodeProto, consts: dict[str, onnx.TensorProto]) -> bool
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The one fed input: its declared dims (int or symbol name) and element type."""
+    """One model input: its declared dims (int or symbol name) and element type."""
 
     name: str
     dims: tuple[int | str, ...]
@@ -138,21 +138,43 @@ class InputSpec:
         return shape
 
 
-def input_spec(model: onnx.ModelProto, input_name: str) -> InputSpec:
-    """The fed input of `model`; any other non-initializer input is an error (nothing would feed it)."""
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's fed inputs (graph inputs that are not initializers), in graph order."""
     inits = {t.name for t in model.graph.initializer}
-    feeds = [i for i in model.graph.input if i.name not in inits]
-    names = [i.name for i in feeds]
-    match = [i for i in feeds if i.name == input_name]
-    if not match:
-        raise InvalidArgument(f"model has no input named {input_name!r}; inputs: {', '.join(names) or '(none)'}")
-    others = [n for n in names if n != input_name]
-    if others:
-        raise InvalidArgument(f"the TVM runner feeds only {input_name!r}; the model also needs {', '.join(others)}")
-    ttype = match[0].type.tensor_type
-    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in ttype.shape.dim)
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
-    return InputSpec(input_name, dims, dtype)
+    specs = []
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        ttype = inp.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in ttype.shape.dim)
+        specs.append(InputSpec(inp.name, dims, onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type).name))
+    return specs
+
+
+@dataclass(frozen=True)
+class BoundInput:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+def bind_inputs(specs: list[InputSpec], batch: int, sample: Mapping[str, np.ndarray]) -> tuple[BoundInput, ...]:
+    """Each input's static shape and dtype for `batch` rows of `sample` (arrays with a sample axis);
+    data for an input the model lacks, a missing input or another dtype is a DataError naming it."""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in sample]
+    extra = [n for n in sample if n not in names]
+    if missing or extra:
+        raise DataError(f"the model's inputs are {', '.join(names)}; the data "
+                        + "; ".join(([f"lacks {', '.join(missing)}"] if missing else [])
+                                    + ([f"has no model input named {', '.join(extra)}"] if extra else [])))
+    bound = []
+    for spec in specs:
+        array = np.asarray(sample[spec.name])
+        if array.dtype.name != spec.dtype:
+            raise DataError(f"input {spec.name!r} is {spec.dtype}; the data is {array.dtype.name}")
+        bound.append(BoundInput(spec.name, spec.bind(batch, tuple(array.shape[1:])), spec.dtype))
+    return tuple(bound)
 
 
 @dataclass(frozen=True)
@@ -161,16 +183,14 @@ class BuildSpec:
 
     target: str                # canonical JSON of the TVM target dict
     host: str | None           # canonical JSON of the host target dict
-    input_name: str
-    shape: tuple[int, ...]
-    dtype: str
+    inputs: tuple[BoundInput, ...]
     ndk_cc: str | None = None  # cross linker for export_library (Android NDK clang)
 
     def digest(self) -> str:
         import tvm
 
-        text = json.dumps({"target": self.target, "host": self.host, "input": self.input_name,
-                           "shape": list(self.shape), "dtype": self.dtype, "ndk_cc": self.ndk_cc,
+        text = json.dumps({"target": self.target, "host": self.host,
+                           "inputs": [[i.name, list(i.shape), i.dtype] for i in self.inputs], "ndk_cc": self.ndk_cc,
                            "tvm": tvm.__version__, "fold": FOLD_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -226,8 +246,8 @@ def build_library(model: onnx.ModelProto, spec: BuildSpec, out: Path, label: str
                                f"(TVM agents take QDQ candidates; QOperator/ConvInteger models are unsupported)")
     prepared = fold_constants(model)
     try:
-        mod = from_onnx(prepared, shape_dict={spec.input_name: list(spec.shape)},
-                        dtype_dict={spec.input_name: spec.dtype}, keep_params_in_input=False)
+        mod = from_onnx(prepared, shape_dict={i.name: list(i.shape) for i in spec.inputs},
+                        dtype_dict={i.name: i.dtype for i in spec.inputs}, keep_params_in_input=False)
     except tvm.error.OpNotImplemented as exc:
         raise UnsupportedModel(f"TVM Relax cannot import {label}: {_first_lines(exc)}") from exc
     except Exception as exc:  # the importer raises ValueError/TVMError/KeyError for what it cannot express

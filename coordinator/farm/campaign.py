@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from coordinator.farm.evaluator import CampaignStopped, FarmContext, FarmEvaluator
-from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, spec_from_wire
+from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, TensorRefs, spec_from_wire
 from coordinator.farm.states import CampaignState
 from shared.atomic import atomic_output, link_or_copy
 from shared.errors import FailedPrecondition, NotFound, QfarmError
@@ -192,15 +192,27 @@ class CampaignManager:
         from coordinator.tune import TuneConfig
 
         model_dir = self.data_dir / "inputs" / "models" / model.file.sha256
-        images = self._materialize(spec.images, "images")
-        cal = self._materialize(spec.calibration_images, "images") if spec.calibration_images else None
         pre = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.preprocess.items()}
-        return TuneConfig(model=self._link(model.file, model_dir), images=images, out=work, calibration_images=cal,
+        if spec.tensors is not None:
+            samples = {"data": self._tensor_source(spec.tensors),
+                       "calibration_data": self._tensor_source(spec.calibration_tensors)}
+        else:
+            samples = {"images": self._materialize(spec.images, "images"),
+                       "calibration_images": self._materialize(spec.calibration_images, "images")
+                       if spec.calibration_images else None}
+        return TuneConfig(model=self._link(model.file, model_dir), out=work, **{"images": None, **samples},
                           preprocess=Preprocess(**pre), settings=spec.settings(), excludes=model.excludes,
                           **spec.tune_options())
 
+    def _tensor_source(self, refs: TensorRefs | None) -> Path | None:
+        """A tensor dataset rebuilt from artifacts: its folder, or the one file in a folder of its own."""
+        if refs is None:
+            return None
+        folder = self._materialize(refs.files, "tensors")
+        return folder if refs.folder else folder / refs.files[0].name
+
     def _materialize(self, files: tuple[FileRef, ...], kind: str) -> Path:
-        """An image folder rebuilt from artifacts under the original file names (labels come from them)."""
+        """A folder rebuilt from artifacts under the original file names (image labels come from them)."""
         key = hashlib.sha256("|".join(f"{f.name}:{f.sha256}" for f in files).encode()).hexdigest()[:20]
         folder = self.data_dir / "inputs" / kind / key
         for ref in files:

@@ -235,13 +235,14 @@ def spec_from_tune_args(args: argparse.Namespace):
         "devices": [d.strip() for d in args.devices.split(",") if d.strip()],
         **sections.get("", {}),
         "models": [{"path": str(model), "excludes": list(args.exclude)}],
-        "data": {"images": str(Path(args.images).resolve()), **sections.get("data", {})},
+        "data": {**{key: str(Path(getattr(args, flag)).resolve())
+                    for key, flag in (("images", "images"), ("calibration_images", "calibration_images"),
+                                      ("tensors", "data"), ("calibration_tensors", "calibration_data"))
+                    if getattr(args, flag) is not None}, **sections.get("data", {})},
         "preprocess": preprocess_from_args(args).to_dict(),
         "quantization": settings_from_args(args).to_dict(),    # recipes included: the same settings as local
         "strategy": sections.get("strategy", {}),
     }
-    if args.calibration_images is not None:
-        raw["data"]["calibration_images"] = str(Path(args.calibration_images).resolve())
     return spec_from_local(raw, "coordinator tune arguments", Path.cwd())
 
 

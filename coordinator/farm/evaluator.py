@@ -23,6 +23,7 @@ from coordinator.farm.states import ALIVE
 from coordinator.farm.store import ResultRow, Store
 from shared.artifacts import ArtifactStore, sha256_file
 from shared.errors import EvaluationError, QfarmError
+from shared.feeds import npz_bytes
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import DeviceResult
 from shared.settings import QuantSettings
@@ -156,16 +157,15 @@ class FarmEvaluator:
     # -- helpers ------------------------------------------------------------------------------
     def _eval_data(self, data) -> tuple[str, job_pb2.EvalData]:
         """The inputs/labels artifacts and the data key that enters every job id (memoised)."""
-        digest = f"{data.digest()}|{data.input_name}|{data.latency_runs}"
+        digest = f"{data.digest()}|{data.latency_runs}|{data.task}|{data.metric or ''}"
         if digest in self._data:
             return self._data[digest]
-        evaldata = job_pb2.EvalData(input_name=data.input_name, latency_runs=data.latency_runs)
-        evaldata.inputs.CopyFrom(self.ctx.register_bytes(npy_bytes(np.asarray(data.inputs, np.float32)),
-                                                         "inputs", "eval inputs"))
+        evaldata = job_pb2.EvalData(latency_runs=data.latency_runs, task=data.task, metric=data.metric or "")
+        evaldata.inputs.CopyFrom(self.ctx.register_bytes(npz_bytes(data.feeds), "inputs", "eval inputs"))
         if data.labels is not None:
             evaldata.labels.CopyFrom(self.ctx.register_bytes(npy_bytes(np.asarray(data.labels, np.int64)),
                                                              "labels", "eval labels"))
-        text = f"{evaldata.inputs.sha256}|{evaldata.labels.sha256}|{data.input_name}|{data.latency_runs}"
+        text = f"{evaldata.inputs.sha256}|{evaldata.labels.sha256}|{data.latency_runs}|{data.task}|{data.metric or ''}"
         key = hashlib.sha256(text.encode()).hexdigest()[:12]
         self._data[digest] = (key, evaldata)
         return key, evaldata
@@ -184,6 +184,7 @@ class FarmEvaluator:
             job = job_pb2.Job(job_id=f"{cand.id}@{device}/{key}", device=device, data=evaldata)
             job.candidate.CopyFrom(candidate)
             job.fp32_outputs.CopyFrom(self._fp32[device])
+            job.fp32_model.CopyFrom(self._base)          # timed interleaved with the candidate
             self.ctx.scheduler.submit(job, "candidate", PRIORITY_CANDIDATE, self.campaign_id)
             pending[job.job_id] = (cand.id, device)
         return pending

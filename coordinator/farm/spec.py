@@ -23,13 +23,14 @@ from shared.errors import InvalidArgument, NotFound
 from shared.settings import QuantSettings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+TENSOR_SUFFIXES = (".npz", ".npy")
 _DEVICE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 # keys of the spec that are not tuner options (those come from coordinator/options.py)
 TOP_KEYS = {"name", "devices", "models", "data", "preprocess", "quantization", "strategy"} | spec_keys("")
-DATA_KEYS = {"images", "calibration_images"} | spec_keys("data")
+DATA_KEYS = {"images", "calibration_images", "tensors", "calibration_tensors"} | spec_keys("data")
 PREPROCESS_KEYS = {f.name for f in dataclasses.fields(Preprocess)}
 STRATEGY_KEYS = spec_keys("strategy")
 MODEL_KEYS_FILE = {"path", "name", "excludes"}
@@ -50,6 +51,17 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class TensorRefs:
+    """A tensor dataset's files: a folder of .npz files (one sample each), or one .npz/.npy file."""
+
+    folder: bool
+    files: tuple[FileRef, ...]
+
+    def to_wire(self) -> dict:
+        return {"folder": self.folder, "files": [f.to_wire() for f in self.files]}
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     file: FileRef
@@ -64,16 +76,19 @@ class CampaignSpec:
     name: str
     devices: tuple[str, ...]
     models: tuple[ModelEntry, ...]
-    images: tuple[FileRef, ...]
+    images: tuple[FileRef, ...]                                   # an image folder, or () with tensors
     calibration_images: tuple[FileRef, ...] | None = None
     preprocess: Mapping[str, Any] = field(default_factory=dict)   # coordinator.preprocess.Preprocess fields
     quantization: Mapping[str, Any] = field(default_factory=dict)  # shared.settings.QuantSettings fields
+    tensors: TensorRefs | None = None                             # a tensor dataset instead of images
+    calibration_tensors: TensorRefs | None = None
 
     def settings(self) -> QuantSettings:
         return QuantSettings.from_dict(dict(self.quantization))
 
     def files(self) -> list[FileRef]:
-        return [m.file for m in self.models] + list(self.images) + list(self.calibration_images or ())
+        tensors = [f for t in (self.tensors, self.calibration_tensors) if t is not None for f in t.files]
+        return [m.file for m in self.models] + list(self.images) + list(self.calibration_images or ()) + tensors
 
     def tune_options(self) -> dict[str, Any]:
         """The options a model's tune runs with (TuneConfig's option fields)."""
@@ -84,13 +99,20 @@ class CampaignSpec:
         return {
             "name": self.name, "devices": list(self.devices), **options.get("", {}),
             "models": [{"name": m.name, "file": m.file.to_wire(), "excludes": list(m.excludes)} for m in self.models],
-            "data": {"images": [f.to_wire() for f in self.images],
-                     "calibration_images": None if self.calibration_images is None
-                     else [f.to_wire() for f in self.calibration_images], **options.get("data", {})},
+            "data": {**self._data_wire(), **options.get("data", {})},
             "preprocess": dict(self.preprocess),
             "quantization": dict(self.quantization),
             "strategy": options.get("strategy", {}),
         }
+
+    def _data_wire(self) -> dict:
+        """Images as before (a spec without tensors keeps its wire bytes); tensors only when given."""
+        if self.tensors is not None:
+            return {"tensors": self.tensors.to_wire(), "calibration_tensors": None if self.calibration_tensors is None
+                    else self.calibration_tensors.to_wire()}
+        return {"images": [f.to_wire() for f in self.images],
+                "calibration_images": None if self.calibration_images is None
+                else [f.to_wire() for f in self.calibration_images]}
 
     def wire_json(self) -> str:
         """Canonical bytes: the same campaign always serialises identically."""
@@ -145,10 +167,11 @@ def _strings(value: Any, where: str, errors: _Errors) -> tuple[str, ...]:
 
 FileResolver = Callable[[Any, str, _Errors], "FileRef | None"]
 FolderResolver = Callable[[Any, str, _Errors], "tuple[FileRef, ...] | None"]
+TensorResolver = Callable[[Any, str, _Errors], "TensorRefs | None"]
 
 
 def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, image_folder: FolderResolver,
-               model_keys: set[str], model_file_key: str) -> CampaignSpec:
+               model_keys: set[str], model_file_key: str, tensor_source: TensorResolver) -> CampaignSpec:
     """Validate a spec dict; how files are named (local path or sha256) is the resolvers' job."""
     errors = _Errors(source)
     if not isinstance(raw, Mapping):
@@ -171,10 +194,7 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
     models = _models(raw.get("models"), model_file, model_keys, model_file_key, errors)
 
     data = _table(raw, "data", DATA_KEYS, errors)
-    images = image_folder(data.get("images"), "data.images", errors)
-    cal_images = None
-    if data.get("calibration_images") is not None:
-        cal_images = image_folder(data.get("calibration_images"), "data.calibration_images", errors)
+    images, cal_images, tensors, cal_tensors = _data_sources(data, image_folder, tensor_source, errors)
 
     preprocess = dict(_table(raw, "preprocess", PREPROCESS_KEYS, errors))
     try:
@@ -195,7 +215,28 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
     options = parse_spec_values(raw, {"data": data, "strategy": strategy}, errors.add)
     errors.raise_if_any()
     return CampaignSpec(name=name, devices=devices, models=tuple(models), images=images or (),
-                        calibration_images=cal_images, preprocess=preprocess, quantization=quant, **options)
+                        calibration_images=cal_images, preprocess=preprocess, quantization=quant, tensors=tensors,
+                        calibration_tensors=cal_tensors, **options)
+
+
+def _data_sources(data: Mapping, image_folder: FolderResolver, tensor_source: TensorResolver, errors: _Errors):
+    """(images, calibration images, tensors, calibration tensors): images or tensors, exactly one."""
+    given = {key: data.get(key) is not None for key in ("images", "calibration_images", "tensors",
+                                                         "calibration_tensors")}
+    if given["images"] == given["tensors"]:
+        errors.add("data", "give the samples as data.images (an image folder) or data.tensors (a tensor dataset), "
+                           "exactly one of them")
+    if given["calibration_images"] and not given["images"]:
+        errors.add("data.calibration_images", "goes with data.images (for tensors: data.calibration_tensors)")
+    if given["calibration_tensors"] and not given["tensors"]:
+        errors.add("data.calibration_tensors", "goes with data.tensors (for images: data.calibration_images)")
+    images = image_folder(data["images"], "data.images", errors) if given["images"] else None
+    cal_images = image_folder(data["calibration_images"], "data.calibration_images", errors) \
+        if given["calibration_images"] else None
+    tensors = tensor_source(data["tensors"], "data.tensors", errors) if given["tensors"] else None
+    cal_tensors = tensor_source(data["calibration_tensors"], "data.calibration_tensors", errors) \
+        if given["calibration_tensors"] else None
+    return images, cal_images, tensors, cal_tensors
 
 
 def _models(models_raw: Any, model_file: FileResolver, model_keys: set[str], model_file_key: str,
@@ -266,7 +307,23 @@ def spec_from_local(raw: Mapping[str, Any], source: str, base_dir: Path) -> Camp
             return None
         return tuple(local_ref(f) for f in files)
 
-    return parse_spec(raw, source, model_file, image_folder, MODEL_KEYS_FILE, "path")
+    def tensor_source(value: Any, where: str, errors: _Errors) -> TensorRefs | None:
+        if not isinstance(value, str) or not value:
+            errors.add(where, f"{value!r} must be the path of a folder of .npz files or of one .npz/.npy file")
+            return None
+        path = (base_dir / value).expanduser()
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
+            if not files:
+                errors.add(where, f"{path} has no .npz files (one per sample)")
+                return None
+            return TensorRefs(True, tuple(local_ref(f) for f in files))
+        if not path.is_file() or path.suffix.lower() not in TENSOR_SUFFIXES:
+            errors.add(where, f"{path} is neither a folder of .npz files nor an .npz/.npy file")
+            return None
+        return TensorRefs(False, (local_ref(path),))
+
+    return parse_spec(raw, source, model_file, image_folder, MODEL_KEYS_FILE, "path", tensor_source)
 
 
 def local_ref(path: Path) -> FileRef:
@@ -307,4 +364,20 @@ def spec_from_wire(text: str) -> CampaignSpec:
             errors.add(where, "file names must be unique")
         return tuple(r for r in out if r is not None)
 
-    return parse_spec(raw, "(submitted)", ref, refs, MODEL_KEYS_WIRE, "file")
+    def tensor_refs(value: Any, where: str, errors: _Errors) -> TensorRefs | None:
+        if not isinstance(value, Mapping) or set(value) != {"folder", "files"} or \
+                not isinstance(value["folder"], bool):
+            errors.add(where, "must be {folder: true|false, files: [...]}")
+            return None
+        files = refs(value["files"], f"{where}.files", errors)
+        if files is None:
+            return None
+        suffixes = (".npz",) if value["folder"] else TENSOR_SUFFIXES
+        for f in files:
+            if not f.name.lower().endswith(suffixes):
+                errors.add(f"{where}.files", f"{f.name!r} is not {' or '.join(suffixes)}")
+        if not value["folder"] and len(files) != 1:
+            errors.add(f"{where}.files", f"a single-file dataset has one file, not {len(files)}")
+        return TensorRefs(value["folder"], files)
+
+    return parse_spec(raw, "(submitted)", ref, refs, MODEL_KEYS_WIRE, "file", tensor_refs)

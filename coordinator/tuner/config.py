@@ -15,17 +15,30 @@ from shared.settings import QuantSettings
 @option_fields(TUNE_OPTIONS)
 class TuneConfig:
     model: Path
-    images: Path
+    images: Path | None                      # an image folder, or
     out: Path
     calibration_images: Path | None = None
     preprocess: Preprocess = field(default_factory=Preprocess)
     settings: QuantSettings = field(default_factory=QuantSettings)
     excludes: tuple[str, ...] = ()
+    data: Path | None = None                 # a tensor dataset (coordinator/tensor_data.py)
+    calibration_data: Path | None = None
 
     def __post_init__(self) -> None:
         validate(self, TUNE_OPTIONS)
-        if self.max_top1_drop is not None and self.labels == "none":
-            raise InvalidArgument("--max-top1-drop needs labelled images (--labels synset)")
+        if (self.images is None) == (self.data is None):
+            raise InvalidArgument("give the samples either as an image folder (--images) or as a tensor dataset "
+                                  "(--data), exactly one of them")
+        if self.data is None and self.calibration_data is not None:
+            raise InvalidArgument("--calibration-data goes with --data (for --images use --calibration-images)")
+        if self.images is None and self.calibration_images is not None:
+            raise InvalidArgument("--calibration-images goes with --images (for --data use --calibration-data)")
+        if self.max_top1_drop is not None and (self.labels == "none" or self.data is not None):
+            raise InvalidArgument("--max-top1-drop needs labelled images (--images with --labels synset)")
+
+    @property
+    def labelled(self) -> bool:
+        return self.images is not None and self.labels != "none"
 
     @property
     def has_target(self) -> bool:

@@ -9,12 +9,12 @@ import json
 import logging
 from typing import Any
 
-import numpy as np
-
 from coordinator.quantize import build_candidate, quantizable_nodes, spec_for
 from coordinator.tuner.catalog import RANKING_METHODS
 from coordinator.tuner.run import TuneRun
 from shared.atomic import atomic_write_text
+from shared.feeds import Feeds, num_samples, take
+from shared.feeds import digest as feeds_digest
 from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,9 @@ def rank(run: TuneRun) -> list[str]:
     qdq_settings = chosen if (chosen.is_static and chosen.format == "qdq") else \
         QuantSettings(per_channel=chosen.per_channel, reduce_range=chosen.reduce_range,
                       calibration_images=chosen.calibration_images, recipe=chosen.recipe)
-    calibration = ws.calibration if ws.calibration is not None else ws.eval_inputs.inputs[: cfg.n_calibration]
+    calibration = ws.calibration if ws.calibration is not None else take(ws.eval_inputs.feeds, 0, cfg.n_calibration)
     key = hashlib.sha256("|".join([ws.prepared.sha256, chosen.canonical(), qdq_settings.canonical(),
-                                   hashlib.sha256(np.ascontiguousarray(calibration).tobytes()).hexdigest(),
+                                   feeds_digest(calibration),
                                    str(cfg.ranking_images), cfg.ranking_method, RANKING_CACHE_VERSION])
                          .encode()).hexdigest()[:20]
     cached = cfg.out / "cache" / f"ranking-{key}.json"
@@ -53,13 +53,13 @@ def rank(run: TuneRun) -> list[str]:
 
 
 def measure_ranking(run: TuneRun, chosen: QuantSettings, qdq_settings: QuantSettings,
-                    calibration: np.ndarray) -> list[dict]:
+                    calibration: Feeds) -> list[dict]:
     from coordinator.sensitivity import score_all
 
     cfg, ws = run.config, run.ws
     spec = spec_for(ws.prepared, qdq_settings, (), calibration_digest=ws.calibration_digest)
     full_qdq = build_candidate(ws.prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
-    feeds = [{ws.prepared.input_name: calibration[i:i + 1]} for i in range(min(cfg.ranking_images, len(calibration)))]
+    feeds = [take(calibration, i, i + 1) for i in range(min(cfg.ranking_images, num_samples(calibration)))]
     by_method = score_all(ws.prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
     allowed = set(quantizable_nodes(ws.prepared, chosen))
     primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]

@@ -7,13 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from coordinator.pareto import pareto
+from coordinator.pareto import effective_objectives, pareto
 from coordinator.quantize import BuiltCandidate, CandidateSpec
 from coordinator.report import SCHEMA_VERSION, identity_mismatch, read_report, write_report
 from coordinator.tuner.config import TuneConfig
 from coordinator.tuner.targets import Targets
 from coordinator.tuner.workspace import Workspace
 from shared.errors import InvalidArgument, QfarmError
+from shared.feeds import num_samples
 from shared.results import DeviceResult
 from shared.settings import QuantSettings
 
@@ -139,13 +140,14 @@ class ReportState:
         for device in self.devices:
             results = {c["id"]: {**c["results"][device], "size_bytes": c["size_bytes"]}
                        for c in self.report["candidates"] if device in c["results"]}
-            res = pareto(results, self.objectives)
+            objectives = effective_objectives(self.objectives, results)
+            res = pareto(results, objectives)
             target = self.targets.summary(device, results, self.fp32_top1(device))
             recommended = target["candidate"] if target and target["met"] else res.recommended
             per_device[device] = {"fronts": res.fronts, "recommended": recommended, "best": res.best,
-                                  "target": target}
+                                  "target": target, "objectives": list(objectives)}
         primary = per_device[self.devices[0]]
-        self.report["pareto"] = {"objectives": list(self.objectives), **primary, "per_device": per_device}
+        self.report["pareto"] = {**primary, "per_device": per_device}
 
     def finish(self, evaluations: int, resumed: int, elapsed: float, stopped_by: str | None) -> None:
         self.update_fronts()
@@ -159,6 +161,10 @@ def _spec_fields(spec: CandidateSpec) -> dict[str, Any]:
             "num_excluded": len(spec.excluded_nodes), "int16_nodes": list(spec.int16_nodes)}
 
 
+def _path(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
 def _new_report(config: TuneConfig, ws: Workspace, devices: tuple[str, ...]) -> dict[str, Any]:
     cfg = config
     return {
@@ -166,14 +172,18 @@ def _new_report(config: TuneConfig, ws: Workspace, devices: tuple[str, ...]) -> 
         "identity": ws.identity,
         "model": {"path": str(cfg.model), "sha256": ws.prepared.sha256, "size_bytes": ws.prepared.size_bytes,
                   "nodes": ws.prepared.num_nodes, "input_name": ws.prepared.input_name,
-                  "input_shape": list(ws.prepared.input_shape), "prepared_path": str(ws.prepared.path)},
+                  "input_shape": list(ws.prepared.input_shape), "prepared_path": str(ws.prepared.path),
+                  "inputs": [i.to_dict() for i in ws.prepared.inputs], "outputs": list(ws.prepared.output_names)},
         "settings": {**cfg.settings.to_dict(), "strategy": cfg.strategy, "seed": cfg.seed,
                      "max_candidates": cfg.max_candidates, "ranking_method": cfg.ranking_method,
                      "objectives": list(cfg.objectives), "excludes": list(cfg.excludes)},
-        "data": {"images": str(cfg.images), "calibration_images": None if cfg.calibration_images is None
-                 else str(cfg.calibration_images), "labels": cfg.labels, "calibration": len(ws.calibration)
-                 if ws.calibration is not None else 0, "eval": len(ws.eval_inputs.inputs),
-                 "preprocess": cfg.preprocess.to_dict()},
+        "data": {"images": _path(cfg.images), "calibration_images": _path(cfg.calibration_images),
+                 "tensors": _path(cfg.data), "calibration_tensors": _path(cfg.calibration_data),
+                 "labels": cfg.labels if cfg.images is not None else "none",
+                 "calibration": num_samples(ws.calibration) if ws.calibration is not None else 0,
+                 "eval": ws.eval_inputs.num_samples,
+                 "preprocess": cfg.preprocess.to_dict() if cfg.images is not None else None, "task": cfg.task,
+                 "metric": cfg.metric},
         "devices": list(devices),
         "ranking": [],
         "candidates": [],

@@ -22,8 +22,8 @@ class Targets:
         on the same device (None when unlabelled)."""
         if result.get("status") != "ok":
             return False
-        if self.max_agreement_drop is not None and \
-                1.0 - result["top1_agreement"] > self.max_agreement_drop + EPSILON:
+        if self.max_agreement_drop is not None and (result.get("top1_agreement") is None or
+                                                    1.0 - result["top1_agreement"] > self.max_agreement_drop + EPSILON):
             return False
         if self.max_top1_drop is not None:
             if fp32_top1 is None or result.get("top1_accuracy") is None:
@@ -44,7 +44,7 @@ class Targets:
             return {**target, "met": True, "candidate": best,
                     "line": f"target met on {device} by {best} "
                             f"(agreement {results[best]['top1_agreement'] * 100:.1f}%)"}
-        ok = [r for r in results.values() if r.get("status") == "ok"]
+        ok = [r for r in results.values() if r.get("status") == "ok" and r.get("top1_agreement") is not None]
         best_agree = max((r["top1_agreement"] for r in ok), default=None)
         shown = "none measured" if best_agree is None else f"best agreement {best_agree * 100:.1f}%"
         return {**target, "met": False, "candidate": None,

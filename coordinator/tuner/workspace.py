@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from pathlib import Path
 
-import numpy as np
-
 from coordinator import data as data_mod
 from coordinator.evaluators import EvalInputs
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.tuner.config import TuneConfig
 from shared.atomic import atomic_output
+from shared.feeds import Feeds
 from shared.settings import QuantSettings
 
 log = logging.getLogger(__name__)
@@ -23,7 +22,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Workspace:
     prepared: PreparedModel
-    calibration: np.ndarray | None
+    calibration: Feeds | None              # {input name: (N, ...)} for static quantization
     eval_inputs: EvalInputs
     calibration_digest: str
     identity: dict
@@ -69,21 +68,36 @@ def fixed_excludes(prepared: PreparedModel, config: TuneConfig) -> tuple[str, ..
 
 
 def load_workspace(config: TuneConfig) -> Workspace:
+    """The prepared model, then the data checked against its inputs: all of it before the report
+    (or anything else of this tune besides content-addressed caches) is written."""
     prepared = apply_model_recipes(prepare_model(config.model, config.out / "prepared"), config.settings,
                                    config.out / "prepared")
-    data_mod.check_fits_model(config.preprocess, prepared.input_shape, prepared.input_name)
-    images = data_mod.list_images(config.images, config.labels)
-    cal_set = None if config.calibration_images is None else data_mod.list_images(config.calibration_images, "none")
     n_cal = config.settings.calibration_images if config.settings.is_static else config.n_calibration
-    calib, evals = data_mod.split(images, n_cal, config.n_eval, config.seed, cal_set)
-    calibration = data_mod.load_batch(calib, config.preprocess) if config.settings.is_static else None
-    eval_inputs = EvalInputs(data_mod.load_batch(evals, config.preprocess), data_mod.labels_array(evals),
-                             prepared.input_name, config.latency_runs)
+    if config.data is not None:
+        from coordinator import tensor_data
+
+        dataset = tensor_data.list_tensors(config.data, prepared.inputs)
+        cal_set = None if config.calibration_data is None else \
+            tensor_data.list_tensors(config.calibration_data, prepared.inputs)
+        calib, evals = data_mod.split(dataset, n_cal, config.n_eval, config.seed, cal_set, noun="samples")
+        calibration = tensor_data.load_feeds(calib) if config.settings.is_static else None
+        feeds, labels, preprocess = tensor_data.load_feeds(evals), None, None
+    else:
+        data_mod.check_fits_model(config.preprocess, prepared.inputs, config.model.name)
+        images = data_mod.list_images(config.images, config.labels)
+        cal_set = None if config.calibration_images is None else data_mod.list_images(config.calibration_images, "none")
+        calib, evals = data_mod.split(images, n_cal, config.n_eval, config.seed, cal_set)
+        name = prepared.input_name
+        calibration = {name: data_mod.load_batch(calib, config.preprocess)} if config.settings.is_static else None
+        feeds, labels = {name: data_mod.load_batch(evals, config.preprocess)}, data_mod.labels_array(evals)
+        preprocess = config.preprocess.to_dict()
+    eval_inputs = EvalInputs(feeds, labels, config.latency_runs, config.task, config.metric)
     identity = {
         "model_sha256": prepared.sha256,
         "settings": config.settings.canonical(),
-        "preprocess": config.preprocess.to_dict(),
+        "preprocess": preprocess,
         "eval_digest": eval_inputs.digest(),
         "calibration_digest": calib.digest(),
+        "measures": {"task": config.task, "metric": config.metric},
     }
     return Workspace(prepared, calibration, eval_inputs, calib.digest(), identity, fixed_excludes(prepared, config))

@@ -4,14 +4,17 @@ file gives a different accuracy; it is recorded in RunnerInfo.options."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from shared.runners.base import RunnerInfo, UnsupportedModel
-from shared.errors import EvaluationError, InvalidArgument
+from shared.errors import DataError, EvaluationError, InvalidArgument
+from shared.feeds import Feeds, num_samples, take
+from shared.runners.base import RunnerInfo, Timer, UnsupportedModel
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -48,7 +51,7 @@ class OrtRunner:
             options=f"graph_optimization={self.config.optimization} threads={self.config.intra_op_threads}")
 
     def session(self, model: Path) -> ort.InferenceSession:
-        """One session per file, reused while the file is unchanged (infer + latency share it)."""
+        """One session per file, reused while the file is unchanged."""
         try:
             stat = Path(model).stat()
         except OSError as exc:
@@ -74,45 +77,85 @@ class OrtRunner:
                 raise UnsupportedModel(f"onnxruntime cannot run {model.name}: {text}") from exc
             raise EvaluationError(f"onnxruntime cannot load {model.name}: {text}") from exc
 
-    def _batch_size(self, sess: ort.InferenceSession, input_name: str) -> int:
+    def batch_size(self, sess: ort.InferenceSession) -> tuple[int, bool]:
+        """(batch, fixed): the model's own batch when an input fixes its first dimension, else ours."""
         for inp in sess.get_inputs():
-            if inp.name == input_name:
-                first = inp.shape[0] if inp.shape else None
-                return self.config.batch_size if not isinstance(first, int) else first
-        raise InvalidArgument(f"model has no input named {input_name!r}; inputs: "
-                              f"{', '.join(i.name for i in sess.get_inputs())}")
+            first = inp.shape[0] if inp.shape else None
+            if isinstance(first, int) and first > 0:
+                return first, True
+        return self.config.batch_size, False
 
-    def infer(self, model: Path, inputs: np.ndarray, input_name: str) -> np.ndarray:
-        sess = self.session(model)
-        return self.infer_session(sess, inputs, input_name)
+    def run(self, model: Path, feeds: Feeds) -> dict[str, np.ndarray]:
+        return self.run_session(self.session(model), feeds)
 
-    def infer_session(self, sess: ort.InferenceSession, inputs: np.ndarray, input_name: str) -> np.ndarray:
-        batch = self._batch_size(sess, input_name)
-        outs = []
+    def run_session(self, sess: ort.InferenceSession, feeds: Feeds) -> dict[str, np.ndarray]:
+        """Every output for every sample, in batches (a fixed batch dimension is padded)."""
+        check_feed_names(sess, feeds)
+        total = num_samples(feeds)
+        batch, fixed = self.batch_size(sess)
+        names = [o.name for o in sess.get_outputs()]
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         try:
-            for start in range(0, len(inputs), batch):
-                chunk = inputs[start:start + batch]
-                if len(chunk) < batch and batch != self.config.batch_size:  # fixed batch dim: pad
-                    pad = np.repeat(chunk[-1:], batch - len(chunk), axis=0)
-                    out = sess.run(None, {input_name: np.concatenate([chunk, pad])})[0][:len(chunk)]
-                else:
-                    out = sess.run(None, {input_name: chunk})[0]
-                outs.append(np.asarray(out).reshape(len(chunk), -1))
+            for start in range(0, total, batch):
+                chunk = take(feeds, start, start + batch)
+                count = min(batch, total - start)
+                outs = sess.run(None, pad_batch(chunk, batch) if fixed else chunk)
+                for name, out in zip(names, outs):
+                    out = np.asarray(out)
+                    if out.ndim == 0 or out.shape[0] != (batch if fixed else count):
+                        raise EvaluationError(f"output {name!r} has shape {list(out.shape)} for a batch of "
+                                              f"{batch if fixed else count}: qfarm needs outputs with a leading "
+                                              "sample axis")
+                    parts[name].append(out[:count])
+        except EvaluationError:
+            raise
         except Exception as exc:
             raise EvaluationError(f"onnxruntime failed running the model: {str(exc).splitlines()[0]}") from exc
-        return np.concatenate(outs)
+        return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
-    def latency_seconds(self, model: Path, sample: np.ndarray, input_name: str, runs: int) -> list[float]:
-        sess = self.session(model)
-        return self.latency_session(sess, sample, input_name, runs)
+    @contextmanager
+    def timers(self, models: Sequence[Path], sample: Feeds) -> Iterator[list[Timer]]:
+        """One fresh session per model, same options, each timing `sess.run` on the batch-1 sample."""
+        sessions = [self._new_session(Path(m)) for m in models]
+        timers = []
+        for sess in sessions:
+            check_feed_names(sess, sample)
+            batch, fixed = self.batch_size(sess)
+            feed = pad_batch(take(sample, 0, 1), batch) if fixed else take(sample, 0, 1)
+            timers.append(_session_timer(sess, feed))
+        yield timers
 
-    @staticmethod
-    def latency_session(sess: ort.InferenceSession, sample: np.ndarray, input_name: str, runs: int) -> list[float]:
-        feed = {input_name: sample[:1]}
-        sess.run(None, feed)  # warm-up: allocations and kernel selection
+
+def _session_timer(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Timer:
+    def timed(n: int) -> list[float]:
         times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - start)
+        try:
+            for _ in range(n):
+                start = time.perf_counter()
+                sess.run(None, feed)
+                times.append(time.perf_counter() - start)
+        except Exception as exc:
+            raise EvaluationError(f"onnxruntime failed running the model: {str(exc).splitlines()[0]}") from exc
         return times
+    return timed
+
+
+def check_feed_names(sess: ort.InferenceSession, feeds: Feeds) -> None:
+    wanted = [i.name for i in sess.get_inputs()]
+    missing = [n for n in wanted if n not in feeds]
+    extra = [n for n in feeds if n not in wanted]
+    if missing or extra:
+        raise DataError(f"the model's inputs are {', '.join(wanted)}; the data "
+                        + (f"lacks {', '.join(missing)}" if missing else "")
+                        + ("; " if missing and extra else "")
+                        + (f"has no model input named {', '.join(extra)}" if extra else ""))
+
+
+def pad_batch(feeds: Feeds, batch: int) -> dict[str, np.ndarray]:
+    """Each input grown to `batch` rows by repeating its last row (their outputs are dropped)."""
+    out = {}
+    for name, array in feeds.items():
+        array = np.asarray(array)
+        short = batch - len(array)
+        out[name] = np.concatenate([array, np.repeat(array[-1:], short, axis=0)]) if short > 0 else array
+    return out

@@ -118,19 +118,23 @@ class Candidate(_message.Message):
     def __init__(self, id: _Optional[str] = ..., base_model: _Optional[_Union[Artifact, _Mapping]] = ..., model: _Optional[_Union[Artifact, _Mapping]] = ..., settings: _Optional[_Union[QuantSettings, _Mapping]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., int16_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvalData(_message.Message):
-    __slots__ = ("inputs", "labels", "input_name", "latency_runs")
+    __slots__ = ("inputs", "labels", "input_name", "latency_runs", "task", "metric")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     LATENCY_RUNS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
     inputs: Artifact
     labels: Artifact
     input_name: str
     latency_runs: int
-    def __init__(self, inputs: _Optional[_Union[Artifact, _Mapping]] = ..., labels: _Optional[_Union[Artifact, _Mapping]] = ..., input_name: _Optional[str] = ..., latency_runs: _Optional[int] = ...) -> None: ...
+    task: str
+    metric: str
+    def __init__(self, inputs: _Optional[_Union[Artifact, _Mapping]] = ..., labels: _Optional[_Union[Artifact, _Mapping]] = ..., input_name: _Optional[str] = ..., latency_runs: _Optional[int] = ..., task: _Optional[str] = ..., metric: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "attempt", "device", "candidate", "data", "fp32_outputs", "reference")
+    __slots__ = ("job_id", "attempt", "device", "candidate", "data", "fp32_outputs", "reference", "fp32_model")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +142,7 @@ class Job(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     FP32_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    FP32_MODEL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     device: str
@@ -145,7 +150,8 @@ class Job(_message.Message):
     data: EvalData
     fp32_outputs: Artifact
     reference: bool
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., device: _Optional[str] = ..., candidate: _Optional[_Union[Candidate, _Mapping]] = ..., data: _Optional[_Union[EvalData, _Mapping]] = ..., fp32_outputs: _Optional[_Union[Artifact, _Mapping]] = ..., reference: _Optional[bool] = ...) -> None: ...
+    fp32_model: Artifact
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., device: _Optional[str] = ..., candidate: _Optional[_Union[Candidate, _Mapping]] = ..., data: _Optional[_Union[EvalData, _Mapping]] = ..., fp32_outputs: _Optional[_Union[Artifact, _Mapping]] = ..., reference: _Optional[bool] = ..., fp32_model: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
 
 class RuntimeInfo(_message.Message):
     __slots__ = ("runtime", "version", "providers", "options")
@@ -159,8 +165,29 @@ class RuntimeInfo(_message.Message):
     options: str
     def __init__(self, runtime: _Optional[str] = ..., version: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., options: _Optional[str] = ...) -> None: ...
 
+class OutputFidelity(_message.Message):
+    __slots__ = ("name", "sqnr_db", "cosine", "kl", "iou")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SQNR_DB_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    KL_FIELD_NUMBER: _ClassVar[int]
+    IOU_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sqnr_db: float
+    cosine: float
+    kl: float
+    iou: float
+    def __init__(self, name: _Optional[str] = ..., sqnr_db: _Optional[float] = ..., cosine: _Optional[float] = ..., kl: _Optional[float] = ..., iou: _Optional[float] = ...) -> None: ...
+
 class DeviceResult(_message.Message):
-    __slots__ = ("job_id", "attempt", "candidate_id", "device", "status", "crash_cause", "stderr_tail", "top1_agreement", "top5_agreement", "top1_accuracy", "size_bytes", "latency_ms_p50", "latency_ms_p90", "num_images", "runtime", "wall_seconds")
+    __slots__ = ("job_id", "attempt", "candidate_id", "device", "status", "crash_cause", "stderr_tail", "top1_agreement", "top5_agreement", "top1_accuracy", "size_bytes", "latency_ms_p50", "latency_ms_p90", "num_images", "runtime", "wall_seconds", "fp32_latency_ms_p50", "latency_ratio_vs_fp32", "latency_ratio_p10", "latency_ratio_p90", "task", "output_sqnr_db", "cosine", "kl_divergence", "iou", "outputs", "user_metrics")
+    class UserMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +204,17 @@ class DeviceResult(_message.Message):
     NUM_IMAGES_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FP32_LATENCY_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_RATIO_VS_FP32_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_RATIO_P10_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_RATIO_P90_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SQNR_DB_FIELD_NUMBER: _ClassVar[int]
+    COSINE_FIELD_NUMBER: _ClassVar[int]
+    KL_DIVERGENCE_FIELD_NUMBER: _ClassVar[int]
+    IOU_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    USER_METRICS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     candidate_id: str
@@ -193,4 +231,15 @@ class DeviceResult(_message.Message):
     num_images: int
     runtime: RuntimeInfo
     wall_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., candidate_id: _Optional[str] = ..., device: _Optional[str] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., crash_cause: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., top1_agreement: _Optional[float] = ..., top5_agreement: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., size_bytes: _Optional[int] = ..., latency_ms_p50: _Optional[float] = ..., latency_ms_p90: _Optional[float] = ..., num_images: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeInfo, _Mapping]] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
+    fp32_latency_ms_p50: float
+    latency_ratio_vs_fp32: float
+    latency_ratio_p10: float
+    latency_ratio_p90: float
+    task: str
+    output_sqnr_db: float
+    cosine: float
+    kl_divergence: float
+    iou: float
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputFidelity]
+    user_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., candidate_id: _Optional[str] = ..., device: _Optional[str] = ..., status: _Optional[_Union[ResultStatus, str]] = ..., crash_cause: _Optional[str] = ..., stderr_tail: _Optional[str] = ..., top1_agreement: _Optional[float] = ..., top5_agreement: _Optional[float] = ..., top1_accuracy: _Optional[float] = ..., size_bytes: _Optional[int] = ..., latency_ms_p50: _Optional[float] = ..., latency_ms_p90: _Optional[float] = ..., num_images: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeInfo, _Mapping]] = ..., wall_seconds: _Optional[float] = ..., fp32_latency_ms_p50: _Optional[float] = ..., latency_ratio_vs_fp32: _Optional[float] = ..., latency_ratio_p10: _Optional[float] = ..., latency_ratio_p90: _Optional[float] = ..., task: _Optional[str] = ..., output_sqnr_db: _Optional[float] = ..., cosine: _Optional[float] = ..., kl_divergence: _Optional[float] = ..., iou: _Optional[float] = ..., outputs: _Optional[_Iterable[_Union[OutputFidelity, _Mapping]]] = ..., user_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...

@@ -1,0 +1,207 @@
+"""Tensor datasets (`--data PATH`): samples for models that are not fed from an image folder, or
+that take several inputs or non-float ones (token ids, masks, audio frames). Either
+
+* a folder of `.npz` files, one sample per file, holding one array per model input, named like
+  the input, shaped like one sample (the input's dims without the batch dim; a leading batch dim
+  of 1 is accepted too); or
+* one `.npz` holding one array per model input with a leading sample axis; or
+* one `.npy` array with a leading sample axis, for a single-input model.
+
+Every file is checked against the model's inputs when the dataset is listed, from the array
+headers only (names, dtypes, shapes against the model's static dims, the same shape in every
+file, the same number of samples in every array); each problem is one error naming the file, the
+array and the value. Only the samples a split selects are then read."""
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from coordinator.prepare import ModelInput
+from shared.errors import DataError, NotFound
+from shared.feeds import load_npz
+
+TENSOR_SUFFIXES = (".npz", ".npy")
+
+
+@dataclass(frozen=True)
+class Header:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+@dataclass(frozen=True)
+class TensorSet:
+    """Samples of a tensor dataset: (file, index in it) pairs; the index is None for a file that
+    holds one sample (a folder's .npz)."""
+
+    source: Path
+    samples: tuple[tuple[Path, int | None], ...]
+    inputs: tuple[ModelInput, ...]
+    labels = None                      # tensor datasets carry no class labels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, indices: list[int]) -> "TensorSet":
+        return TensorSet(self.source, tuple(self.samples[i] for i in indices), self.inputs)
+
+    def digest(self) -> str:
+        """Identity: file names, sizes and sample indices (cheap, stable across machines)."""
+        h = hashlib.sha256()
+        for path, index in self.samples:
+            h.update(f"{path.name}|{path.stat().st_size}|{index}|".encode())
+        return h.hexdigest()
+
+
+def list_tensors(source: Path, inputs: Sequence[ModelInput]) -> TensorSet:
+    """The dataset at `source`, every file's headers checked against the model's `inputs`."""
+    source = Path(source)
+    inputs = tuple(inputs)
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() == ".npz")
+        if not files:
+            raise DataError(f"tensor dataset folder {source} has no .npz files (one per sample)")
+        shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
+        for path in files:
+            headers = _npz_headers(path)
+            _check_names(headers, inputs, path)
+            for inp in inputs:
+                shape = _sample_shape(headers[inp.name], inp, path)
+                first = shapes.setdefault(inp.name, (shape, path))
+                if first[0] != shape:
+                    raise DataError(f"array {inp.name!r} is {list(first[0])} in {first[1].name} but {list(shape)} in "
+                                    f"{path.name}: every sample file needs the same shape (ragged samples)")
+        return TensorSet(source, tuple((p, None) for p in files), inputs)
+    if not source.is_file():
+        raise NotFound(f"tensor dataset {source} does not exist", step="data")
+    suffix = source.suffix.lower()
+    if suffix == ".npy":
+        if len(inputs) != 1:
+            raise DataError(f"{source.name} is a single .npy array but the model has {len(inputs)} inputs "
+                            f"({', '.join(i.name for i in inputs)}); use an .npz with one array per input")
+        headers = {inputs[0].name: _npy_header(source)}
+    elif suffix == ".npz":
+        headers = _npz_headers(source)
+        _check_names(headers, inputs, source)
+    else:
+        raise DataError(f"tensor dataset {source} is neither a folder of .npz files nor an .npz/.npy file")
+    counts = {}
+    for inp in inputs:
+        header = headers[inp.name]
+        if not header.shape:
+            raise DataError(f"array {inp.name!r} in {source.name} is a scalar; it needs a leading sample axis")
+        _check_dtype(header, inp, source)
+        _check_dims(header.shape[1:], inp, source)
+        counts[inp.name] = header.shape[0]
+    if len(set(counts.values())) != 1:
+        shown = ", ".join(f"{name}: {n}" for name, n in counts.items())
+        raise DataError(f"the arrays of {source.name} have different sample counts ({shown}): "
+                        "a ragged sample axis; every input needs one entry per sample")
+    count = next(iter(counts.values()))
+    if count == 0:
+        raise DataError(f"tensor dataset {source.name} holds no samples")
+    return TensorSet(source, tuple((source, i) for i in range(count)), inputs)
+
+
+def load_feeds(tensors: TensorSet) -> dict[str, np.ndarray]:
+    """The selected samples as feeds {input name: (N, ...)} of the model's dtypes."""
+    if not tensors.samples:
+        raise DataError(f"no samples selected from {tensors.source}")
+    if tensors.samples[0][1] is None:                # a folder: one sample per file
+        rows: dict[str, list[np.ndarray]] = {inp.name: [] for inp in tensors.inputs}
+        for path, _ in tensors.samples:
+            arrays = load_npz(path)
+            for inp in tensors.inputs:
+                array = arrays[inp.name]
+                rows[inp.name].append(array[0] if array.ndim == len(inp.dims) else array)
+        return {name: np.ascontiguousarray(np.stack(values)) for name, values in rows.items()}
+    path = tensors.samples[0][0]
+    index = [i for _, i in tensors.samples]
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from exc
+        return {tensors.inputs[0].name: np.ascontiguousarray(array[index])}
+    arrays = load_npz(path)
+    return {inp.name: np.ascontiguousarray(arrays[inp.name][index]) for inp in tensors.inputs}
+
+
+# -- checks ------------------------------------------------------------------------------------
+def _check_names(headers: dict[str, Header], inputs: tuple[ModelInput, ...], path: Path) -> None:
+    wanted = [i.name for i in inputs]
+    missing = [n for n in wanted if n not in headers]
+    if missing:
+        raise DataError(f"{path.name} has no array {missing[0]!r} (the model's inputs: {', '.join(wanted)}; "
+                        f"arrays in the file: {', '.join(headers) or 'none'})")
+    extra = [n for n in headers if n not in wanted]
+    if extra:
+        raise DataError(f"array {extra[0]!r} in {path.name} is not an input of the model "
+                        f"(its inputs: {', '.join(wanted)})")
+
+
+def _check_dtype(header: Header, inp: ModelInput, path: Path) -> None:
+    if header.dtype.name != inp.dtype:
+        raise DataError(f"array {inp.name!r} in {path.name} is {header.dtype.name}; the model's input "
+                        f"{inp.name!r} expects {inp.dtype}")
+
+
+def _check_dims(sample_shape: tuple[int, ...], inp: ModelInput, path: Path) -> None:
+    """One sample's shape against the input's dims after the batch dim (static ones must match)."""
+    want = inp.dims[1:]
+    if len(sample_shape) != len(want):
+        raise DataError(f"array {inp.name!r} in {path.name} has samples of shape {list(sample_shape)}; the model's "
+                        f"input {inp.name!r} is {inp.shown()}, so a sample has {len(want)} dims")
+    for axis, (w, got) in enumerate(zip(want, sample_shape), start=1):
+        if w is not None and w != got:
+            raise DataError(f"array {inp.name!r} in {path.name} has samples of shape {list(sample_shape)}; the "
+                            f"model's input {inp.name!r} is {inp.shown()} (dim {axis} must be {w})")
+
+
+def _sample_shape(header: Header, inp: ModelInput, path: Path) -> tuple[int, ...]:
+    """A folder file's sample: the input's dims without the batch dim, or with a batch dim of 1."""
+    _check_dtype(header, inp, path)
+    shape = header.shape
+    if len(shape) == len(inp.dims) and shape[:1] == (1,):
+        shape = shape[1:]
+    _check_dims(shape, inp, path)
+    return shape
+
+
+def _read_header(fh, label: str) -> Header:
+    try:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+    except ValueError as exc:
+        raise DataError(f"cannot read {label}: {exc}") from exc
+    if dtype.hasobject:
+        raise DataError(f"{label} is an object array (ragged?); save each input as one numeric array")
+    return Header(tuple(int(d) for d in shape), dtype)
+
+
+def _npy_header(path: Path) -> Header:
+    try:
+        with open(path, "rb") as fh:
+            return _read_header(fh, path.name)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _npz_headers(path: Path) -> dict[str, Header]:
+    """{array name: header} of an .npz, without reading the arrays."""
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                name = info.filename.removesuffix(".npy")
+                with archive.open(info) as member:
+                    headers[name] = _read_header(member, f"array {name!r} in {path.name}")
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"cannot read {path}: {exc} (expected an .npz written by numpy.savez)") from exc
+    return headers
