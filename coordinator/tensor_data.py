@@ -7,6 +7,11 @@ that take several inputs or non-float ones (token ids, masks, audio frames). Eit
 * one `.npz` holding one array per model input with a leading sample axis; or
 * one `.npy` array with a leading sample axis, for a single-input model.
 
+A sample may also be stored as the whole feed of one run, batch dimension of 1 included (a folder
+file shaped [1, ...], a single file [N, 1, ...]). Inputs must take their samples along their first
+(batch) dimension: a scalar input is refused with its name (one batched along another axis fails
+its shape check).
+
 Every file is checked against the model's inputs when the dataset is listed, from the array
 headers only (names, dtypes, shapes against the model's static dims, the same shape in every
 file, the same number of samples in every array); each problem is one error naming the file, the
@@ -42,13 +47,14 @@ class TensorSet:
     source: Path
     samples: tuple[tuple[Path, int | None], ...]
     inputs: tuple[ModelInput, ...]
+    batched: frozenset[str] = frozenset()   # single-file arrays stored [N, 1, ...] (batch dim included)
     labels = None                      # tensor datasets carry no class labels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def subset(self, indices: list[int]) -> "TensorSet":
-        return TensorSet(self.source, tuple(self.samples[i] for i in indices), self.inputs)
+        return TensorSet(self.source, tuple(self.samples[i] for i in indices), self.inputs, self.batched)
 
     def digest(self) -> str:
         """Identity: file names, sizes and sample indices (cheap, stable across machines)."""
@@ -67,6 +73,8 @@ def list_tensors(source: Path, inputs: Sequence[ModelInput]) -> TensorSet:
         if not files:
             raise DataError(f"tensor dataset folder {source} has no .npz files (one per sample)")
         shapes: dict[str, tuple[tuple[int, ...], Path]] = {}
+        for inp in inputs:
+            _check_batchable(inp, source)
         for path in files:
             headers = _npz_headers(path)
             _check_names(headers, inputs, path)
@@ -90,13 +98,18 @@ def list_tensors(source: Path, inputs: Sequence[ModelInput]) -> TensorSet:
         _check_names(headers, inputs, source)
     else:
         raise DataError(f"tensor dataset {source} is neither a folder of .npz files nor an .npz/.npy file")
-    counts = {}
+    counts, batched = {}, set()
     for inp in inputs:
         header = headers[inp.name]
+        _check_batchable(inp, source)
         if not header.shape:
             raise DataError(f"array {inp.name!r} in {source.name} is a scalar; it needs a leading sample axis")
         _check_dtype(header, inp, source)
-        _check_dims(header.shape[1:], inp, source)
+        sample = header.shape[1:]
+        if len(sample) == len(inp.dims) and sample[:1] == (1,):          # each sample with its batch dim
+            sample = sample[1:]
+            batched.add(inp.name)
+        _check_dims(sample, inp, source)
         counts[inp.name] = header.shape[0]
     if len(set(counts.values())) != 1:
         shown = ", ".join(f"{name}: {n}" for name, n in counts.items())
@@ -105,7 +118,7 @@ def list_tensors(source: Path, inputs: Sequence[ModelInput]) -> TensorSet:
     count = next(iter(counts.values()))
     if count == 0:
         raise DataError(f"tensor dataset {source.name} holds no samples")
-    return TensorSet(source, tuple((source, i) for i in range(count)), inputs)
+    return TensorSet(source, tuple((source, i) for i in range(count)), inputs, frozenset(batched))
 
 
 def load_feeds(tensors: TensorSet) -> dict[str, np.ndarray]:
@@ -127,9 +140,11 @@ def load_feeds(tensors: TensorSet) -> dict[str, np.ndarray]:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path}: {exc}") from exc
-        return {tensors.inputs[0].name: np.ascontiguousarray(array[index])}
-    arrays = load_npz(path)
-    return {inp.name: np.ascontiguousarray(arrays[inp.name][index]) for inp in tensors.inputs}
+        arrays = {tensors.inputs[0].name: array}
+    else:
+        arrays = load_npz(path)
+    return {inp.name: np.ascontiguousarray(arrays[inp.name][index][:, 0] if inp.name in tensors.batched
+                                           else arrays[inp.name][index]) for inp in tensors.inputs}
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -143,6 +158,13 @@ def _check_names(headers: dict[str, Header], inputs: tuple[ModelInput, ...], pat
     if extra:
         raise DataError(f"array {extra[0]!r} in {path.name} is not an input of the model "
                         f"(its inputs: {', '.join(wanted)})")
+
+
+def _check_batchable(inp: ModelInput, source: Path) -> None:
+    """Samples are stacked along an input's first dimension, so it must have one that can be the batch."""
+    if not inp.dims:
+        raise DataError(f"the model's input {inp.name!r} is a scalar: {source.name} cannot feed it, qfarm stacks "
+                        "samples along each input's first (batch) dimension")
 
 
 def _check_dtype(header: Header, inp: ModelInput, path: Path) -> None:

@@ -11,12 +11,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from shared.errors import InvalidArgument
 from shared.feeds import Feeds, num_samples
 from shared.latency import LatencyStats, interleaved_latency
 from shared.metrics import TASKS, Fidelity, check_metric_path, fidelity, load_metric, user_metrics
 from shared.results import DeviceResult, ResultStatus
 from shared.runners.base import Runner, run_outputs
-from shared.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

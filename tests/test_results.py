@@ -109,7 +109,8 @@ def test_fidelity_and_latency_ratio_fields_round_trip_every_form():
     assert report["outputs"] == {"logits": {"sqnr_db": 30.0, "cosine": 0.99, "kl": 0.01},
                                  "pooled": {"sqnr_db": 35.0, "cosine": 0.999}}       # iou/kl only where they apply
     assert report["user_metrics"] == {"mae": 0.5, "outputs": 2.0}
-    assert (report["latency_ratio_vs_fp32"], report["latency_ratio_p10"], report["latency_ratio_p90"]) == (1.2, 1.1, 1.4)
+    ratios = (report["latency_ratio_vs_fp32"], report["latency_ratio_p10"], report["latency_ratio_p90"])
+    assert ratios == (1.2, 1.1, 1.4)
     assert DeviceResult.from_dict(report) == FIDELITY.replace(wall_seconds=0.123)
     assert FIDELITY.latency_ratio_spread == (1.1, 1.4)
     assert {"fp32_latency_ms_p50", "latency_ratio_vs_fp32", "task"} <= set(FIDELITY.to_fp32_report())

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from coordinator.cli import build_parser
 from coordinator.cli import main as cli_main
+from coordinator.farm.commands import spec_from_tune_args
 from coordinator.farm.spec import spec_from_local, spec_from_wire
 from coordinator.prepare import ModelInput
 from coordinator.tensor_data import list_tensors, load_feeds
@@ -46,6 +48,9 @@ def test_a_folder_one_npz_and_one_npy_give_the_same_feeds(tmp_path):
     np.testing.assert_array_equal(load_feeds(one.subset([2]))["input_ids"], samples["input_ids"][[2]])
     with_batch_dim = _folder(tmp_path / "batched", {k: v[:, None] for k, v in samples.items()}, 3)
     assert load_feeds(list_tensors(with_batch_dim, INPUTS))["input_ids"].shape == (3, 6)   # [1, 6] files too
+    save_npz(tmp_path / "runs.npz", {k: v[:, None] for k, v in samples.items()})   # [N, 1, 6]: one run's feed each
+    np.testing.assert_array_equal(load_feeds(list_tensors(tmp_path / "runs.npz", INPUTS).subset([3]))["input_ids"],
+                                  samples["input_ids"][[3]])
 
 
 def _bad_datasets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
@@ -81,6 +86,13 @@ def _bad_datasets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "empty").mkdir()
     cases["empty"] = (tmp_path / "empty", "has no .npz files")
     return cases
+
+
+def test_a_scalar_model_input_is_refused_by_name(tmp_path):
+    save_npz(tmp_path / "audio.npz", {"input": np.zeros((4, 16), np.float32), "sr": np.full(4, 16000, np.int64)})
+    inputs = (ModelInput("input", (None, 16), "float32"), ModelInput("sr", (), "int64"))
+    with pytest.raises(DataError, match="the model's input 'sr' is a scalar"):
+        list_tensors(tmp_path / "audio.npz", inputs)
 
 
 def test_each_bad_dataset_is_a_one_line_error_naming_the_value(tmp_path):
@@ -159,7 +171,8 @@ def test_spec_tensors_travel_as_files_and_parse_back(tmp_path):
     folder = _folder(tmp_path / "samples", token_samples(4), 4)
     save_npz(tmp_path / "all.npz", token_samples(4))
     for source, is_folder, count in ((folder, True, 4), (tmp_path / "all.npz", False, 1)):
-        raw = {"devices": ["cpu"], "models": [{"path": str(model)}], "data": {"tensors": str(source), "task": "generic"}}
+        raw = {"devices": ["cpu"], "models": [{"path": str(model)}],
+               "data": {"tensors": str(source), "task": "generic"}}
         spec = spec_from_local(raw, "test", tmp_path)
         assert spec.tensors.folder is is_folder and len(spec.tensors.files) == count and spec.task == "generic"
         assert spec_from_wire(spec.wire_json()).wire_json() == spec.wire_json()
@@ -170,6 +183,17 @@ def test_spec_tensors_travel_as_files_and_parse_back(tmp_path):
         spec_from_local(both, "test", tmp_path)
     assert "data: give the samples as data.images" in str(info.value)
     assert "data.calibration_tensors:" in str(info.value)
+
+
+def test_tune_on_the_farm_sends_the_tensor_dataset_as_files(tmp_path):
+    model = make_token_classifier(tmp_path / "tokens.onnx")
+    folder = _folder(tmp_path / "samples", token_samples(4), 4)
+    args = build_parser().parse_args(["tune", str(model), "--data", str(folder), "--calibration-data", str(folder),
+                                      "--out", str(tmp_path / "o"), "--task", "generic", "--coordinator",
+                                      "127.0.0.1:1", "--devices", "cpu"])
+    spec = spec_from_tune_args(args)
+    assert spec.images == () and spec.tensors.folder and len(spec.tensors.files) == 4
+    assert spec.calibration_tensors == spec.tensors and spec.task == "generic"
 
 
 def test_multi_input_int64_model_on_the_farm_with_an_agent_side_metric(tmp_path):
