@@ -19,6 +19,7 @@ array and the value. Only the samples a split selects are then read."""
 from __future__ import annotations
 
 import hashlib
+import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from coordinator.prepare import ModelInput
 from shared.errors import DataError, NotFound
 from shared.feeds import load_npz
+from shared.limits import DEFAULT_LIMITS
 
 TENSOR_SUFFIXES = (".npz", ".npy")
 
@@ -204,7 +206,10 @@ def _read_header(fh, label: str) -> Header:
         raise DataError(f"cannot read {label}: {exc}") from exc
     if dtype.hasobject:
         raise DataError(f"{label} is an object array (ragged?); save each input as one numeric array")
-    return Header(tuple(int(d) for d in shape), dtype)
+    shape = tuple(int(d) for d in shape)
+    # a compressed .npz can inflate far beyond its file: bound what reading it would allocate
+    DEFAULT_LIMITS.check("max_artifact_bytes", math.prod(shape) * dtype.itemsize, f"{label} (bytes once read)")
+    return Header(shape, dtype)
 
 
 def _npy_header(path: Path) -> Header:

@@ -3,6 +3,7 @@ inputs tuned locally and on the farm, and every bad dataset as a one-line error 
 report behind."""
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from coordinator.farm.commands import spec_from_tune_args
 from coordinator.farm.spec import spec_from_local, spec_from_wire
 from coordinator.prepare import ModelInput
 from coordinator.tensor_data import list_tensors, load_feeds
-from shared.errors import DataError, InvalidArgument
+from shared.errors import DataError, InvalidArgument, ResourceExhausted
 from shared.feeds import save_npz
 from tests.farm_support import Farm
 from tests.models import make_segmenter, make_token_classifier, token_samples
@@ -75,7 +76,6 @@ def _bad_datasets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
     cases["not-npz"] = (tmp_path / "junk.npz", "cannot read")
     with zipfile.ZipFile(tmp_path / "objects.npz", "w") as z:
-        import io
         buf = io.BytesIO()
         np.save(buf, np.array([[1, 2], [3]], dtype=object), allow_pickle=True)
         z.writestr("input_ids.npy", buf.getvalue())
@@ -86,6 +86,17 @@ def _bad_datasets(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "empty").mkdir()
     cases["empty"] = (tmp_path / "empty", "has no .npz files")
     return cases
+
+
+def test_an_array_that_would_inflate_past_the_limit_is_refused_from_its_header(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (1 << 20, 1 << 20, 6)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as z:
+        z.writestr("input_ids.npy", header.getvalue())
+        z.writestr("attention_mask.npy", header.getvalue())
+    with pytest.raises(ResourceExhausted, match="array 'input_ids' in bomb.npz .*max_artifact_bytes"):
+        list_tensors(tmp_path / "bomb.npz", INPUTS)
 
 
 def test_a_scalar_model_input_is_refused_by_name(tmp_path):
