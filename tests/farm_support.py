@@ -8,11 +8,15 @@ from pathlib import Path
 from coordinator.farm.spec import CampaignSpec, spec_from_local
 from coordinator.testing import (FAST, ROOT, AgentThread, Farm, ManualClock, agent_process, coordinator,
                                  coordinator_process, stop_process, wait_for)
+from shared.pb.qfarm.v1 import farm_pb2
+from shared.version import PROTOCOL_VERSION
 
-__all__ = ["FAST", "IMAGES", "ROOT", "AgentThread", "Farm", "ManualClock", "agent_process", "coordinator",
+__all__ = ["CURRENT", "FAST", "IMAGES", "ROOT", "AgentThread", "Farm", "ManualClock", "agent_process", "coordinator",
            "coordinator_process", "read_json", "results_per_pair", "stop_process", "tiny_spec", "wait_for"]
 
 IMAGES = ROOT / "tests" / "fixtures" / "imagenet-100"
+#: what a hand-made RegisterRequest says it speaks: this build's protocol (others are refused)
+CURRENT = farm_pb2.AgentCapabilities(protocol_version=PROTOCOL_VERSION)
 
 
 def tiny_spec(tmp_path: Path, model: Path, devices: list[str], *, max_candidates: int = 3, eval_images: int = 16,

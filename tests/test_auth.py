@@ -19,7 +19,7 @@ from shared.auth import (PLACEHOLDER_TOKEN, TOKEN_ENV, Credentials, ServerSecuri
                          resolve_token, token_matches)
 from shared.errors import FailedPrecondition, InvalidArgument, Unauthenticated
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
-from tests.farm_support import read_json, results_per_pair, tiny_spec
+from tests.farm_support import CURRENT, read_json, results_per_pair, tiny_spec
 from tests.security_support import make_ca_and_server_cert, running_agent, secured
 from tests.models import make_classifier
 
@@ -48,7 +48,7 @@ def _every_call(channel: grpc.Channel, metadata) -> dict[str, grpc.StatusCode]:
     meta = job_pb2.Artifact(sha256="a" * 64, size_bytes=len(data), name="m.onnx")
     result = job_pb2.DeviceResult(job_id="j", attempt=1, status=job_pb2.RESULT_STATUS_OK)
     calls = {
-        "Register": lambda: agent.Register(farm_pb2.RegisterRequest(device="cpu-a", name="intruder"),
+        "Register": lambda: agent.Register(farm_pb2.RegisterRequest(device="cpu-a", name="intruder", capabilities=CURRENT),
                                            metadata=metadata, timeout=10),
         "Heartbeat": lambda: agent.Heartbeat(farm_pb2.HeartbeatRequest(agent_id="x"), metadata=metadata, timeout=10),
         "Lease": lambda: agent.Lease(farm_pb2.LeaseRequest(agent_id="x", max_jobs=1), metadata=metadata, timeout=10),

@@ -23,14 +23,14 @@ import pytest
 
 from coordinator.farm.client import CampaignClient
 from coordinator.farm.evaluator import npy_bytes
-from shared.feeds import npz_bytes
 from coordinator.farm.scheduler import PRIORITY_REFERENCE
 from coordinator.farm.spec import spec_from_local
 from shared.auth import Credentials, ServerSecurity
 from shared.errors import QfarmError
+from shared.feeds import npz_bytes
 from shared.limits import Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
-from tests.farm_support import IMAGES, read_json, results_per_pair, tiny_spec, wait_for
+from tests.farm_support import CURRENT, IMAGES, read_json, results_per_pair, tiny_spec, wait_for
 from tests.models import make_classifier
 from tests.security_support import running_agent, secured
 from tests.test_hostile_models import VALID_NON_IMAGE
@@ -340,7 +340,7 @@ def agent_calls(corpus: Corpus, server, channel: grpc.Channel) -> None:
         corpus.add(f"agent:{case}", error.details())
 
     ghost = stub.Register(farm_pb2.RegisterRequest(device="ghost", name="ghost", capabilities=farm_pb2.
-                                                   AgentCapabilities(slots=1)), metadata=AUTH, timeout=10).agent_id
+                                                   AgentCapabilities(slots=1, protocol_version=CURRENT.protocol_version)), metadata=AUTH, timeout=10).agent_id
     model = ctx.register_bytes(b"not a model", "model", "ghost.onnx")
     for i in range(2):
         job = job_pb2.Job(job_id=f"ghost-{i}@ghost", device="ghost", reference=True)
@@ -382,7 +382,7 @@ def agent_calls(corpus: Corpus, server, channel: grpc.Channel) -> None:
     for label, device in (("register-empty-device", ""), ("register-bad-device", "a b"),
                           ("register-traversal-device", "../../etc")):
         expect(label, grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Register(
-            farm_pb2.RegisterRequest(device=device, name="x"), metadata=AUTH, timeout=10), "device class key")
+            farm_pb2.RegisterRequest(device=device, name="x", capabilities=CURRENT), metadata=AUTH, timeout=10), "device class key")
 
     def fetch(sha: str, offset: int = 0):
         return lambda: list(stub.FetchArtifact(farm_pb2.FetchArtifactRequest(sha256=sha, offset=offset),

@@ -22,7 +22,7 @@ from shared.errors import InvalidArgument, ResourceExhausted
 from shared.hashing import sha256_bytes
 from shared.limits import Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
-from tests.farm_support import FAST, IMAGES, AgentThread, tiny_spec
+from tests.farm_support import CURRENT, FAST, IMAGES, AgentThread, tiny_spec
 from tests.models import make_classifier
 
 MIB = 1 << 20
@@ -128,7 +128,8 @@ def test_campaign_size_and_hostile_models_are_refused_at_submit(tmp_path):
         stub = farm_pb2_grpc.AgentServiceStub(grpc.insecure_channel(address))
         for device, name in (("bad key!", "n"), ("", "n"), ("x" * 65, "n"), ("cpu-a", "n" * 300)):
             with pytest.raises(grpc.RpcError) as exc:
-                stub.Register(farm_pb2.RegisterRequest(device=device, name=name), timeout=10)
+                stub.Register(farm_pb2.RegisterRequest(device=device, name=name, capabilities=CURRENT),
+                              timeout=10)
             assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (device, exc.value.details())
 
 
