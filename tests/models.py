@@ -12,9 +12,10 @@ from onnx import TensorProto, helper, numpy_helper
 def make_classifier(path: Path, *, size: int = 32, classes: int = 1000, layout: str = "NCHW",
                     dynamic_batch: bool = True, weights_in_constants: bool = False, opset: int = 17,
                     channels: tuple[int, ...] = (8, 16, 16), outlier_layer: int | None = None,
-                    seed: int = 0) -> Path:
+                    scalar_mul: float | None = None, seed: int = 0) -> Path:
     """Conv(+Relu) stack -> GlobalAveragePool -> Flatten -> Gemm. `outlier_layer` scales one output
-    channel of that conv by 1000, making its activation very sensitive to per-tensor quantization."""
+    channel of that conv by 1000, making its activation very sensitive to per-tensor quantization.
+    `scalar_mul` multiplies the last activation by a 0-d float initializer (a Mul by a scalar)."""
     rng = np.random.default_rng(seed)
     batch = "N" if dynamic_batch else 1
     shape = [batch, 3, size, size] if layout == "NCHW" else [batch, size, size, 3]
@@ -35,6 +36,10 @@ def make_classifier(path: Path, *, size: int = 32, classes: int = 1000, layout: 
                                       pads=[1, 1, 1, 1], strides=[2 if i == 0 else 1] * 2))
         nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
         x, cin = f"relu{i}", cout
+    if scalar_mul is not None:
+        inits.append(numpy_helper.from_array(np.array(scalar_mul, np.float32), "scale"))
+        nodes.append(helper.make_node("Mul", [x, "scale"], ["scaled"], name="scale_mul"))
+        x = "scaled"
     nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
     nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
     fc_w = rng.normal(0, 0.5, (classes, cin)).astype(np.float32)

@@ -226,3 +226,18 @@ def test_missing_model_is_not_found(fragile, tmp_path):
 def test_unknown_method_is_named(fragile):
     with pytest.raises(InvalidArgument, match="'hawq'"):
         rank("hawq", *fragile, calibration_feeds(count=1))
+
+
+def test_a_0d_float_initializer_is_ranked(tmp_path):
+    """A Mul by a scalar initializer: its quantized weight dequantizes to a numpy scalar, which
+    once crashed the ranking ("'numpy.float64' object is not iterable")."""
+    from tests.models import make_classifier
+
+    float_path, qdq_path = make_classifier(tmp_path / "scalar.onnx", size=16, scalar_mul=0.5), tmp_path / "q.onnx"
+    feeds = [{"input": f["input"].repeat(2, axis=2).repeat(2, axis=3)[:, :, :16, :16]} for f in calibration_feeds()]
+    quantize_static(str(float_path), str(qdq_path), _Reader(feeds), quant_format=QuantFormat.QDQ, per_channel=False,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    for method in sorted(METHODS):
+        ranked = rank(method, float_path, qdq_path, feeds)
+        assert "scale_mul" in {r.node for r in ranked}, method
+        assert all(math.isfinite(r.score) for r in ranked), method

@@ -77,7 +77,7 @@ class Measurements:
 
 
 def _flat(arrays: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-    if isinstance(arrays, np.ndarray):
+    if isinstance(arrays, (np.ndarray, np.generic, float, int)):   # one tensor; a 0-d one may be a numpy scalar
         arrays = [arrays]
     return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
 
@@ -187,7 +187,7 @@ def weight_matching(float_model: ModelProto, qdq_model: ModelProto) -> dict[str,
             shape[axis] = scale.size
             scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
         matched[name] = {"float": numpy_helper.to_array(float_inits[name]),
-                         "dequantized": (values - zero_point) * scale}
+                         "dequantized": np.asarray((values - zero_point) * scale)}   # 0-d weights stay arrays
     return matched
 
 
