@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from shared.auth import add_client_arguments, credentials_from_args
+from shared.auth import Role, add_client_arguments, credentials_from_args
 from shared.errors import InvalidArgument, QfarmError
 from shared.latency import add_lock_arguments
 
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "importable here (repeatable)")
     reg.add_argument("--runtime-option", action="append", default=[], metavar="KEY=VALUE",
                      help="runtime-specific setting passed to the runtime's factory (repeatable)")
-    add_client_arguments(reg)                                        # --token, --token-file, --tls-ca
+    add_client_arguments(reg, Role.AGENT)                            # --token, --token-file, --tls-ca
     reg.add_argument("-v", "--verbose", action="store_true")
     tvm = reg.add_argument_group("TVM (--runtime tvm), see deploy/android.md")
     tvm.add_argument("--tracker-port", type=int, default=None, metavar="PORT",
@@ -118,6 +118,8 @@ def open_tracker(args: argparse.Namespace):
                                   step="agent")
         return TvmTracker.attach(TrackerAddress.parse(args.tracker))
     port = TVM_TRACKER_PORT if args.tracker_port is None else args.tracker_port
+    if not 0 <= port <= 65535:
+        raise InvalidArgument(f"--tracker-port {port} is not a TCP port (0 to 65535; 0 picks a free one)", step="agent")
     return TvmTracker.start(args.tracker_bind, port)
 
 
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                  runtime=RuntimeOptions(runtime=args.runtime, threads=args.threads,
                                                         optimization=args.optimization, extra=extra),
                                  slots=1 if slots is None else slots, job_timeout_s=args.job_timeout,
-                                 name=args.name, credentials=credentials_from_args(args),
+                                 name=args.name, credentials=credentials_from_args(args, role=Role.AGENT),
                                  job_memory_mb=args.job_memory_mb, drain_timeout_s=args.drain_timeout,
                                  latency_lock=args.latency_lock, allowed_metrics=tuple(args.allow_metric))
             agent = Agent(config, devices)

@@ -27,6 +27,15 @@ def memory_bytes() -> int:
         return 0
 
 
+MAX_FIELD_CHARS = 200     # the coordinator refuses capabilities text over 256 characters
+
+
+def _clean(text: str) -> str:
+    """Printable and short, as the coordinator requires (odd bytes in /proc/cpuinfo never stop an agent)."""
+    return "".join(ch for ch in text if ch.isprintable())[:MAX_FIELD_CHARS]
+
+
 def host_info() -> farm_pb2.HostInfo:
-    return farm_pb2.HostInfo(hostname=socket.gethostname(), cpu_model=cpu_model(), cores=os.cpu_count() or 0,
-                             memory_bytes=memory_bytes(), os=platform.platform(), arch=platform.machine())
+    return farm_pb2.HostInfo(hostname=_clean(socket.gethostname()), cpu_model=_clean(cpu_model()),
+                             cores=os.cpu_count() or 0, memory_bytes=memory_bytes(), os=_clean(platform.platform()),
+                             arch=_clean(platform.machine()))

@@ -3,7 +3,12 @@ artifacts once (cached by sha256, verified), measure each job in a child process
 
 Every call to the coordinator is a unary RPC that may fail: an unreachable coordinator is retried
 with backoff, and an agent the coordinator no longer knows (restart, eviction) registers again by
-itself, handing over the jobs it is still running so their leases are kept."""
+itself, handing over the jobs it is still running so their leases are kept.
+
+Registration hands out an identity (agent id + secret) that every later call carries as metadata;
+the coordinator accepts heartbeats, results and downloads only for the jobs this identity holds.
+The identity is kept in `<work dir>/identity.json` (mode 600), so an agent that restarts proves it
+replaces its previous registration instead of leaving it behind until eviction."""
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +33,8 @@ from agent.host import host_info
 from agent.runtimes import RuntimeOptions, make_runner
 from agent.sandbox import ChildWorker
 from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
-from shared.auth import Credentials
+from shared.atomic import atomic_output
+from shared.auth import AgentIdentity, Credentials
 from shared.errors import InvalidArgument, QfarmError
 from shared.evaluate import EvalSpec
 from shared.latency import DEFAULT_LATENCY_LOCK, check_lock_path
@@ -41,9 +47,13 @@ log = logging.getLogger(__name__)
 
 _RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
           grpc.StatusCode.RESOURCE_EXHAUSTED)
-_REREGISTER = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
-# a wrong token, or a coordinator that does not speak this agent's protocol
-_FATAL_AT_REGISTER = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.FAILED_PRECONDITION)
+# the coordinator does not know this registration (any more): it restarted, evicted us, or lost its data
+_REREGISTER = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+IDENTITY_FILE = "identity.json"
+MAX_NAME_CHARS = 256
+# a wrong token, another role's token, or a coordinator that does not speak this agent's protocol
+_FATAL_AT_REGISTER = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                      grpc.StatusCode.FAILED_PRECONDITION)
 
 
 @dataclass(frozen=True)
@@ -55,7 +65,7 @@ class AgentConfig:
     slots: int = 1
     job_timeout_s: float = 1800.0
     name: str = ""                        # default: host + device + work dir (stable across restarts)
-    lease_wait_s: float = 2.0
+    lease_wait_s: float = 30.0            # an idle agent's long-poll (it costs the coordinator no thread)
     backoff_s: tuple[float, float] = (0.2, 5.0)
     python: str = sys.executable
     max_message_bytes: int = 64 << 20
@@ -73,8 +83,8 @@ class AgentConfig:
             raise InvalidArgument(f"--coordinator {self.coordinator!r} is not HOST:PORT", step="agent")
         if self.slots < 1:
             raise InvalidArgument(f"--slots {self.slots} must be >= 1", step="agent")
-        if self.job_timeout_s <= 0:
-            raise InvalidArgument(f"--job-timeout {self.job_timeout_s} must be > 0", step="agent")
+        if not 0 < self.job_timeout_s < float("inf"):      # NaN too
+            raise InvalidArgument(f"--job-timeout {self.job_timeout_s} must be a finite number > 0", step="agent")
         if not isinstance(self.job_memory_mb, int) or self.job_memory_mb < 0:
             raise InvalidArgument(f"--job-memory-mb {self.job_memory_mb!r} must be an integer >= 0", step="agent")
         if not self.drain_timeout_s >= 0:
@@ -82,6 +92,12 @@ class AgentConfig:
         object.__setattr__(self, "latency_lock", check_lock_path(self.latency_lock))
         for metric in self.allowed_metrics:
             check_metric_path(metric)
+        if not 1 <= int(port) <= 65535:
+            raise InvalidArgument(f"--coordinator {self.coordinator!r}: port {port} is not a TCP port (1 to 65535)",
+                                  step="agent")
+        if len(self.name) > MAX_NAME_CHARS or not self.name.isprintable():
+            raise InvalidArgument(f"--name {self.name[:80]!r} must be at most {MAX_NAME_CHARS} printable characters",
+                                  step="agent")
 
     def agent_name(self) -> str:
         if self.name:
@@ -132,12 +148,14 @@ class Agent:
         self._stub = farm_pb2_grpc.AgentServiceStub(self._channel)
         self._lock = threading.Condition()
         self._register_lock = threading.Lock()
-        self._agent_id: str | None = None
+        self._identity: AgentIdentity | None = None
+        self._previous = self._load_identity()       # a registration of this work dir before a restart
         self._heartbeat_s = 2.0
         self._running: dict[str, _Running] = {}
         self._verified: set[str] = set()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
+        self._lease_call: grpc.Future | None = None
         self._draining = threading.Event()  # no new leases; running jobs go on (agent.drain)
         self._drain_reason = ""             # "agent drain" (a request file, can be cancelled) or "stopping"
         self.drain_file = self.work_dir / DRAIN_FILE
@@ -158,6 +176,41 @@ class Agent:
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
+            self._end_long_poll()
+
+    def _end_long_poll(self) -> None:
+        """A Lease long-poll in progress ends now, not at its timeout (call with self._lock held)."""
+        if self._lease_call is not None:
+            self._lease_call.cancel()
+
+    @property
+    def _agent_id(self) -> str | None:
+        return self._identity.agent_id if self._identity is not None else None
+
+    def _metadata(self, identity: AgentIdentity | None = None) -> tuple[tuple[str, str], ...]:
+        identity = identity or self._identity
+        return identity.metadata() if identity is not None else ()
+
+    def _load_identity(self) -> AgentIdentity | None:
+        path = self.work_dir / IDENTITY_FILE
+        try:
+            data = json.loads(path.read_text())
+            if data.get("device") != self.config.device or data.get("coordinator") != self.config.coordinator:
+                return None
+            return AgentIdentity(str(data["agent_id"]), str(data["secret"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _save_identity(self, identity: AgentIdentity) -> None:
+        text = json.dumps({"agent_id": identity.agent_id, "secret": identity.secret, "device": self.config.device,
+                           "coordinator": self.config.coordinator})
+        try:
+            with atomic_output(self.work_dir / IDENTITY_FILE) as tmp:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                    out.write(text)
+        except OSError as exc:
+            log.warning("could not keep this agent's identity in %s (%s): a restart registers anew",
+                        self.work_dir / IDENTITY_FILE, exc)
 
     def drain(self, reason: str = "agent drain") -> None:
         """Lease no new jobs; the running ones go on."""
@@ -169,6 +222,7 @@ class Agent:
             elif reason == "stopping":
                 self._drain_reason = reason          # a stop is never cancelled by removing the request file
             self._lock.notify_all()
+            self._end_long_poll()
             self._publish_state()
 
     def stop_gracefully(self, timeout: float | None = None) -> bool:
@@ -228,9 +282,9 @@ class Agent:
                 if free <= 0 or self._stop.is_set():
                     continue
                 try:
-                    resp = self._stub.Lease(farm_pb2.LeaseRequest(agent_id=agent_id, max_jobs=free,
-                                                                  wait_s=self.config.lease_wait_s),
-                                            timeout=self.config.lease_wait_s + 30)
+                    resp = self._lease(agent_id, free)
+                except grpc.FutureCancelledError:       # stop() or drain() ended the long-poll
+                    continue
                 except grpc.RpcError as exc:
                     self._rpc_failed("lease", exc, agent_id)
                     continue
@@ -242,6 +296,21 @@ class Agent:
                     pool.submit(self._execute, job)
         finally:
             self._shutdown(pool, heartbeat)
+
+    def _lease(self, agent_id: str, free: int) -> farm_pb2.LeaseResponse:
+        """One long-poll for up to `free` jobs, which `stop()` can cancel."""
+        call = self._stub.Lease.future(farm_pb2.LeaseRequest(agent_id=agent_id, max_jobs=free,
+                                                             wait_s=self.config.lease_wait_s),
+                                       timeout=self.config.lease_wait_s + 30, metadata=self._metadata())
+        with self._lock:
+            self._lease_call = call
+            if self._stop.is_set() or self._draining.is_set():
+                call.cancel()
+        try:
+            return call.result()
+        finally:
+            with self._lock:
+                self._lease_call = None
 
     def _shutdown(self, pool: ThreadPoolExecutor, heartbeat: threading.Thread) -> None:
         self._stop.set()
@@ -259,7 +328,8 @@ class Agent:
         agent_id = self._agent_id
         if agent_id:
             try:
-                self._stub.Deregister(farm_pb2.DeregisterRequest(agent_id=agent_id), timeout=5)
+                self._stub.Deregister(farm_pb2.DeregisterRequest(agent_id=agent_id), timeout=5,
+                                      metadata=self._metadata())
             except grpc.RpcError as exc:
                 log.info("could not deregister (%s): the coordinator will evict this agent", exc.code().name)
         self._channel.close()
@@ -281,10 +351,11 @@ class Agent:
 
     # ---------------------------------------------------------------- registration and heartbeats
     def _ensure_registered(self) -> str | None:
-        """The current agent id, registering (again) with backoff when there is none."""
+        """The current agent id, registering (again) with backoff when there is none. A registration
+        carries the identity it replaces, so the coordinator hands its leases over."""
         with self._register_lock:
             delay = self.config.backoff_s[0]
-            while self._agent_id is None and not self._stop.is_set():
+            while self._identity is None and not self._stop.is_set():
                 with self._lock:
                     running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
                 caps = farm_pb2.AgentCapabilities(host=host_info(), slots=self.config.slots,
@@ -293,7 +364,7 @@ class Agent:
                 try:
                     resp = self._stub.Register(farm_pb2.RegisterRequest(
                         device=self.config.device, name=self.config.agent_name(), capabilities=caps,
-                        running=running), timeout=10)
+                        running=running), timeout=10, metadata=self._metadata(self._previous))
                 except grpc.RpcError as exc:
                     if exc.code() in _FATAL_AT_REGISTER:      # retrying cannot help: stop, say why
                         self._refused(exc)
@@ -303,7 +374,9 @@ class Agent:
                     self._stop.wait(delay)
                     delay = min(delay * 2, self.config.backoff_s[1])
                     continue
-                self._agent_id = resp.agent_id
+                self._identity = AgentIdentity(resp.agent_id, resp.agent_secret)
+                self._previous = self._identity
+                self._save_identity(self._identity)
                 self._heartbeat_s = resp.heartbeat_interval_s or self._heartbeat_s
                 self.counters["registrations"] += 1
                 log.info("registered as %s for device class %s (%d running job(s) handed over; coordinator "
@@ -314,11 +387,11 @@ class Agent:
     def _forget(self, agent_id: str) -> None:
         with self._register_lock:
             if self._agent_id == agent_id:
-                self._agent_id = None
+                self._identity = None
 
     def _refused(self, exc: grpc.RpcError) -> None:
         """The coordinator refuses our token (wrong, or rotated) or our protocol: stop, and say why."""
-        what = "credentials" if exc.code() == grpc.StatusCode.UNAUTHENTICATED else "registration"
+        what = "registration" if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else "credentials"
         self.fatal = f"the coordinator refused this agent's {what}: {exc.details()}"
         log.error("%s", self.fatal)
         self._stop.set()
@@ -341,12 +414,14 @@ class Agent:
             agent_id = self._ensure_registered()
             if agent_id is None:
                 return
+            self._follow_drain_request()         # noticed within a heartbeat, also while a long-poll waits
             with self._lock:
                 running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
             free, busy = self._slot_counts(len(running))
             try:
                 resp = self._stub.Heartbeat(farm_pb2.HeartbeatRequest(
-                    agent_id=agent_id, running=running, free_slots=free, busy_slots=busy), timeout=10)
+                    agent_id=agent_id, running=running, free_slots=free, busy_slots=busy), timeout=10,
+                    metadata=self._metadata())
             except grpc.RpcError as exc:
                 self._rpc_failed("heartbeat", exc, agent_id)
                 continue
@@ -424,7 +499,8 @@ class Agent:
             return stored.path
 
     def _download(self, sha: str, run: _Running) -> Iterator[bytes]:
-        for chunk in self._stub.FetchArtifact(farm_pb2.FetchArtifactRequest(sha256=sha), timeout=3600):
+        for chunk in self._stub.FetchArtifact(farm_pb2.FetchArtifactRequest(sha256=sha), timeout=3600,
+                                              metadata=self._metadata()):
             if run.cancelled:
                 raise JobCancelled()
             yield chunk.data
@@ -478,17 +554,21 @@ class Agent:
             if first:  # empty file: still name it
                 yield farm_pb2.ArtifactChunk(artifact=meta, data=b"", offset=0)
 
-        return self._stub.UploadArtifact(chunks(), timeout=600).artifact
+        return self._stub.UploadArtifact(chunks(), timeout=600, metadata=self._metadata()).artifact
 
     def _report(self, job: job_pb2.Job, run: _Running, result: job_pb2.DeviceResult,
                 fp32: job_pb2.Artifact | None) -> None:
         """Deliver the result, retrying while the coordinator is unreachable (results are idempotent)."""
         delay = self.config.backoff_s[0]
         while not self._stop.is_set() and not run.cancelled:
-            request = farm_pb2.ReportResultRequest(agent_id=self._agent_id or "", result=result, fp32_outputs=fp32)
+            identity = self._identity
+            request = farm_pb2.ReportResultRequest(agent_id=identity.agent_id if identity else "", result=result,
+                                                   fp32_outputs=fp32)
             try:
-                resp = self._stub.ReportResult(request, timeout=30)
+                resp = self._stub.ReportResult(request, timeout=30, metadata=self._metadata(identity))
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED and identity is not self._identity:
+                    continue        # registered again meanwhile (the lease moved with it): report as the new one
                 if exc.code() not in _RETRY:
                     log.warning("result of %s refused: %s %s", job.job_id, exc.code().name, exc.details())
                     return

@@ -30,6 +30,7 @@ class Option:
     spec: str = ""                    # "section.key", or "key" at the top level of the spec
     choices: Callable[[], Sequence[str]] | None = None   # allowed values (choice) or items (choices)
     minimum: float | None = None      # int: >= minimum; number: > minimum
+    maximum: float | None = None      # int and number: <= maximum
     min_items: int = 0                # choices: at least this many
     tune: bool = True                 # a TuneConfig field; False: the campaign's own (not part of results)
     metavar: str | None = None
@@ -61,15 +62,18 @@ class Option:
         return getattr(self, f"_check_{self.kind}")(value)
 
     def _check_int(self, value: Any) -> tuple[Any, list[str]]:
-        if not isinstance(value, int) or isinstance(value, bool) or \
-                (self.minimum is not None and value < self.minimum):
-            return self.default, [f"{value!r} must be an integer >= {self.minimum:g}"]
+        low, high = self.minimum, self.maximum
+        if not isinstance(value, int) or isinstance(value, bool) or not (low is None or value >= low) \
+                or not (high is None or value <= high):
+            upper = f" and <= {self.maximum:g}" if self.maximum is not None else ""
+            return self.default, [f"{value!r} must be an integer >= {self.minimum:g}{upper}"]
         return value, []
 
     def _check_number(self, value: Any) -> tuple[Any, list[str]]:
         low = 0 if self.minimum is None else self.minimum
-        if not is_number(value) or value <= low:
-            return self.default, [f"{value!r} must be a number > {low:g}"]
+        if not is_number(value) or value <= low or (self.maximum is not None and value > self.maximum):
+            upper = f" and <= {self.maximum:g}" if self.maximum is not None else ""
+            return self.default, [f"{value!r} must be a number > {low:g}{upper}"]
         return float(value), []
 
     def _check_fraction(self, value: Any) -> tuple[Any, list[str]]:
@@ -142,8 +146,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("n_calibration", "int", 64, "calibration images", ("--calibration",), "data.calibration", minimum=1),
     Option("n_eval", "int", 300, "evaluation images", ("--eval",), "data.eval", minimum=1),
     Option("latency_runs", "int", 20, "batch-1 timed runs per candidate", ("--latency-runs",), "data.latency_runs",
-           minimum=0),
-    Option("seed", "int", 0, "seed of the image split and the search", ("--seed",), "data.seed", minimum=0),
+           minimum=0, maximum=100_000),
+    Option("seed", "int", 0, "seed of the image split and the search", ("--seed",), "data.seed", minimum=0,
+           maximum=2**32 - 1),
     Option("task", "choice", "auto",
            "which fidelity metrics apply (auto: classification when the first output is (N, C) scores, dense "
            "when an output has spatial dims, else generic); every task gets SQNR and cosine per output",
@@ -170,7 +175,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("budget_evals", "int", None, "stop after this many candidate evaluations", ("--budget-evals",),
            "strategy.budget_evals", minimum=1),
     Option("budget_seconds", "number", None, "stop starting new candidates after this many seconds",
-           ("--budget-seconds",), "strategy.budget_seconds"),
+           ("--budget-seconds",), "strategy.budget_seconds", maximum=366 * 86400),
     Option("probe_recipes", "choices", (), "measure these recipes as full INT8 first and search with the best",
            ("--probe-recipes",), "strategy.probe_recipes", _recipe_probes, metavar="RECIPE"),
     Option("blame_crashes", "bool", True,
@@ -178,7 +183,7 @@ OPTIONS: tuple[Option, ...] = (
            ("--no-blame",), "strategy.blame_crashes"),
     Option("device_timeout_s", "number", 600.0,
            "with --coordinator: fail if a device class has no agent for this long (seconds)",
-           ("--device-timeout",), "device_timeout_s", tune=False),
+           ("--device-timeout",), "device_timeout_s", tune=False, maximum=30 * 86400),
 )
 BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
 TUNE_OPTIONS = tuple(o for o in OPTIONS if o.tune)

@@ -11,8 +11,9 @@ for the agents.
         assert report["candidates"][0]["results"]["npu-x"]["status"] == "ok"
 
 `coordinator()`, `AgentThread`, `coordinator_process()` and `agent_process()` are the pieces
-`Farm` is made of, for tests that kill or restart one of them. Timings are short (`FAST`) so a
-test never waits long for a heartbeat or a lease.
+`Farm` is made of, for tests that kill or restart one of them. `ProtocolAgent` speaks the agent
+protocol call by call (no worker processes), for tests and benches that play agents, honest or
+not. Timings are short (`FAST`) so a test never waits long for a heartbeat or a lease.
 
 This is the one module that composes the coordinator with agents (scripts/layering.py)."""
 from __future__ import annotations
@@ -27,13 +28,17 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+import grpc
+
 from agent.runtimes import RuntimeOptions
 from agent.worker import Agent, AgentConfig
 from coordinator.farm.client import CampaignClient
 from coordinator.farm.scheduler import LeasePolicy
 from coordinator.farm.server import FarmServer, ServerConfig, build_server
 from coordinator.farm.spec import CampaignSpec
-from shared.auth import Credentials
+from shared.auth import AgentIdentity, Credentials
+from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
+from shared.version import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent      # where `python -m agent.cli` and `coordinator.cli` run from
 FAST = LeasePolicy(heartbeat_interval_s=0.25, missing_after_s=0.8, evict_after_s=1.5, lease_ttl_s=2.5, max_wait_s=0.5)
@@ -147,6 +152,73 @@ class Farm:
                 raise AssertionError(f"campaign {campaign_id} ended {final.state}: {final.message}")
             client.report(campaign_id, out)
         return json.loads((out / "report.json").read_text())
+
+
+class ProtocolAgent:
+    """One agent speaking the wire protocol directly over `channel` (which carries the token, if
+    any): each method is one call, with this agent's identity once registered. `identity` may be
+    set to anything, to play an agent that lies about who it is."""
+
+    def __init__(self, channel: grpc.Channel, device: str, name: str = "protocol-agent", slots: int = 1):
+        self.stub = farm_pb2_grpc.AgentServiceStub(channel)
+        self.device, self.name, self.slots = device, name, slots
+        self.identity: AgentIdentity | None = None
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id if self.identity is not None else ""
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.identity.metadata() if self.identity is not None else ()
+
+    def register(self, running: tuple[tuple[str, int], ...] = (), previous: AgentIdentity | None = None,
+                 host: farm_pb2.HostInfo | None = None, timeout: float = 10) -> farm_pb2.RegisterResponse:
+        caps = farm_pb2.AgentCapabilities(slots=self.slots, protocol_version=PROTOCOL_VERSION, host=host)
+        resp = self.stub.Register(farm_pb2.RegisterRequest(
+            device=self.device, name=self.name, capabilities=caps,
+            running=[farm_pb2.JobRef(job_id=j, attempt=a) for j, a in running]),
+            metadata=previous.metadata() if previous is not None else (), timeout=timeout)
+        self.identity = AgentIdentity(resp.agent_id, resp.agent_secret)
+        return resp
+
+    def heartbeat(self, running: tuple[tuple[str, int], ...] = (), timeout: float = 10) -> list[tuple[str, int]]:
+        resp = self.stub.Heartbeat(farm_pb2.HeartbeatRequest(
+            agent_id=self.agent_id, running=[farm_pb2.JobRef(job_id=j, attempt=a) for j, a in running],
+            free_slots=self.slots - len(running), busy_slots=len(running)), metadata=self.metadata(), timeout=timeout)
+        return [(r.job_id, r.attempt) for r in resp.cancel]
+
+    def lease(self, max_jobs: int = 1, wait_s: float = 0.0, timeout: float = 30) -> list[job_pb2.Job]:
+        return list(self.stub.Lease(farm_pb2.LeaseRequest(agent_id=self.agent_id, max_jobs=max_jobs, wait_s=wait_s),
+                                    metadata=self.metadata(), timeout=timeout).jobs)
+
+    def fetch(self, sha256: str, offset: int = 0, timeout: float = 60) -> bytes:
+        return b"".join(c.data for c in self.stub.FetchArtifact(
+            farm_pb2.FetchArtifactRequest(sha256=sha256, offset=offset), metadata=self.metadata(), timeout=timeout))
+
+    def upload(self, data: bytes, kind: str = "fp32_outputs", timeout: float = 60) -> job_pb2.Artifact:
+        from shared.hashing import sha256_bytes
+
+        meta = job_pb2.Artifact(sha256=sha256_bytes(data), size_bytes=len(data), kind=kind, name=kind)
+        return self.stub.UploadArtifact(iter([farm_pb2.ArtifactChunk(artifact=meta, data=data)]),
+                                        metadata=self.metadata(), timeout=timeout).artifact
+
+    def report(self, result: job_pb2.DeviceResult, fp32: job_pb2.Artifact | None = None,
+               timeout: float = 10) -> farm_pb2.ReportResultResponse:
+        return self.stub.ReportResult(farm_pb2.ReportResultRequest(agent_id=self.agent_id, result=result,
+                                                                   fp32_outputs=fp32),
+                                      metadata=self.metadata(), timeout=timeout)
+
+    def deregister(self, timeout: float = 10) -> None:
+        self.stub.Deregister(farm_pb2.DeregisterRequest(agent_id=self.agent_id), metadata=self.metadata(),
+                             timeout=timeout)
+
+
+def ok_result(job: job_pb2.Job, **fields) -> job_pb2.DeviceResult:
+    """A plausible `ok` result of `job` (as leased: its attempt), for agents played by a test."""
+    values = {"status": job_pb2.RESULT_STATUS_OK, "top1_agreement": 1.0, "top5_agreement": 1.0, "size_bytes": 1,
+              "num_images": 1, **fields}
+    return job_pb2.DeviceResult(job_id=job.job_id, attempt=job.attempt, candidate_id=job.candidate.id,
+                                device=job.device, **values)
 
 
 def _environment(env: Mapping[str, str] | None) -> dict[str, str]:

@@ -80,27 +80,19 @@ class ArtifactStore:
     def put_stream(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
                    max_bytes: int | None = None) -> StoredArtifact:
         """Write chunks to a temp file, hash as they come, rename into place if the hash matches."""
+        writer = self.writer(expected_sha256, max_bytes)
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+        finally:
+            writer.abort()
+
+    def writer(self, expected_sha256: str | None = None, max_bytes: int | None = None) -> "ArtifactWriter":
+        """An artifact written piece by piece (e.g. as an upload's chunks arrive); `commit` keeps it."""
         if expected_sha256 is not None:
             check_sha(expected_sha256)
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="part-")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if max_bytes is not None and size > max_bytes:
-                        raise InvalidArgument(f"artifact exceeds {max_bytes} bytes", step="artifact")
-                    digest.update(chunk)
-                    out.write(chunk)
-            sha = digest.hexdigest()
-            if expected_sha256 is not None and sha != expected_sha256:
-                raise CorruptArtifact(f"received {size} bytes hashing to {sha}, expected {expected_sha256}")
-            final = publish(tmp, self.path_of(sha))   # a concurrent writer of the same sha writes the same bytes
-            return StoredArtifact(sha, size, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+        return ArtifactWriter(self, expected_sha256, max_bytes)
 
     def chunks(self, sha256: str, offset: int = 0, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
         """(offset, bytes) pieces of a verified artifact, from `offset`."""
@@ -109,6 +101,40 @@ class ArtifactStore:
             raise InvalidArgument(f"offset {offset} is outside artifact {sha256} of {stored.size_bytes} bytes",
                                   step="artifact")
         yield from iter_file_chunks(stored.path, offset, chunk_bytes)
+
+
+class ArtifactWriter:
+    """One artifact being written: bytes go to a temp file and a running hash; `commit` renames the
+    file into place only if the hash matches, `abort` (also safe after commit) leaves nothing."""
+
+    def __init__(self, store: ArtifactStore, expected_sha256: str | None, max_bytes: int | None):
+        self._store = store
+        self._expected = expected_sha256
+        self._max_bytes = max_bytes
+        self._digest = hashlib.sha256()
+        self.size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=store._tmp, prefix="part-")
+        self._tmp = Path(tmp_name)
+        self._out = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self._max_bytes is not None and self.size > self._max_bytes:
+            raise InvalidArgument(f"artifact exceeds {self._max_bytes} bytes", step="artifact")
+        self._digest.update(chunk)
+        self._out.write(chunk)
+
+    def commit(self) -> StoredArtifact:
+        self._out.close()
+        sha = self._digest.hexdigest()
+        if self._expected is not None and sha != self._expected:
+            raise CorruptArtifact(f"received {self.size} bytes hashing to {sha}, expected {self._expected}")
+        final = publish(self._tmp, self._store.path_of(sha))   # a concurrent writer of this sha writes the same bytes
+        return StoredArtifact(sha, self.size, final)
+
+    def abort(self) -> None:
+        self._out.close()
+        self._tmp.unlink(missing_ok=True)
 
 
 def iter_file_chunks(path: Path, offset: int = 0, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:

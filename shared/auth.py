@@ -1,13 +1,22 @@
-"""Who may talk to the coordinator: a shared farm token sent as call metadata, and optional TLS.
+"""Who may talk to the coordinator: role tokens sent as call metadata, agent identities, optional TLS.
 
-The coordinator checks `authorization: Bearer <token>` on every call in a server interceptor,
-before any servicer code runs, so a refused call changes nothing. The standard gRPC health
-service stays open on purpose: probes (systemd, load balancers) need no secret, and it reveals
-only SERVING/NOT_SERVING. Agents and clients add the token to each call with a client
-interceptor, the same way over plaintext and TLS. Tokens come from a flag, a file or the
-environment (`QFARM_TOKEN`); TLS files from flags or `QFARM_TLS_CA/CERT/KEY`.
+Two roles. An **agent** registers, leases jobs, fetches the artifacts of its own jobs and reports
+their results (AgentService); a **client** submits campaigns, reads status and reports and uploads
+campaign files (CampaignService). Each role has its own token (`--agent-token`, `--client-token`,
+or $QFARM_AGENT_TOKEN / $QFARM_CLIENT_TOKEN); one farm token (`--token`, $QFARM_TOKEN) may serve
+both, as in the loopback demos. Tokens travel as `authorization: Bearer <token>` and are checked
+on the coordinator before any servicer code runs (coordinator/farm/access.py holds the method ->
+roles table, coordinator/farm/gate.py checks it), so a refused call changes nothing.
 
-The token travels in clear text without TLS: use TLS wherever the network is not trusted."""
+Every agent call after Register also proves which registration it comes from: the agent id and the
+random secret the coordinator handed out at registration (`AgentIdentity`, two metadata entries).
+The coordinator stores only the secret's SHA-256; a token holder who learns agent or job ids from
+status still cannot heartbeat, report or deregister for another agent.
+
+The standard gRPC health service stays open on purpose: probes (systemd, kubelet, load balancers)
+need no secret and it reveals only SERVING/NOT_SERVING. Tokens come from a flag, a file or the
+environment; TLS files from flags or QFARM_TLS_CA/CERT/KEY. Without TLS tokens and secrets travel
+in clear text: use TLS wherever the network is not trusted."""
 from __future__ import annotations
 
 import argparse
@@ -16,9 +25,13 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import os
+import secrets
+import ssl
 import stat
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,57 +41,97 @@ from shared.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "QFARM_TOKEN"
+
+class Role(str, Enum):
+    AGENT = "agent"
+    CLIENT = "client"
+
+
+TOKEN_ENV = "QFARM_TOKEN"                                   # one token for both roles
+ROLE_TOKEN_ENV = {Role.AGENT: "QFARM_AGENT_TOKEN", Role.CLIENT: "QFARM_CLIENT_TOKEN"}
 TLS_CA_ENV = "QFARM_TLS_CA"
 TLS_CERT_ENV = "QFARM_TLS_CERT"
 TLS_KEY_ENV = "QFARM_TLS_KEY"
 METADATA_KEY = "authorization"
 SCHEME = "Bearer "
+AGENT_ID_KEY = "qfarm-agent-id"
+AGENT_SECRET_KEY = "qfarm-agent-secret"
 MIN_TOKEN_CHARS = 16
+MIN_TOKEN_DISTINCT = 6          # different characters in a token
+MIN_TOKEN_BITS = 32.0           # length x Shannon entropy of its character frequencies
 PLACEHOLDER_TOKEN = "change-me-to-a-long-random-string"     # deploy/qfarm.env.example's value
-OPEN_SERVICE_PREFIXES = ("/grpc.health.v1.Health/",)
+AGENT_SECRET_BYTES = 32         # 256 random bits per registration
 
 
 # ------------------------------------------------------------------------------------ tokens
+def estimated_bits(token: str) -> float:
+    """A floor-free guess at a token's strength from its own characters: length times the Shannon
+    entropy of their frequencies. Random tokens of 16+ characters score 34+; repeated letters,
+    two-letter patterns and the like score far below."""
+    counts = collections.Counter(token)
+    n = len(token)
+    return n * -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+
+
 def check_token(token: str, source: str) -> str:
-    """A usable token: printable ASCII (gRPC metadata), no spaces, long enough, not the example."""
+    """A usable token: printable ASCII (gRPC metadata), no spaces, long enough, not a repetitive
+    pattern, not the example."""
+    fix = "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
     if not token:
         raise InvalidArgument(f"the token from {source} is empty", step="auth")
     if not all(33 <= ord(ch) <= 126 for ch in token):
         raise InvalidArgument(f"the token from {source} must be printable ASCII without spaces", step="auth")
     if len(token) < MIN_TOKEN_CHARS:
-        raise InvalidArgument(f"the token from {source} has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-                              "(e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)", step="auth")
+        raise InvalidArgument(f"the token from {source} has {len(token)} characters; use at least "
+                              f"{MIN_TOKEN_CHARS} {fix}", step="auth")
     if token == PLACEHOLDER_TOKEN:
         raise InvalidArgument(f"the token from {source} is the placeholder of qfarm.env.example; set a random one",
                               step="auth")
+    distinct, bits = len(set(token)), estimated_bits(token)
+    if distinct < MIN_TOKEN_DISTINCT or bits < MIN_TOKEN_BITS:
+        raise InvalidArgument(f"the token from {source} is too predictable: {distinct} different characters, about "
+                              f"{bits:.0f} bits by character frequency (need >= {MIN_TOKEN_DISTINCT} and >= "
+                              f"{MIN_TOKEN_BITS:.0f}); use a random one {fix}", step="auth")
     return token
 
 
-def read_token_file(path: Path) -> str:
+def read_token_file(path: Path, flag: str = "--token-file") -> str:
     path = Path(path)
     try:
         text = path.read_text(encoding="ascii")
         mode = path.stat().st_mode
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"--token-file {path} cannot be read: {exc}", step="auth") from exc
+        raise InvalidArgument(f"{flag} {path} cannot be read: {exc}", step="auth") from exc
     if mode & stat.S_IROTH:
         log.warning("token file %s is readable by every user; chmod 600 it", path)
-    return check_token(text.strip(), f"--token-file {path}")
+    return check_token(text.strip(), f"{flag} {path}")
 
 
-def resolve_token(token: str | None, token_file: Path | None,
-                  env: Mapping[str, str] = os.environ) -> str | None:
-    """--token, else --token-file, else $QFARM_TOKEN, else None (giving both flags is an error)."""
+def _from_flags(token: str | None, token_file: Path | None, flag: str) -> str | None:
     if token is not None and token_file is not None:
-        raise InvalidArgument("give either --token or --token-file, not both", step="auth")
+        raise InvalidArgument(f"give either {flag} or {flag}-file, not both", step="auth")
     if token is not None:
-        return check_token(token, "--token")
+        return check_token(token, flag)
     if token_file is not None:
-        return read_token_file(token_file)
-    if env.get(TOKEN_ENV):
-        return check_token(env[TOKEN_ENV], f"${TOKEN_ENV}")
+        return read_token_file(token_file, f"{flag}-file")
     return None
+
+
+def _from_env(env: Mapping[str, str], *names: str) -> str | None:
+    for name in names:
+        if env.get(name):
+            return check_token(env[name], f"${name}")
+    return None
+
+
+def resolve_token(token: str | None, token_file: Path | None, env: Mapping[str, str] = os.environ,
+                  role: Role | None = None) -> str | None:
+    """--token, else --token-file, else $QFARM_<ROLE>_TOKEN (when a role is given), else
+    $QFARM_TOKEN, else None (giving both flags is an error)."""
+    flags = _from_flags(token, token_file, "--token")
+    if flags is not None:
+        return flags
+    return _from_env(env, *([ROLE_TOKEN_ENV[role]] if role is not None else []), TOKEN_ENV)
 
 
 def _digest(value: str | bytes) -> bytes:
@@ -92,51 +145,50 @@ def token_matches(presented: str | bytes | None, expected: str) -> bool:
     return hmac.compare_digest(_digest(presented), _digest(expected))
 
 
-# ------------------------------------------------------------------------------------ server
-def _presented_token(metadata: Sequence | None) -> str | bytes | None:
+def presented_token(metadata: Sequence | None) -> str | bytes | None:
+    """The bearer token of a call's metadata; a value in another scheme never matches any token."""
     for key, value in metadata or ():
         if key == METADATA_KEY:
             raw = value.decode(errors="replace") if isinstance(value, bytes) else value
-            return raw[len(SCHEME):] if raw.startswith(SCHEME) else b"\0" + raw.encode()  # wrong scheme never matches
+            return raw[len(SCHEME):] if raw.startswith(SCHEME) else b"\0" + raw.encode()
     return None
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuses every call without the farm token with UNAUTHENTICATED, before the servicer runs.
-    A refused request is not even deserialized."""
+# ------------------------------------------------------------------------------------ agent identity
+def hash_secret(secret: str) -> str:
+    """What the coordinator stores of an agent secret (the secret is 256 random bits: no KDF needed)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
-    def __init__(self, token: str):
-        self._token = check_token(token, "the coordinator's configuration")
 
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method or ""
-        if method.startswith(OPEN_SERVICE_PREFIXES):
-            return continuation(handler_call_details)
-        presented = _presented_token(handler_call_details.invocation_metadata)
-        if token_matches(presented, self._token):
-            return continuation(handler_call_details)
-        handler = continuation(handler_call_details)
-        if handler is None:               # unknown method: UNIMPLEMENTED, as without auth
+def new_agent_secret() -> str:
+    return secrets.token_urlsafe(AGENT_SECRET_BYTES)
+
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """A registration's proof: sent with every agent call after Register as two metadata entries."""
+
+    agent_id: str
+    secret: str = field(repr=False)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((AGENT_ID_KEY, self.agent_id), (AGENT_SECRET_KEY, self.secret))
+
+    def matches(self, secret_hash: str) -> bool:
+        return bool(secret_hash) and hmac.compare_digest(hash_secret(self.secret), secret_hash)
+
+    @classmethod
+    def from_metadata(cls, metadata: Sequence | None) -> "AgentIdentity | None":
+        found: dict[str, str] = {}
+        for key, value in metadata or ():
+            if key in (AGENT_ID_KEY, AGENT_SECRET_KEY):
+                found[key] = value.decode(errors="replace") if isinstance(value, bytes) else value
+        if not found.get(AGENT_ID_KEY) or not found.get(AGENT_SECRET_KEY):
             return None
-        why = ("missing token: this coordinator requires the farm token (--token, --token-file or "
-               f"${TOKEN_ENV})") if presented is None else "wrong token"
-        return _refusal(handler, method, why)
+        return cls(found[AGENT_ID_KEY][:64], found[AGENT_SECRET_KEY][:256])
 
 
-def _refusal(handler: grpc.RpcMethodHandler, method: str, why: str) -> grpc.RpcMethodHandler:
-    def refuse(request, context):
-        log.warning("refused %s from %s: %s", method, context.peer(), why)
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, f"auth: {why}")
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
+# ------------------------------------------------------------------------------------ server
 def is_loopback(host: str) -> bool:
     if host in ("localhost", "ip6-localhost"):
         return True
@@ -158,17 +210,30 @@ def _read_pem(path: Path, what: str) -> bytes:
 
 @dataclass(frozen=True)
 class ServerSecurity:
-    """The coordinator's side: token check and TLS. Without a token it may listen on loopback
-    only, unless `allow_no_auth` says the network is trusted."""
+    """The coordinator's side: role tokens and TLS. `token` serves both roles; `agent_token` and
+    `client_token` (both or neither) separate them. Without any token the coordinator may listen
+    on loopback only, unless `allow_no_auth` says the network is trusted."""
 
     token: str | None = field(default=None, repr=False)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allow_no_auth: bool = False
+    agent_token: str | None = field(default=None, repr=False)
+    client_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.token is not None:
             check_token(self.token, "the coordinator's configuration")
+        if self.token is not None and (self.agent_token is not None or self.client_token is not None):
+            raise InvalidArgument("give either one farm token (--token) or separate --agent-token and --client-token, "
+                                  "not both", step="auth")
+        if (self.agent_token is None) != (self.client_token is None):
+            missing = "--client-token" if self.client_token is None else "--agent-token"
+            raise InvalidArgument(f"separate role tokens need both --agent-token and --client-token: {missing} is "
+                                  f"missing (or give one farm token with --token)", step="auth")
+        for role, value in ((Role.AGENT, self.agent_token), (Role.CLIENT, self.client_token)):
+            if value is not None:
+                check_token(value, f"the coordinator's {role.value} token")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidArgument("TLS needs both --tls-cert and --tls-key", step="tls")
 
@@ -176,23 +241,53 @@ class ServerSecurity:
     def tls(self) -> bool:
         return self.tls_cert is not None
 
-    def interceptors(self) -> tuple[grpc.ServerInterceptor, ...]:
-        return () if self.token is None else (TokenInterceptor(self.token),)
+    @property
+    def role_tokens(self) -> dict[Role, str] | None:
+        """Each role's token; None: no token required (loopback or --no-auth)."""
+        if self.token is not None:
+            return {Role.AGENT: self.token, Role.CLIENT: self.token}
+        if self.agent_token is not None:
+            return {Role.AGENT: self.agent_token, Role.CLIENT: self.client_token}   # type: ignore[dict-item]
+        return None
+
+    def token_of(self, role: Role) -> str | None:
+        """The token `role` must present (None: no token required)."""
+        tokens = self.role_tokens
+        return None if tokens is None else tokens[role]
+
+    @property
+    def separate_roles(self) -> bool:
+        tokens = self.role_tokens
+        return tokens is not None and tokens[Role.AGENT] != tokens[Role.CLIENT]
+
+    def roles_of(self, presented: str | bytes | None) -> frozenset[Role]:
+        """The roles a presented token grants (every role when no token is required). Every role's
+        token is compared, in constant time, whatever matched first."""
+        tokens = self.role_tokens
+        if tokens is None:
+            return frozenset(Role)
+        matched = [role for role, token in tokens.items() if token_matches(presented, token)]
+        return frozenset(matched)
 
     def check_exposure(self, host: str) -> None:
-        if self.token is None and not self.allow_no_auth and not is_loopback(host):
+        if self.role_tokens is None and not self.allow_no_auth and not is_loopback(host):
             raise FailedPrecondition(
                 f"refusing to listen on {host} without a token: anyone who can reach it could run code on your "
-                f"agents. Set --token-file/${TOKEN_ENV}, listen on 127.0.0.1, or pass --no-auth on a trusted "
-                "network", step="serve")
+                f"agents. Set --token-file/${TOKEN_ENV} (or --agent-token-file and --client-token-file), listen on "
+                "127.0.0.1, or pass --no-auth on a trusted network", step="serve")
 
-    def bind(self, server: grpc.Server, address: str) -> int:
-        """Add the listening port (TLS when configured); returns the bound port (0: failed)."""
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials (None: plaintext), after checking that the key belongs to the certificate."""
         if not self.tls:
-            return server.add_insecure_port(address)
-        creds = grpc.ssl_server_credentials([(_read_pem(self.tls_key, "--tls-key"),
-                                              _read_pem(self.tls_cert, "--tls-cert"))])
-        return server.add_secure_port(address, creds)
+            return None
+        key, cert = _read_pem(self.tls_key, "--tls-key"), _read_pem(self.tls_cert, "--tls-cert")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except ssl.SSLError as exc:
+            why = "does not match the certificate" if "KEY_VALUES_MISMATCH" in str(exc) else f"cannot be used ({exc})"
+            raise InvalidArgument(f"--tls-key {self.tls_key} {why} in --tls-cert {self.tls_cert}", step="tls") from None
+        return grpc.ssl_server_credentials([(key, cert)])
 
 
 # ------------------------------------------------------------------------------------ clients
@@ -261,31 +356,48 @@ def _env_path(env: Mapping[str, str], name: str) -> Path | None:
     return Path(env[name]) if env.get(name) else None
 
 
-def add_client_arguments(p: argparse.ArgumentParser) -> None:
+def add_client_arguments(p: argparse.ArgumentParser, role: Role = Role.CLIENT) -> None:
     """--token/--token-file/--tls-ca for agents and clients."""
-    p.add_argument("--token", default=None, help=f"farm token (prefer --token-file or ${TOKEN_ENV}: "
+    env = f"${ROLE_TOKEN_ENV[role]} or ${TOKEN_ENV}"
+    p.add_argument("--token", default=None, help=f"the {role.value} token (prefer --token-file or {env}: "
                    "command lines are visible to other users)")
-    p.add_argument("--token-file", type=Path, default=None, help="file holding the farm token")
+    p.add_argument("--token-file", type=Path, default=None, help=f"file holding the {role.value} token")
     p.add_argument("--tls-ca", type=Path, default=None,
                    help=f"CA certificate (PEM) that signed the coordinator's; enables TLS (or ${TLS_CA_ENV})")
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--token", default=None, help=f"farm token every call must carry (prefer --token-file or "
-                   f"${TOKEN_ENV})")
+    p.add_argument("--token", default=None, help=f"one farm token for agents and clients alike (prefer --token-file "
+                   f"or ${TOKEN_ENV})")
     p.add_argument("--token-file", type=Path, default=None, help="file holding the farm token")
+    for role in Role:
+        p.add_argument(f"--{role.value}-token", default=None,
+                       help=f"separate token of the {role.value} role (prefer the file or ${ROLE_TOKEN_ENV[role]})")
+        p.add_argument(f"--{role.value}-token-file", type=Path, default=None,
+                       help=f"file holding the {role.value} token")
     p.add_argument("--tls-cert", type=Path, default=None, help=f"server certificate chain, PEM (or ${TLS_CERT_ENV})")
     p.add_argument("--tls-key", type=Path, default=None, help=f"server private key, PEM (or ${TLS_KEY_ENV})")
     p.add_argument("--no-auth", action="store_true",
                    help="allow listening on a non-loopback address without a token (trusted networks only)")
 
 
-def credentials_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> Credentials:
-    return Credentials(token=resolve_token(getattr(args, "token", None), getattr(args, "token_file", None), env),
-                       tls_ca=getattr(args, "tls_ca", None) or _env_path(env, TLS_CA_ENV))
+def credentials_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ,
+                          role: Role = Role.CLIENT) -> Credentials:
+    token = resolve_token(getattr(args, "token", None), getattr(args, "token_file", None), env, role)
+    return Credentials(token=token, tls_ca=getattr(args, "tls_ca", None) or _env_path(env, TLS_CA_ENV))
 
 
 def server_security_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ServerSecurity:
-    return ServerSecurity(token=resolve_token(args.token, args.token_file, env),
-                          tls_cert=args.tls_cert or _env_path(env, TLS_CERT_ENV),
-                          tls_key=args.tls_key or _env_path(env, TLS_KEY_ENV), allow_no_auth=args.no_auth)
+    """Each role's token: its own flag, else --token, else $QFARM_<ROLE>_TOKEN, else $QFARM_TOKEN.
+    Equal tokens make one farm token for both roles."""
+    farm = _from_flags(args.token, args.token_file, "--token")
+    tokens = {}
+    for role in Role:
+        own = _from_flags(getattr(args, f"{role.value}_token"), getattr(args, f"{role.value}_token_file"),
+                          f"--{role.value}-token")
+        tokens[role] = own or farm or _from_env(env, ROLE_TOKEN_ENV[role], TOKEN_ENV)
+    tls = {"tls_cert": args.tls_cert or _env_path(env, TLS_CERT_ENV),
+           "tls_key": args.tls_key or _env_path(env, TLS_KEY_ENV), "allow_no_auth": args.no_auth}
+    if tokens[Role.AGENT] is not None and tokens[Role.AGENT] == tokens[Role.CLIENT]:
+        return ServerSecurity(token=tokens[Role.AGENT], **tls)
+    return ServerSecurity(agent_token=tokens[Role.AGENT], client_token=tokens[Role.CLIENT], **tls)

@@ -59,3 +59,16 @@ class FailedPrecondition(QfarmError):
     """The request is valid but the state does not allow it (e.g. a lease that expired)."""
 
     step = "state"
+
+
+class PermissionDenied(QfarmError):
+    """The caller is who it says, but may not do this: a role's token used for another role's call,
+    an agent acting on a job it does not hold, or an agent identity that does not check out."""
+
+    step = "permission"
+
+
+class DeadlineExceeded(QfarmError):
+    """A call ran past a server-side deadline (a stalled upload, a stream open too long)."""
+
+    step = "limits"

@@ -1,4 +1,5 @@
-"""Bounds on untrusted input, configurable, with sane defaults; exceeding one names the limit."""
+"""Bounds on untrusted input and on what callers may hold at once, configurable (one `coordinator
+serve` flag each), with sane defaults; exceeding one names the limit."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,6 +17,20 @@ class Limits:
     max_message_bytes: int = 8 * 1024**2        # gRPC messages; artifacts travel in chunks below this
     max_campaign_candidates: int = 10_000
     max_campaign_models: int = 64
+    max_campaign_devices: int = 64              # device classes of one campaign
+    max_input_bytes: int = 1 << 30              # a campaign's preprocessed image tensors (images x input size)
+    max_agents: int = 10_000                    # agents registered and alive at once
+    # calls in progress at once, overall and from one peer address (RESOURCE_EXHAUSTED beyond):
+    max_calls: int = 2048                       # short calls (register, heartbeat, status, report, ...)
+    max_calls_per_peer: int = 256
+    max_lease_waits: int = 10_000               # Lease long-polls (cost no thread: an idle agent holds one)
+    max_lease_waits_per_peer: int = 2048
+    max_streams: int = 256                      # artifact uploads and downloads
+    max_streams_per_peer: int = 32
+    max_open_calls: int = 64                    # the health service, which needs no token
+    max_open_calls_per_peer: int = 16
+    max_stream_idle_s: int = 60                 # an artifact upload or download with no chunk this long is cut
+    max_stream_s: int = 3600                    # ... and any stream (health watches too) after this long
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

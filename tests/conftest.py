@@ -26,8 +26,9 @@ def tiny_model(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_token_from_the_developer_environment(monkeypatch):
-    """A QFARM_TOKEN exported in the shell must not leak into coordinators and agents the tests
-    start; tests that need a token set it themselves."""
-    from shared.auth import TOKEN_ENV
+    """A QFARM_TOKEN (or role token) exported in the shell must not leak into coordinators and
+    agents the tests start; tests that need a token set it themselves."""
+    from shared.auth import ROLE_TOKEN_ENV, TOKEN_ENV
 
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    for name in (TOKEN_ENV, *ROLE_TOKEN_ENV.values()):
+        monkeypatch.delenv(name, raising=False)

@@ -18,9 +18,8 @@ from coordinator.farm.store import Store
 from shared.auth import (PLACEHOLDER_TOKEN, TOKEN_ENV, Credentials, ServerSecurity, credentials_from_args,
                          resolve_token, token_matches)
 from shared.errors import FailedPrecondition, InvalidArgument, Unauthenticated
-from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
-from tests.farm_support import CURRENT, read_json, results_per_pair, tiny_spec
-from tests.security_support import make_ca_and_server_cert, running_agent, secured
+from tests.farm_support import read_json, results_per_pair, tiny_spec
+from tests.security_support import call_every_method, make_ca_and_server_cert, running_agent, secured
 from tests.models import make_classifier
 
 TOKEN = secrets.token_urlsafe(24)
@@ -40,48 +39,6 @@ def _stored_files(data_dir: Path) -> list[Path]:
     return sorted(p for p in (data_dir / "artifacts").rglob("*") if p.is_file())
 
 
-def _every_call(channel: grpc.Channel, metadata) -> dict[str, grpc.StatusCode]:
-    """Each RPC of both services once, with `metadata`; the status code each ended with."""
-    agent = farm_pb2_grpc.AgentServiceStub(channel)
-    campaigns = farm_pb2_grpc.CampaignServiceStub(channel)
-    data = b"model bytes"
-    meta = job_pb2.Artifact(sha256="a" * 64, size_bytes=len(data), name="m.onnx")
-    result = job_pb2.DeviceResult(job_id="j", attempt=1, status=job_pb2.RESULT_STATUS_OK)
-    calls = {
-        "Register": lambda: agent.Register(farm_pb2.RegisterRequest(device="cpu-a", name="intruder", capabilities=CURRENT),
-                                           metadata=metadata, timeout=10),
-        "Heartbeat": lambda: agent.Heartbeat(farm_pb2.HeartbeatRequest(agent_id="x"), metadata=metadata, timeout=10),
-        "Lease": lambda: agent.Lease(farm_pb2.LeaseRequest(agent_id="x", max_jobs=1), metadata=metadata, timeout=10),
-        "FetchArtifact": lambda: list(agent.FetchArtifact(farm_pb2.FetchArtifactRequest(sha256="a" * 64),
-                                                          metadata=metadata, timeout=10)),
-        "AgentUpload": lambda: agent.UploadArtifact(iter([farm_pb2.ArtifactChunk(artifact=meta, data=data)]),
-                                                    metadata=metadata, timeout=10),
-        "ReportResult": lambda: agent.ReportResult(farm_pb2.ReportResultRequest(agent_id="x", result=result),
-                                                   metadata=metadata, timeout=10),
-        "Deregister": lambda: agent.Deregister(farm_pb2.DeregisterRequest(agent_id="x"), metadata=metadata,
-                                               timeout=10),
-        "MissingArtifacts": lambda: campaigns.MissingArtifacts(farm_pb2.MissingArtifactsRequest(sha256=["a" * 64]),
-                                                               metadata=metadata, timeout=10),
-        "CampaignUpload": lambda: campaigns.UploadArtifact(iter([farm_pb2.ArtifactChunk(artifact=meta, data=data)]),
-                                                           metadata=metadata, timeout=10),
-        "SubmitCampaign": lambda: campaigns.SubmitCampaign(farm_pb2.SubmitCampaignRequest(spec_json="{}"),
-                                                           metadata=metadata, timeout=10),
-        "GetStatus": lambda: campaigns.GetStatus(farm_pb2.GetStatusRequest(), metadata=metadata, timeout=10),
-        "GetReport": lambda: campaigns.GetReport(farm_pb2.GetReportRequest(campaign_id="c"), metadata=metadata,
-                                                 timeout=10),
-    }
-    codes = {}
-    for name, call in calls.items():
-        try:
-            call()
-            codes[name] = grpc.StatusCode.OK
-        except grpc.RpcError as exc:
-            codes[name] = exc.code()
-            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                assert exc.details().startswith("auth: "), exc.details()
-    return codes
-
-
 def test_calls_without_or_with_a_wrong_token_are_refused_and_change_nothing(tmp_path):
     data_dir = tmp_path / "coord"
     with secured(data_dir, ServerSecurity(token=TOKEN)) as (_, address), grpc.insecure_channel(address) as channel:
@@ -91,17 +48,19 @@ def test_calls_without_or_with_a_wrong_token_are_refused_and_change_nothing(tmp_
                "no scheme": [("authorization", TOKEN)], "other key": [("x-token", TOKEN)],
                "empty": [("authorization", "")]}
         for label, metadata in bad.items():
-            codes = _every_call(channel, metadata)
-            assert set(codes.values()) == {grpc.StatusCode.UNAUTHENTICATED}, (label, codes)
+            answers = call_every_method(channel, metadata)
+            assert {code for code, _ in answers.values()} == {grpc.StatusCode.UNAUTHENTICATED}, (label, answers)
+            assert all(details.startswith("auth: ") for _, details in answers.values())
         assert _state_counts(data_dir) == before == {k: 0 for k in before}
         assert _stored_files(data_dir) == []
         health = health_pb2_grpc.HealthStub(channel)       # open on purpose: probes carry no secret
         assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING
-        good = _every_call(channel, [("authorization", f"Bearer {TOKEN}")])
+        answers = call_every_method(channel, [("authorization", f"Bearer {TOKEN}")])
+        good = {name: code for name, (code, _) in answers.items()}
         assert grpc.StatusCode.UNAUTHENTICATED not in good.values()
         assert good["GetStatus"] == grpc.StatusCode.OK and good["Register"] == grpc.StatusCode.OK
-        assert good["ReportResult"] == grpc.StatusCode.NOT_FOUND     # past the check: the servicer answered
+        assert good["ReportResult"] == grpc.StatusCode.PERMISSION_DENIED   # past the token: no agent identity
         assert _state_counts(data_dir)["agents"] == 1
 
         with CampaignClient(address) as anonymous, pytest.raises(Unauthenticated, match="missing token"):

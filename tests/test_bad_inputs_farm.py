@@ -25,11 +25,12 @@ from coordinator.farm.client import CampaignClient
 from coordinator.farm.evaluator import npy_bytes
 from coordinator.farm.scheduler import PRIORITY_REFERENCE
 from coordinator.farm.spec import spec_from_local
-from shared.auth import Credentials, ServerSecurity
+from shared.auth import AgentIdentity, Credentials, ServerSecurity
 from shared.errors import QfarmError
 from shared.feeds import npz_bytes
 from shared.limits import Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
+from coordinator.testing import ProtocolAgent
 from tests.farm_support import CURRENT, IMAGES, read_json, results_per_pair, tiny_spec, wait_for
 from tests.models import make_classifier
 from tests.security_support import running_agent, secured
@@ -44,11 +45,11 @@ MIB = 1 << 20
 LIMITS = Limits(max_message_bytes=2 * MIB, max_artifact_bytes=16 * MIB)
 NOBODY = "nobody-serves-this"          # device class without agents: accepted campaigns fail fast on it
 AGENT_METHODS = ("Register", "Heartbeat", "Lease", "FetchArtifact", "UploadArtifact", "ReportResult", "Deregister")
-CAMPAIGN_METHODS = ("MissingArtifacts", "UploadArtifact", "SubmitCampaign", "GetStatus", "GetReport")
+CAMPAIGN_METHODS = ("MissingArtifacts", "UploadArtifact", "SubmitCampaign", "GetStatus", "GetReport", "CancelCampaign")
 STREAM_REQUEST = {"UploadArtifact"}
 STREAM_RESPONSE = {"FetchArtifact"}
 TYPED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED}
+         grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 def small_spec(name: str, model: Path, images: Path, source: Path):
@@ -297,11 +298,20 @@ MALFORMED = {"bad-varint": b"\x08" + b"\xff" * 11, "truncated-field": b"\x0a\x10
              "end-group-alone": b"\x0c"}
 
 
-def malformed_messages(corpus: Corpus, channel: grpc.Channel) -> None:
+def malformed_messages(corpus: Corpus, server, channel: grpc.Channel, authed: grpc.Channel) -> None:
+    """As a registered agent holding a lease (agent calls) and as a client."""
+    insider = ProtocolAgent(authed, "malformed-dev", name="malformed")
+    insider.register()
+    job = job_pb2.Job(job_id="malformed@malformed-dev", device="malformed-dev", reference=True)
+    job.candidate.id = "malformed"
+    server.coordinator.scheduler.submit(job, "reference", PRIORITY_REFERENCE, "corpus")
+    assert len(insider.lease()) == 1
+    as_agent = AUTH + insider.metadata()
     for service, methods in (("AgentService", AGENT_METHODS), ("CampaignService", CAMPAIGN_METHODS)):
+        metadata = as_agent if service == "AgentService" else AUTH
         for method in methods:
             for label, payload in MALFORMED.items():
-                error = _rpc_error(lambda: _raw_call(channel, service, method, payload))
+                error = _rpc_error(lambda: _raw_call(channel, service, method, payload, metadata))
                 assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (method, label, error.code(), error.details())
                 assert f"malformed /qfarm.v1.{service}/{method} request" in error.details()
                 corpus.add(f"grpc:{service}.{method}:{label}", error.details())
@@ -339,29 +349,45 @@ def agent_calls(corpus: Corpus, server, channel: grpc.Channel) -> None:
         assert text in error.details(), (case, error.details())
         corpus.add(f"agent:{case}", error.details())
 
-    ghost = stub.Register(farm_pb2.RegisterRequest(device="ghost", name="ghost", capabilities=farm_pb2.
-                                                   AgentCapabilities(slots=1, protocol_version=CURRENT.protocol_version)), metadata=AUTH, timeout=10).agent_id
+    caps = farm_pb2.AgentCapabilities(slots=1, protocol_version=CURRENT.protocol_version)
+    registered = stub.Register(farm_pb2.RegisterRequest(device="ghost", name="ghost", capabilities=caps),
+                               metadata=AUTH, timeout=10)
+    ghost = registered.agent_id
+    as_ghost = AUTH + AgentIdentity(ghost, registered.agent_secret).metadata()
     model = ctx.register_bytes(b"not a model", "model", "ghost.onnx")
     for i in range(2):
         job = job_pb2.Job(job_id=f"ghost-{i}@ghost", device="ghost", reference=True)
         job.candidate.id = f"ghost-{i}"
         job.candidate.model.CopyFrom(model)
         sched.submit(job, "reference", PRIORITY_REFERENCE, "corpus")
-    [leased] = stub.Lease(farm_pb2.LeaseRequest(agent_id=ghost, max_jobs=1), metadata=AUTH, timeout=10).jobs
+    [leased] = stub.Lease(farm_pb2.LeaseRequest(agent_id=ghost, max_jobs=1), metadata=as_ghost, timeout=10).jobs
     never = "ghost-1@ghost" if leased.job_id == "ghost-0@ghost" else "ghost-0@ghost"
 
-    def report(job_id: str, attempt: int, **fields):
+    def report(job_id: str, attempt: int, metadata=as_ghost, **fields):
         values = {"device": "ghost", "candidate_id": job_id.split("@")[0], "status": job_pb2.RESULT_STATUS_OK,
                   **fields}
         result = job_pb2.DeviceResult(job_id=job_id, attempt=attempt, **values)
         return lambda: stub.ReportResult(farm_pb2.ReportResultRequest(agent_id=ghost, result=result),
-                                         metadata=AUTH, timeout=10)
+                                         metadata=metadata, timeout=10)
 
-    expect("result-unknown-job", grpc.StatusCode.NOT_FOUND, report("nope@ghost", 1), "does not exist")
-    expect("result-never-leased", grpc.StatusCode.FAILED_PRECONDITION, report(never, 1), "never leased")
-    expect("result-attempt-zero", grpc.StatusCode.FAILED_PRECONDITION, report(leased.job_id, 0), "never leased")
-    expect("result-attempt-negative", grpc.StatusCode.FAILED_PRECONDITION, report(leased.job_id, -3), "never leased")
-    expect("result-future-attempt", grpc.StatusCode.FAILED_PRECONDITION, report(leased.job_id, 2), "never leased")
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    forged = AUTH + AgentIdentity(ghost, "not-the-secret-" + "x" * 30).metadata()
+    stranger = AUTH + AgentIdentity("0" * 16, registered.agent_secret).metadata()
+    expect("result-unknown-job", denied, report("nope@ghost", 1), "not leased")
+    expect("result-never-leased", denied, report(never, 1), "not leased")
+    expect("result-attempt-zero", denied, report(leased.job_id, 0), "not leased")
+    expect("result-attempt-negative", grpc.StatusCode.INVALID_ARGUMENT, report(leased.job_id, -3), ">= 0")
+    expect("result-future-attempt", denied, report(leased.job_id, 2), "not leased")
+    expect("result-no-identity", denied, report(leased.job_id, 1, metadata=AUTH), "identity")
+    expect("result-wrong-secret", denied, report(leased.job_id, 1, metadata=forged), "secret is wrong")
+    expect("result-unknown-agent", denied, report(leased.job_id, 1, metadata=stranger), "request names agent")
+    expect("result-nan-accuracy", grpc.StatusCode.INVALID_ARGUMENT,
+           report(leased.job_id, 1, top1_agreement=float("nan")), "top1_agreement=nan")
+    expect("result-inf-latency", grpc.StatusCode.INVALID_ARGUMENT,
+           report(leased.job_id, 1, latency_ms_p50=float("inf")), "latency_ms_p50=inf")
+    expect("result-negative-size", grpc.StatusCode.INVALID_ARGUMENT, report(leased.job_id, 1, size_bytes=-1), ">= 0")
+    expect("result-huge-stderr", grpc.StatusCode.INVALID_ARGUMENT,
+           report(leased.job_id, 1, stderr_tail="x" * 70_000), "stderr_tail has 70000 characters")
     expect("result-wrong-device", grpc.StatusCode.INVALID_ARGUMENT, report(leased.job_id, 1, device="cpu-a"),
            "names device")
     expect("result-wrong-candidate", grpc.StatusCode.INVALID_ARGUMENT, report(leased.job_id, 1, candidate_id="x"),
@@ -373,12 +399,20 @@ def agent_calls(corpus: Corpus, server, channel: grpc.Channel) -> None:
            "FP32 outputs")
     with server.coordinator.store.transaction() as c:
         assert c.results([leased.job_id, never]) == {}          # none of it was recorded
-    expect("heartbeat-unknown-agent", grpc.StatusCode.NOT_FOUND,
-           lambda: stub.Heartbeat(farm_pb2.HeartbeatRequest(agent_id="nobody"), metadata=AUTH, timeout=10))
-    expect("lease-unknown-agent", grpc.StatusCode.NOT_FOUND,
-           lambda: stub.Lease(farm_pb2.LeaseRequest(agent_id="nobody", max_jobs=1), metadata=AUTH, timeout=10))
-    expect("deregister-unknown-agent", grpc.StatusCode.NOT_FOUND,
-           lambda: stub.Deregister(farm_pb2.DeregisterRequest(agent_id="nobody"), metadata=AUTH, timeout=10))
+    for label, metadata in (("no-identity", AUTH), ("wrong-secret", forged)):
+        expect(f"heartbeat-{label}", denied, lambda: stub.Heartbeat(
+            farm_pb2.HeartbeatRequest(agent_id=ghost, running=[farm_pb2.JobRef(job_id=never, attempt=1)]),
+            metadata=metadata, timeout=10))
+        expect(f"lease-{label}", denied, lambda: stub.Lease(farm_pb2.LeaseRequest(agent_id=ghost, max_jobs=1),
+                                                            metadata=metadata, timeout=10))
+        expect(f"deregister-{label}", denied, lambda: stub.Deregister(farm_pb2.DeregisterRequest(agent_id=ghost),
+                                                                      metadata=metadata, timeout=10))
+    expect("heartbeat-negative-slots", grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Heartbeat(
+        farm_pb2.HeartbeatRequest(agent_id=ghost, free_slots=-5), metadata=as_ghost, timeout=10), "free_slots")
+    expect("heartbeat-running-bomb", grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Heartbeat(
+        farm_pb2.HeartbeatRequest(agent_id=ghost, running=[farm_pb2.JobRef(job_id=str(i), attempt=1)
+                                                           for i in range(5000)]), metadata=as_ghost, timeout=10),
+        "running jobs listed")
     for label, device in (("register-empty-device", ""), ("register-bad-device", "a b"),
                           ("register-traversal-device", "../../etc")):
         expect(label, grpc.StatusCode.INVALID_ARGUMENT, lambda: stub.Register(
@@ -386,16 +420,16 @@ def agent_calls(corpus: Corpus, server, channel: grpc.Channel) -> None:
 
     def fetch(sha: str, offset: int = 0):
         return lambda: list(stub.FetchArtifact(farm_pb2.FetchArtifactRequest(sha256=sha, offset=offset),
-                                               metadata=AUTH, timeout=10))
+                                               metadata=as_ghost, timeout=10))
 
     expect("fetch-bad-sha", grpc.StatusCode.INVALID_ARGUMENT, fetch("../../etc/passwd"), "64 lowercase hex")
     expect("fetch-empty-sha", grpc.StatusCode.INVALID_ARGUMENT, fetch(""), "64 lowercase hex")
-    expect("fetch-unknown-sha", grpc.StatusCode.NOT_FOUND, fetch("f" * 64), "not stored")
+    expect("fetch-unknown-sha", denied, fetch("f" * 64), "belongs to no job leased")
     expect("fetch-offset-past-end", grpc.StatusCode.INVALID_ARGUMENT, fetch(model.sha256, 10_000), "offset")
     expect("fetch-offset-negative", grpc.StatusCode.INVALID_ARGUMENT, fetch(model.sha256, -1), "offset")
 
     def upload(chunks: list[farm_pb2.ArtifactChunk]):
-        return lambda: stub.UploadArtifact(iter(chunks), metadata=AUTH, timeout=10)
+        return lambda: stub.UploadArtifact(iter(chunks), metadata=as_ghost, timeout=10)
 
     data = b"some artifact bytes"
     right = job_pb2.Artifact(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
@@ -458,13 +492,14 @@ def test_bad_input_corpus_over_the_wire_then_a_normal_campaign(tmp_path, caplog)
     corpus = Corpus()
     with secured(tmp_path / "coord", ServerSecurity(token=TOKEN), LIMITS) as (server, address), \
             running_agent("cpu-a", address, tmp_path / "agent", creds) as agent, \
-            CampaignClient(address, credentials=creds) as client, grpc.insecure_channel(address) as channel:
+            CampaignClient(address, credentials=creds) as client, grpc.insecure_channel(address) as channel, \
+            creds.channel(address) as authed:
         model_uploads(corpus, server, client, tmp_path, images)
         base_spec = small_spec("base", model, images, tmp_path)
         client.upload_missing(base_spec.files())
         bad_specs(corpus, server, client, base_spec.to_wire())
         bad_images(corpus, server, client, model, tmp_path)
-        malformed_messages(corpus, channel)
+        malformed_messages(corpus, server, channel, authed)
         bad_tokens(corpus, channel)
         agent_calls(corpus, server, channel)
         garbage_jobs(corpus, server, agent)

@@ -6,7 +6,8 @@ import pytest
 from coordinator.farm.scheduler import LeasePolicy, Scheduler
 from coordinator.farm.states import AgentState, JobState
 from coordinator.farm.store import Store
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from shared.auth import AgentIdentity
+from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from shared.pb.qfarm.v1 import job_pb2
 
 POLICY = LeasePolicy(heartbeat_interval_s=1, missing_after_s=3, evict_after_s=10, lease_ttl_s=8)
@@ -40,9 +41,9 @@ def result_for(job: job_pb2.Job, accuracy: float = 0.9) -> job_pb2.DeviceResult:
                                 device=job.device, status=job_pb2.RESULT_STATUS_OK, top1_agreement=accuracy)
 
 
-def agent_state(store: Store, agent_id: str) -> AgentState:
+def agent_state(store: Store, agent: AgentIdentity) -> AgentState:
     with store.transaction() as c:
-        return c.agent(agent_id).state
+        return c.agent(agent.agent_id).state
 
 
 def job_row(store: Store, job_id: str):
@@ -88,13 +89,13 @@ def test_silent_agent_goes_missing_then_evicted_and_job_is_released(farm):
     b = sched.register("cpu-a", "agent-b", b"", 1)
     [job] = sched.lease(a, 1)
     clock.now += 3.5
-    assert sched.tick().missing == (a, b)
+    assert sched.tick().missing == (a.agent_id, b.agent_id)
     assert agent_state(store, a) == AgentState.MISSING
     sched.heartbeat(b, [])                                      # b comes back
     assert agent_state(store, b) == AgentState.IDLE
     clock.now += 7                                              # a silent 10.5 s > evict_after
     outcome = sched.tick()
-    assert outcome.evicted == (a,) and outcome.requeued == ("j1",)
+    assert outcome.evicted == (a.agent_id,) and outcome.requeued == ("j1",)
     assert agent_state(store, a) == AgentState.EVICTED
     [again] = sched.lease(b, 1)
     assert (again.job_id, again.attempt) == ("j1", 2)
@@ -102,7 +103,7 @@ def test_silent_agent_goes_missing_then_evicted_and_job_is_released(farm):
         sched.heartbeat(a, [])
 
 
-def test_late_result_of_old_attempt_is_accepted_once_and_only_once(farm):
+def test_only_the_current_attempt_s_holder_reports_and_only_once(farm):
     sched, clock, store = farm
     sched.submit(make_job("j1"), "candidate", 0, "camp")
     a = sched.register("cpu-a", "agent-a", b"", 1)
@@ -113,15 +114,17 @@ def test_late_result_of_old_attempt_is_accepted_once_and_only_once(farm):
     sched.tick()                                                # a evicted, j1 re-queued
     [second] = sched.lease(b, 1)
     assert second.attempt == 2
-    late = sched.report(a, result_for(first, 0.5))              # the evicted agent's late result
-    assert late.accepted and not late.duplicate
-    again = sched.report(a, result_for(first, 0.5))             # retried report of the same attempt
-    assert again.duplicate and not again.accepted
+    with pytest.raises(PermissionDenied, match="not leased to agent"):
+        sched.report(a, result_for(first, 0.5))                 # the evicted agent's late result of attempt 1
+    with pytest.raises(PermissionDenied, match="not leased to agent"):
+        sched.report(a, result_for(second, 0.5))                # nor may it report b's attempt
     newer = sched.report(b, result_for(second, 0.7))
-    assert newer.duplicate and not newer.accepted
+    assert newer.accepted and not newer.duplicate
+    again = sched.report(b, result_for(second, 0.7))            # retried report of the same attempt
+    assert again.duplicate and not again.accepted
     rows = sched.results(["j1"])
-    assert rows["j1"].attempt == 1
-    assert job_pb2.DeviceResult.FromString(rows["j1"].payload).top1_agreement == pytest.approx(0.5)
+    assert (rows["j1"].attempt, rows["j1"].agent_id) == (2, b.agent_id)
+    assert job_pb2.DeviceResult.FromString(rows["j1"].payload).top1_agreement == pytest.approx(0.7)
     assert job_row(store, "j1").state == JobState.DONE
     assert sched.heartbeat(b, [("j1", 2)]) == [("j1", 2)]      # b is told to stop
     assert agent_state(store, b) == AgentState.IDLE
@@ -133,11 +136,11 @@ def test_results_for_unknown_or_never_leased_jobs_are_refused(farm):
     a = sched.register("cpu-a", "agent-a", b"", 1)
     never = make_job("j1")
     never.attempt = 1
-    with pytest.raises(FailedPrecondition, match="never leased"):
+    with pytest.raises(PermissionDenied, match="not leased"):
         sched.report(a, result_for(never))
     ghost = make_job("nope")
     ghost.attempt = 1
-    with pytest.raises(NotFound, match="nope"):
+    with pytest.raises(PermissionDenied, match="nope"):
         sched.report(a, result_for(ghost))
     [job] = sched.lease(a, 1)
     wrong = result_for(job)
@@ -170,9 +173,15 @@ def test_reregistration_adopts_running_jobs_after_restart(farm, tmp_path):
     assert agent_state(store, a) == AgentState.GONE
     with pytest.raises(FailedPrecondition, match="register again"):
         restarted.heartbeat(a, [("j1", 1)])
-    a2 = restarted.register("cpu-a", "agent-a", b"", 1, running=[("j1", job.attempt)])
+    stranger = restarted.register("cpu-a", "agent-a", b"", 1, running=[("j1", job.attempt)])
+    assert job_row(store, "j1").agent_id == a.agent_id          # the same name proves nothing
+    a2 = restarted.register("cpu-a", "agent-a", b"", 1, running=[("j1", job.attempt)], previous=a)
     row = job_row(store, "j1")
-    assert (row.state, row.agent_id, row.attempt) == (JobState.LEASED, a2, 1)
+    assert (row.state, row.agent_id, row.attempt, a2.replaced) == (JobState.LEASED, a2.agent_id, 1, a.agent_id)
+    with pytest.raises(PermissionDenied):
+        restarted.report(stranger, result_for(job))
+    with pytest.raises(PermissionDenied):
+        restarted.report(a, result_for(job))                    # the replaced identity holds nothing now
     assert restarted.report(a2, result_for(job)).accepted
 
 
@@ -186,7 +195,7 @@ def test_requeued_job_is_taken_back_by_a_returning_agent(farm):
     assert job_row(store, "j1").state == JobState.QUEUED
     assert sched.heartbeat(a, [("j1", 1)]) == []
     row = job_row(store, "j1")
-    assert (row.state, row.agent_id, row.attempt) == (JobState.LEASED, a, 1)
+    assert (row.state, row.agent_id, row.attempt) == (JobState.LEASED, a.agent_id, 1)
 
 
 def test_cancel_unwanted_keeps_jobs_other_campaigns_need(farm):

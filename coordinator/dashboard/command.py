@@ -29,6 +29,7 @@ def start_dashboard(args: argparse.Namespace, coord, security):
     from coordinator.dashboard.app import DashboardServer
     from coordinator.dashboard.auth import HttpAuth
     from shared.atomic import atomic_write_text
+    from shared.auth import Role
 
     host = args.http_host or args.host
     security.check_exposure(host)
@@ -36,7 +37,8 @@ def start_dashboard(args: argparse.Namespace, coord, security):
     if security.tls:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(security.tls_cert), str(security.tls_key))
-    dashboard = DashboardServer(coord, host, args.http_port, HttpAuth(security.token), context, args.http_refresh)
+    token = security.token_of(Role.CLIENT)          # it shows what clients read: their token, not an agent's
+    dashboard = DashboardServer(coord, host, args.http_port, HttpAuth(token), context, args.http_refresh)
     try:
         dashboard.start()
     except OSError as exc:
@@ -44,5 +46,5 @@ def start_dashboard(args: argparse.Namespace, coord, security):
                                  step="serve") from exc
     if args.http_port_file:
         atomic_write_text(Path(args.http_port_file), f"{dashboard.port}\n")
-    log.info("dashboard on %s (%s)", dashboard.url, "token required" if security.token else "loopback, no token")
+    log.info("dashboard on %s (%s)", dashboard.url, "client token required" if token else "loopback, no token")
     return dashboard

@@ -13,9 +13,9 @@ import threading
 import uuid
 from pathlib import Path
 
-from coordinator.farm.evaluator import CampaignStopped, FarmContext, FarmEvaluator
+from coordinator.farm.evaluator import CampaignCancelled, CampaignStopped, FarmContext, FarmEvaluator
 from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, TensorRefs, spec_from_wire
-from coordinator.farm.states import CampaignState
+from coordinator.farm.states import FINISHED, CampaignState
 from shared.atomic import atomic_output, link_or_copy
 from shared.errors import FailedPrecondition, NotFound, QfarmError
 
@@ -29,6 +29,7 @@ class CampaignManager:
         self.ctx = ctx
         self.data_dir = Path(data_dir)
         self._threads: dict[str, threading.Thread] = {}
+        self._cancelled: dict[str, threading.Event] = {}
         self._key_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -61,6 +62,26 @@ class CampaignManager:
                  ", ".join(spec.devices))
         self._launch(campaign_id)
         return campaign_id
+
+    def cancel(self, campaign_id: str) -> tuple[CampaignState, int]:
+        """Stop a queued or running campaign: its runner stops at its next step, its queued jobs are
+        cancelled and its leased ones taken back at their agents' next heartbeat (jobs another live
+        campaign also wants keep going). Returns the state and how many jobs were cancelled."""
+        self._cancel_event(campaign_id).set()        # first: the runner queues nothing new from here on
+        with self.ctx.store.transaction() as c:
+            row = c.campaign(campaign_id)
+            if row.state in FINISHED and row.state != CampaignState.CANCELLED:
+                raise FailedPrecondition(f"campaign {campaign_id} is already {row.state.value}: nothing to cancel",
+                                         step="cancel")
+            c.set_campaign_state(campaign_id, CampaignState.CANCELLED, "cancelled by a client",
+                                 self.ctx.scheduler.clock())
+        cancelled = self.ctx.scheduler.cancel_unwanted(campaign_id)
+        log.info("campaign %s cancelled (%d job(s) cancelled)", campaign_id, cancelled)
+        return CampaignState.CANCELLED, cancelled
+
+    def _cancel_event(self, campaign_id: str) -> threading.Event:
+        with self._guard:
+            return self._cancelled.setdefault(campaign_id, threading.Event())
 
     def wait(self, campaign_id: str, timeout: float | None = None) -> CampaignState:
         """Block until the campaign's runner thread ends (tests, `coordinator tune --coordinator`)."""
@@ -110,9 +131,13 @@ class CampaignManager:
         with self._guard:
             return self._key_locks.setdefault(key, threading.Lock())
 
-    def _set(self, campaign_id: str, state: CampaignState, message: str) -> None:
+    def _set(self, campaign_id: str, state: CampaignState, message: str) -> bool:
+        """Move the campaign, unless it has finished meanwhile (a client cancelled it): then False."""
         with self.ctx.store.transaction() as c:
+            if c.campaign(campaign_id).state in FINISHED:
+                return False
             c.set_campaign_state(campaign_id, state, message, self.ctx.scheduler.clock())
+            return True
 
     def _message(self, campaign_id: str, message: str) -> None:
         with self.ctx.store.transaction() as c:
@@ -123,12 +148,16 @@ class CampaignManager:
             with self.ctx.store.transaction() as c:
                 row = c.campaign(campaign_id)
             spec = spec_from_wire(row.spec_json)
-            self._set(campaign_id, CampaignState.RUNNING, "starting")
+            if not self._set(campaign_id, CampaignState.RUNNING, "starting"):
+                return
             for model in spec.models:
                 self._run_model(campaign_id, spec, model)
-            self._set(campaign_id, CampaignState.DONE,
-                      f"done: {len(spec.models)} model(s) on {', '.join(spec.devices)}")
-            log.info("campaign %s done", campaign_id)
+            if self._set(campaign_id, CampaignState.DONE,
+                         f"done: {len(spec.models)} model(s) on {', '.join(spec.devices)}"):
+                log.info("campaign %s done", campaign_id)
+        except CampaignCancelled:
+            log.info("campaign %s stopped: cancelled", campaign_id)
+            self.ctx.scheduler.cancel_unwanted(campaign_id)    # what it queued while the cancel landed
         except CampaignStopped:
             log.info("campaign %s paused by shutdown; it resumes on the next start", campaign_id)
         except QfarmError as exc:
@@ -142,8 +171,8 @@ class CampaignManager:
             self._fail(campaign_id, f"internal error: {type(exc).__name__}: {exc}")
 
     def _fail(self, campaign_id: str, reason: str) -> None:
-        log.warning("campaign %s failed: %s", campaign_id, reason)
-        self._set(campaign_id, CampaignState.FAILED, reason)
+        if self._set(campaign_id, CampaignState.FAILED, reason):
+            log.warning("campaign %s failed: %s", campaign_id, reason)
         self.ctx.scheduler.cancel_unwanted(campaign_id)
 
     def _run_model(self, campaign_id: str, spec: CampaignSpec, model: ModelEntry) -> None:
@@ -153,7 +182,10 @@ class CampaignManager:
 
         work = self.work_dir(spec, model)
         label = f"{model.name}:"
+        cancelled = self._cancel_event(campaign_id)
         with self._key_lock(spec.work_key(model)):
+            if cancelled.is_set():
+                raise CampaignCancelled()
             self._share_builds(work)
             config = self._tune_config(spec, model, work)
             done = [0]
@@ -167,7 +199,8 @@ class CampaignManager:
                 self._message(campaign_id, f"{label} {done[0]}/{planned[0]} results")
 
             evaluator = FarmEvaluator(self.ctx, campaign_id, spec.devices, spec.device_timeout_s,
-                                      on_status=lambda m: self._message(campaign_id, f"{label} {m}"))
+                                      on_status=lambda m: self._message(campaign_id, f"{label} {m}"),
+                                      cancelled=cancelled)
             events = TuneEvents(on_stage=lambda stage: self._message(campaign_id, f"{label} {stage}"),
                                 on_plan=on_plan, on_result=on_result)
             report = Tuner(config, evaluator, events).run()

@@ -17,7 +17,7 @@ class BoundedScheduler(Scheduler):
     bounds strategies without a cap (greedy over a large model), which the submit check cannot."""
 
     def __init__(self, store: Store, policy: LeasePolicy, clock: Callable[[], float], limits: Limits):
-        super().__init__(store, policy, clock)
+        super().__init__(store, policy, clock, max_agents=limits.max_agents)
         self.limits = limits
         self._candidates: dict[str, set[str]] = {}
         self._guard = threading.Lock()

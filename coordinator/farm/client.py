@@ -10,10 +10,11 @@ from typing import Callable, Iterator
 import grpc
 
 from coordinator.farm.spec import CampaignSpec, FileRef
+from coordinator.farm.states import FINISHED
 from shared.artifacts import CHUNK_BYTES, iter_file_chunks
 from shared.atomic import atomic_write_bytes
 from shared.auth import Credentials
-from shared.errors import (FailedPrecondition, InvalidArgument, NotFound, QfarmError,
+from shared.errors import (FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, QfarmError,
                            ResourceExhausted, Unauthenticated)
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 
@@ -26,8 +27,9 @@ _ERRORS = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
-TERMINAL = ("done", "failed")
+TERMINAL = tuple(state.value for state in FINISHED)
 
 
 class CoordinatorUnavailable(QfarmError):
@@ -102,9 +104,12 @@ class CampaignClient:
     def status(self, campaign_id: str = "") -> farm_pb2.GetStatusResponse:
         return self._call(self._stub.GetStatus, farm_pb2.GetStatusRequest(campaign_id=campaign_id))
 
+    def cancel(self, campaign_id: str) -> farm_pb2.CancelCampaignResponse:
+        return self._call(self._stub.CancelCampaign, farm_pb2.CancelCampaignRequest(campaign_id=campaign_id))
+
     def wait(self, campaign_id: str, poll_s: float = 1.0, timeout_s: float | None = None,
              on_update: Callable[[farm_pb2.CampaignStatus], None] = lambda status: None) -> farm_pb2.CampaignStatus:
-        """Poll until the campaign is done or failed (coordinator restarts are waited out)."""
+        """Poll until the campaign is done, failed or cancelled (coordinator restarts are waited out)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:

@@ -1,9 +1,11 @@
-"""The farm's `coordinator` subcommands: serve, submit, status, report, and `tune --coordinator`.
+"""The farm's `coordinator` subcommands: serve, submit, status, cancel, report, health, and
+`tune --coordinator`.
 coordinator/cli.py registers them; each is a thin layer over server.py / client.py."""
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import threading
 import time
@@ -29,7 +31,9 @@ def add_serve(sub) -> None:
     p.add_argument("--lease-ttl", type=float, default=30.0, help="a lease not renewed this long is re-queued")
     p.add_argument("--shutdown-grace", type=float, default=10.0,
                    help="on SIGTERM/SIGINT: seconds in-flight calls may take to finish (campaigns pause first)")
-    p.add_argument("--max-workers", type=int, default=64, help="RPC threads (>= agents + clients at once)")
+    p.add_argument("--max-workers", type=int, default=2,
+                   help="threads for store transactions (1-256); waiting agents hold none, so this does not grow "
+                        "with the fleet (concurrent calls are capped by the --max-calls... limits)")
     from coordinator.dashboard.command import add_dashboard_arguments
 
     add_dashboard_arguments(p)
@@ -49,6 +53,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # our own loggers, not the root: onnxruntime's quantizer lowers the root logger's level at run time
     logging.getLogger("coordinator").setLevel(logging.INFO)
+    for flag, value in (("--heartbeat-interval", args.heartbeat_interval), ("--missing-after", args.missing_after),
+                        ("--evict-after", args.evict_after), ("--lease-ttl", args.lease_ttl)):
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidArgument(f"{flag} {value} must be a finite number of seconds > 0", step="serve")
+    if not 0 <= args.shutdown_grace < math.inf:
+        raise InvalidArgument(f"--shutdown-grace {args.shutdown_grace} must be a finite number of seconds >= 0",
+                              step="serve")
     policy = LeasePolicy(heartbeat_interval_s=args.heartbeat_interval, missing_after_s=args.missing_after,
                          evict_after_s=args.evict_after, lease_ttl_s=args.lease_ttl)
     security = server_security_from_args(args)
@@ -67,9 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start()
     if args.port_file:
         atomic_write_text(args.port_file, f"{port}\n")
+    tokens = "no token" if security.role_tokens is None else \
+        "separate agent and client tokens" if security.separate_roles else "one farm token"
     log.info("coordinator listening on %s:%d (%s, %s), data in %s", args.host, port,
-             "TLS" if security.tls else "plaintext", "token required" if security.token else "no token",
-             args.data_dir)
+             "TLS" if security.tls else "plaintext", tokens, args.data_dir)
     stop.wait()
     if dashboard is not None:
         dashboard.stop()
@@ -80,11 +92,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------ submit
 def _client(args: argparse.Namespace):
-    """A CampaignClient with the credentials of --token/--token-file/--tls-ca (or the environment)."""
+    """A CampaignClient with the client credentials of --token/--token-file/--tls-ca (or
+    $QFARM_CLIENT_TOKEN, else $QFARM_TOKEN)."""
     from coordinator.farm.client import CampaignClient
-    from shared.auth import credentials_from_args
+    from shared.auth import Role, credentials_from_args
 
-    return CampaignClient(args.coordinator, credentials=credentials_from_args(args))
+    return CampaignClient(args.coordinator, credentials=credentials_from_args(args, role=Role.CLIENT))
 
 
 def add_submit(sub) -> None:
@@ -178,10 +191,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         agents.add_column(col)
     for a in resp.agents:
         caps = a.capabilities
-        agents.add_row(a.agent_id, a.name, a.device, a.state, ", ".join(a.jobs) or "-", slots_text(a),
-                       f"{a.last_heartbeat_age_s:.1f} s ago", runtime_text(caps.runtime),
-                       f"{caps.package_version or '?'} (protocol {caps.protocol_version or '?'})",
-                       f"{caps.host.cpu_model} x{caps.host.cores} {caps.host.arch}")
+        agents.add_row(*map(shown, (a.agent_id, a.name, a.device, a.state, ", ".join(a.jobs) or "-", slots_text(a),
+                                    f"{a.last_heartbeat_age_s:.1f} s ago", runtime_text(caps.runtime),
+                                    f"{caps.package_version or '?'} (protocol {caps.protocol_version or '?'})",
+                                    f"{caps.host.cpu_model} x{caps.host.cores} {caps.host.arch}")))
     out.print(agents)
     campaigns = Table(title="campaigns")
     for col in ("campaign", "name", "state", "progress", "message"):
@@ -189,8 +202,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     for c in resp.campaigns:
         progress = "; ".join(f"{d.device} {d.done}/{d.total} ({d.leased} running, {d.agents} agents)"
                              for d in c.devices) or "-"
-        campaigns.add_row(c.campaign_id, c.name, c.state, progress, c.message)
+        campaigns.add_row(*map(shown, (c.campaign_id, c.name, c.state, progress, c.message)))
     out.print(campaigns)
+    return 0
+
+
+def shown(text: str):
+    """What others sent (agent names, capabilities, messages) as literal text: rich markup is not
+    interpreted, control characters (escape sequences, newlines) are made visible."""
+    from rich.text import Text
+
+    return Text("".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text))
+
+
+# ------------------------------------------------------------------------------------ cancel
+def add_cancel(sub) -> None:
+    p = sub.add_parser("cancel", help="stop a queued or running campaign (its jobs are cancelled or taken back)")
+    p.add_argument("campaign")
+    add_coordinator_argument(p)
+    p.set_defaults(func=cmd_cancel)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        resp = client.cancel(args.campaign)
+    print(f"campaign {args.campaign} {resp.state} ({resp.jobs_cancelled} job(s) cancelled; running ones are taken "
+          "back at their agents' next heartbeat)")
     return 0
 
 
@@ -252,4 +289,4 @@ def add_health(sub) -> None:
     add(sub)
 
 
-SUBCOMMANDS = [add_serve, add_submit, add_status, add_report, add_health]
+SUBCOMMANDS = [add_serve, add_submit, add_status, add_cancel, add_report, add_health]

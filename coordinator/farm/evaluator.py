@@ -42,6 +42,10 @@ class CampaignStopped(Exception):
     """The coordinator is shutting down: leave the campaign running, resume it on the next start."""
 
 
+class CampaignCancelled(CampaignStopped):
+    """A client cancelled the campaign: stop for good."""
+
+
 @dataclass(frozen=True)
 class FarmContext:
     """What every campaign shares: state, queue, artifact files, time."""
@@ -89,8 +93,10 @@ class FarmEvaluator:
     """Evaluator over the farm for one campaign; `devices` are its device classes."""
 
     def __init__(self, ctx: FarmContext, campaign_id: str, devices: tuple[str, ...], device_timeout_s: float,
-                 on_status: Callable[[str], None] = lambda message: None):
+                 on_status: Callable[[str], None] = lambda message: None,
+                 cancelled: threading.Event | None = None):
         self.ctx = ctx
+        self.cancelled = cancelled or threading.Event()
         self.campaign_id = campaign_id
         self.devices = tuple(devices)
         # strategies see one evaluation at a time on the farm too; the agents' count is not used yet
@@ -106,6 +112,7 @@ class FarmEvaluator:
     # -- Evaluator interface ------------------------------------------------------------------
     def reference(self, model: Path, model_sha256: str, data) -> dict[str, DeviceResult]:
         """FP32 outputs and metrics, measured once per device class by an agent of that class."""
+        self._check_stop()
         self._base = self.ctx.register_file(model, "model", Path(model).name)
         key, evaldata = self._eval_data(data)
         pending: dict[str, tuple[str, str]] = {}
@@ -202,6 +209,8 @@ class FarmEvaluator:
             sched.wait_change(seen, self.ctx.poll_s)
 
     def _check_stop(self) -> None:
+        if self.cancelled.is_set():
+            raise CampaignCancelled()
         if self.ctx.stop.is_set():
             raise CampaignStopped()
 

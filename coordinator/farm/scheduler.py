@@ -3,24 +3,33 @@
 A job is (candidate, device class). An agent of that class leases it for `lease_ttl_s`;
 heartbeats listing the job renew the lease. An agent whose heartbeats stop goes missing, then
 evicted, and its leased jobs return to the queue; a lease that simply runs out returns too.
-Results are idempotent by (job_id, attempt): the first report of any leased attempt becomes the
-job's one result; every later report (a retry of the same attempt, or a late report of an older
-attempt after a re-lease) is answered `duplicate` and changes nothing.
+Agents prove who they are: every call after registration carries the agent id and the secret the
+registration handed out (`AgentIdentity`; the store keeps only its hash). Only the agent holding a
+job's current attempt (job id + attempt; its `holder`) may renew it by heartbeat or report its
+result; anything else is PERMISSION_DENIED and changes nothing. A registration under a name
+already in use does not touch the other agent; only a registration that proves the identity it
+replaces (an agent re-registering after a coordinator restart, or restarted itself) takes over
+that agent's leases of the jobs it lists as running.
+
+Results are idempotent: the holder's first report of its attempt becomes the job's one result; a
+retry of that report is answered `duplicate` and changes nothing.
 
 Time comes from an injected `clock`, so the lease/heartbeat/eviction rules are tested without
 sleeping; `tick()` applies them and is called periodically by the server."""
 from __future__ import annotations
 
 import logging
+import math
+import secrets
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 from coordinator.farm.states import ALIVE, ON_TIME, AgentState, JobState, is_alive
-from coordinator.farm.store import JobRow, ResultRow, Store, Tx
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from coordinator.farm.store import AgentRow, JobRow, ResultRow, Store, Tx
+from shared.auth import AgentIdentity, hash_secret, new_agent_secret
+from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import CrashCause, CrashKind, DeviceResult
 
@@ -36,13 +45,14 @@ class LeasePolicy:
     missing_after_s: float = 6.0     # no heartbeat this long: missing (leases kept)
     evict_after_s: float = 20.0      # no heartbeat this long: evicted (leases re-queued)
     lease_ttl_s: float = 30.0        # a lease not renewed this long returns to the queue
-    max_wait_s: float = 5.0          # cap of a Lease long-poll
+    max_wait_s: float = 30.0         # cap of a Lease long-poll (a waiting call holds no thread)
     max_attempts: int = 5            # leases of one job that may end without a result before it counts as crashed
 
     def __post_init__(self) -> None:
-        for name in ("heartbeat_interval_s", "missing_after_s", "evict_after_s", "lease_ttl_s"):
-            if getattr(self, name) <= 0:
-                raise InvalidArgument(f"{name}={getattr(self, name)} must be > 0", step="config")
+        for name in ("heartbeat_interval_s", "missing_after_s", "evict_after_s", "lease_ttl_s", "max_wait_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise InvalidArgument(f"{name}={value!r} must be a finite number > 0", step="config")
         if not self.heartbeat_interval_s < self.missing_after_s <= self.evict_after_s:
             raise InvalidArgument(
                 f"need heartbeat_interval_s ({self.heartbeat_interval_s}) < missing_after_s "
@@ -52,6 +62,13 @@ class LeasePolicy:
         if self.lease_ttl_s <= self.heartbeat_interval_s:
             raise InvalidArgument(f"lease_ttl_s ({self.lease_ttl_s}) must exceed heartbeat_interval_s "
                                   f"({self.heartbeat_interval_s})", step="config")
+
+
+@dataclass(frozen=True)
+class Registration(AgentIdentity):
+    """A new agent's identity (its secret is handed out once; the store keeps its hash)."""
+
+    replaced: str | None = None         # the registration whose identity it proved and took over
 
 
 @dataclass(frozen=True)
@@ -68,23 +85,40 @@ class TickOutcome:
     requeued: tuple[str, ...] = ()
 
 
+#: dead agents are forgotten this long after their last call (results keep their id)
+FORGET_AGENTS_AFTER_S = 3600.0
+
+
 class Scheduler:
-    """All lease and result rules, over the Store; thread-safe."""
+    """All lease and result rules, over the Store; thread-safe. `max_agents` caps the agents alive
+    at once (None: no cap)."""
 
     def __init__(self, store: Store, policy: LeasePolicy = LeasePolicy(),
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, max_agents: int | None = None):
         self.store = store
         self.policy = policy
         self.clock = clock
+        self.max_agents = max_agents
         self._changed = threading.Condition()
         self._version = 0
+        self._listeners: list[Callable[[frozenset[str] | None], None]] = []
         self.counters = {"results_accepted": 0, "results_duplicate": 0}
 
     # ---------------------------------------------------------------- notifications
-    def _notify(self) -> None:
+    def add_listener(self, listener: Callable[[frozenset[str] | None], None]) -> None:
+        """`listener(devices)` is called (on the changing thread) whenever jobs of those device
+        classes may have become leasable (None: any class); the server wakes lease waiters with it."""
+        self._listeners.append(listener)
+
+    def _notify(self, queued: Iterable[str] | None = ()) -> None:
+        """Wake threads waiting for any change; tell listeners which classes got queued jobs."""
         with self._changed:
             self._version += 1
             self._changed.notify_all()
+        devices = None if queued is None else frozenset(queued)
+        if devices is None or devices:
+            for listener in self._listeners:
+                listener(devices)
 
     def version(self) -> int:
         with self._changed:
@@ -109,75 +143,111 @@ class Scheduler:
 
     # ---------------------------------------------------------------- agents
     def register(self, device: str, name: str, capabilities: bytes, slots: int,
-                 running: Sequence[tuple[str, int]] = ()) -> str:
+                 running: Sequence[tuple[str, int]] = (), previous: AgentIdentity | None = None) -> Registration:
+        """A new registration with its own id and secret. With `previous` (the identity of the
+        registration it replaces, proven by its secret) it takes over that agent's leases of the
+        jobs in `running` and the old registration is gone; without, no other agent is touched."""
         if not device or not device.strip():
             raise InvalidArgument("device class key is empty", step="register")
         if slots < 1:
             raise InvalidArgument(f"slots={slots} must be >= 1", step="register")
-        agent_id = uuid.uuid4().hex[:16]
+        agent_id = secrets.token_hex(8)
+        secret = new_agent_secret()
         now = self.clock()
+        requeued: list[str] = []
         with self.store.transaction() as c:
-            for old in c.agents(ALIVE):
-                if old.name == name and old.device == device:  # the same agent, restarted
-                    self._release_agent(c, old.agent_id, AgentState.GONE, "registered again", now)
-            c.insert_agent(agent_id, name, device, capabilities, now, slots)
-            self._adopt(c, agent_id, device, running, now)
+            old = self._predecessor(c, previous, device)
+            alive = c.count_agents(ALIVE) - (1 if old is not None and is_alive(old.state) else 0)
+            if self.max_agents is not None and alive >= self.max_agents:
+                raise ResourceExhausted(f"{alive} agents are registered, the limit max_agents={self.max_agents}",
+                                        step="register")
+            c.insert_agent(agent_id, name, device, capabilities, now, slots, hash_secret(secret))
+            if old is not None:
+                self._adopt(c, agent_id, device, running, now, owners={agent_id, old.agent_id})
+                for job in c.jobs_of_agent(old.agent_id):      # leases it does not run any more
+                    self._requeue(c, job, now, f"its agent registered again as {agent_id}")
+                    requeued.append(job.device)
+                if is_alive(old.state):
+                    c.set_agent_state(old.agent_id, AgentState.GONE, f"replaced by {agent_id}")
             self._refresh_busy(c, agent_id)
-        log.info("agent %s (%s) registered for device class %s", agent_id, name, device)
-        self._notify()
-        return agent_id
+        log.info("agent %s (%s) registered for device class %s%s", agent_id, name, device,
+                 f", replacing {old.agent_id}" if old is not None else "")
+        self._notify(requeued)
+        return Registration(agent_id, secret, old.agent_id if old is not None else None)
 
-    def heartbeat(self, agent_id: str, running: Sequence[tuple[str, int]], free_slots: int = 0,
+    @staticmethod
+    def _predecessor(c: Tx, previous: AgentIdentity | None, device: str) -> AgentRow | None:
+        if previous is None:
+            return None
+        old = c.find_agent(previous.agent_id)
+        if old is None or not previous.matches(old.secret_hash) or old.device != device:
+            log.warning("a registration for %s named previous identity %s, which does not check out: registered "
+                        "as a new agent, nothing taken over", device, previous.agent_id)
+            return None
+        return old
+
+    def heartbeat(self, agent: AgentIdentity, running: Sequence[tuple[str, int]], free_slots: int = 0,
                   busy_slots: int = 0) -> list[tuple[str, int]]:
-        """Renew the leases the agent still runs; return those it must stop."""
+        """Renew the leases the agent holds and still runs; return the listed jobs it must stop."""
         now = self.clock()
         with self.store.transaction() as c:
-            agent = self._live_agent(c, agent_id)
-            c.touch_agent(agent_id, now, free_slots, busy_slots)
-            if agent.state == AgentState.MISSING:
-                c.set_agent_state(agent_id, AgentState.IDLE, "heartbeat resumed")
-            cancel = self._adopt(c, agent_id, agent.device, running, now)
-            self._refresh_busy(c, agent_id)
+            row = self._live_agent(c, agent)
+            c.touch_agent(row.agent_id, now, free_slots, busy_slots)
+            if row.state == AgentState.MISSING:
+                c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed")
+            cancel = self._adopt(c, row.agent_id, row.device, running, now, owners={row.agent_id})
+            self._refresh_busy(c, row.agent_id)
         return cancel
 
-    def deregister(self, agent_id: str) -> None:
+    def deregister(self, agent: AgentIdentity) -> None:
         now = self.clock()
         with self.store.transaction() as c:
-            agent = c.agent(agent_id)
-            if is_alive(agent.state):
-                self._release_agent(c, agent_id, AgentState.GONE, "deregistered", now)
-        log.info("agent %s (%s) deregistered", agent_id, agent.name)
-        self._notify()
+            row = self._proven_agent(c, agent)
+            requeued = [j.device for j in c.jobs_of_agent(row.agent_id)] if is_alive(row.state) else []
+            if is_alive(row.state):
+                self._release_agent(c, row.agent_id, AgentState.GONE, "deregistered", now)
+        log.info("agent %s (%s) deregistered", row.agent_id, row.name)
+        self._notify(requeued)
 
     # ---------------------------------------------------------------- leases
-    def lease(self, agent_id: str, max_jobs: int) -> list[job_pb2.Job]:
+    def lease(self, agent: AgentIdentity, max_jobs: int) -> list[job_pb2.Job]:
         """Hand up to `max_jobs` queued jobs of the agent's class to it, each as a new attempt."""
+        return self.lease_and_device(agent, max_jobs)[0]
+
+    def lease_and_device(self, agent: AgentIdentity, max_jobs: int) -> tuple[list[job_pb2.Job], str]:
+        """`lease`, and the agent's device class (what a long-poll then waits for)."""
         if max_jobs < 1:
             raise InvalidArgument(f"max_jobs={max_jobs} must be >= 1", step="lease")
         now = self.clock()
         jobs: list[job_pb2.Job] = []
         with self.store.transaction() as c:
-            agent = self._live_agent(c, agent_id)
-            c.touch_agent(agent_id, now)
-            if agent.state == AgentState.MISSING:
-                c.set_agent_state(agent_id, AgentState.IDLE, "calls resumed")
-            for row in c.queued_jobs(agent.device, max_jobs):
-                leased = c.set_job_state(row.job_id, JobState.LEASED, now, agent_id=agent_id,
-                                         lease_deadline=now + self.policy.lease_ttl_s, attempt=row.attempt + 1)
+            row = self._live_agent(c, agent)
+            c.touch_agent(row.agent_id, now)
+            if row.state == AgentState.MISSING:
+                c.set_agent_state(row.agent_id, AgentState.IDLE, "calls resumed")
+            for queued in c.queued_jobs(row.device, max_jobs):
+                leased = c.set_job_state(queued.job_id, JobState.LEASED, now, agent_id=row.agent_id,
+                                         lease_deadline=now + self.policy.lease_ttl_s, attempt=queued.attempt + 1)
                 jobs.append(self.job_message(leased))
-            self._refresh_busy(c, agent_id)
-        return jobs
+            self._refresh_busy(c, row.agent_id)
+        return jobs, row.device
 
-    def wait_lease(self, agent_id: str, max_jobs: int, wait_s: float) -> list[job_pb2.Job]:
-        """Long-poll: lease now, or wait (real time, capped) for a job of the agent's class."""
-        deadline = time.monotonic() + max(0.0, min(wait_s, self.policy.max_wait_s))
-        while True:
-            seen = self.version()
-            jobs = self.lease(agent_id, max_jobs)
-            left = deadline - time.monotonic()
-            if jobs or left <= 0:
-                return jobs
-            self.wait_change(seen, left)
+    def check_artifact_access(self, agent: AgentIdentity, sha256: str) -> None:
+        """An agent may fetch only the artifacts of the jobs it holds leases on."""
+        with self.store.transaction() as c:
+            row = self._live_agent(c, agent)
+            for job in c.jobs_of_agent(row.agent_id):
+                if sha256 in job_artifacts(job_pb2.Job.FromString(job.payload)):
+                    return
+        raise PermissionDenied(f"artifact {sha256} belongs to no job leased to agent {row.agent_id}", step="artifact")
+
+    def check_upload(self, agent: AgentIdentity) -> None:
+        """An agent uploads what its jobs produce (FP32 outputs): only while it holds a lease."""
+        with self.store.transaction() as c:
+            row = self._live_agent(c, agent)
+            if not c.jobs_of_agent(row.agent_id):
+                raise PermissionDenied(f"agent {row.agent_id} holds no lease: it has nothing to upload",
+                                       step="upload")
 
     @staticmethod
     def job_message(row: JobRow) -> job_pb2.Job:
@@ -205,7 +275,7 @@ class Scheduler:
             else:
                 state = existing.state
             c.link_job(campaign_id, job.job_id)
-        self._notify()
+        self._notify([job.device] if state == JobState.QUEUED else [])
         return state
 
     def cancel_unwanted(self, campaign_id: str) -> int:
@@ -226,21 +296,22 @@ class Scheduler:
         self._notify()
         return cancelled
 
-    def release(self, agent_id: str, job_id: str, attempt: int) -> bool:
-        """The agent gives a lease back without a result (e.g. it could not fetch an artifact)."""
+    def release(self, agent: AgentIdentity, job_id: str, attempt: int) -> bool:
+        """The agent gives a lease it holds back without a result (e.g. it is draining)."""
         now = self.clock()
         with self.store.transaction() as c:
+            row = self._live_agent(c, agent)
             job = c.job(job_id)
-            if job is None or job.state != JobState.LEASED or job.attempt != attempt or job.agent_id != agent_id:
+            if job is None or job.state != JobState.LEASED or job.attempt != attempt or job.agent_id != row.agent_id:
                 return False
             self._requeue(c, job, now, "given back by its agent")
-            self._refresh_busy(c, agent_id)
-        self._notify()
+            self._refresh_busy(c, row.agent_id)
+        self._notify([job.device])
         return True
 
     # ---------------------------------------------------------------- results
-    def report(self, agent_id: str, result: job_pb2.DeviceResult, fp32_sha256: str = "") -> ReportOutcome:
-        """Record a job's result exactly once; see the module docstring for the rules."""
+    def report(self, agent: AgentIdentity, result: job_pb2.DeviceResult, fp32_sha256: str = "") -> ReportOutcome:
+        """Record the result of a job the agent holds (its current attempt) exactly once."""
         try:
             status = DeviceResult.from_proto(result).status
         except KeyError:
@@ -248,12 +319,18 @@ class Scheduler:
                                   f"unsupported", step="result") from None
         now = self.clock()
         with self.store.transaction() as c:
+            row = self._proven_agent(c, agent)      # an evicted agent may still report the attempt it holds
             job = c.job(result.job_id)
-            if job is None:
-                raise NotFound(f"job {result.job_id!r} does not exist", step="result")
-            if result.attempt < 1 or result.attempt > job.attempt:
-                raise FailedPrecondition(f"job {result.job_id!r} attempt {result.attempt} was never leased "
-                                         f"(latest attempt {job.attempt})", step="result")
+            holds = job is not None and job.holder == row.agent_id and job.attempt == result.attempt >= 1
+            existing = c.result(result.job_id) if job is not None else None
+            if holds and existing is not None:
+                self.counters["results_duplicate"] += 1
+                same = existing.attempt == result.attempt and existing.agent_id == row.agent_id
+                return ReportOutcome(False, True, "this attempt's result is already recorded" if same else
+                                     f"job already has the result of attempt {existing.attempt}")
+            if not holds or job is None or job.state not in (JobState.LEASED, JobState.QUEUED, JobState.CANCELLED):
+                raise PermissionDenied(f"job {result.job_id[:200]!r} attempt {result.attempt} is not leased to agent "
+                                       f"{row.agent_id}: nothing recorded", step="result")
             if result.device != job.device:
                 raise InvalidArgument(f"result for job {result.job_id!r} names device {result.device!r}, the job "
                                       f"is for {job.device!r}", step="result")
@@ -264,19 +341,11 @@ class Scheduler:
                 if not fp32_sha256 or not c.has_artifacts([fp32_sha256]):
                     raise InvalidArgument(f"reference job {result.job_id!r} reported ok without an uploaded FP32 "
                                           f"outputs artifact ({fp32_sha256 or 'none given'})", step="result")
-            existing = c.result(result.job_id)
-            if existing is not None:
-                same = existing.attempt == result.attempt
-                self.counters["results_duplicate"] += 1
-                return ReportOutcome(False, True, "this attempt's result is already recorded" if same else
-                                     f"job already has the result of attempt {existing.attempt}")
-            holder = job.agent_id
-            c.insert_result(ResultRow(result.job_id, result.attempt, agent_id, status.value,
+            c.insert_result(ResultRow(result.job_id, result.attempt, row.agent_id, status.value,
                                       result.SerializeToString(), fp32_sha256, now))
             c.set_job_state(result.job_id, JobState.DONE, now)
-            for aid in {holder, agent_id} - {None}:
-                if self._is_known_live(c, aid):
-                    self._refresh_busy(c, aid)
+            if self._is_known_live(c, row.agent_id):
+                self._refresh_busy(c, row.agent_id)
             self.counters["results_accepted"] += 1
         self._notify()
         return ReportOutcome(True, False)
@@ -290,14 +359,16 @@ class Scheduler:
         """Apply the clock: late agents go missing, then evicted (leases re-queued); expired leases
         return to the queue."""
         now = self.clock()
-        missing, evicted, requeued = [], [], []
+        missing, evicted, requeued, devices = [], [], [], set()
         with self.store.transaction() as c:
             for agent in c.agents(ALIVE):
                 age = now - agent.last_heartbeat
                 if age > self.policy.evict_after_s:
                     if agent.state != AgentState.MISSING:
                         c.set_agent_state(agent.agent_id, AgentState.MISSING, f"no heartbeat for {age:.1f}s")
-                    requeued += [j.job_id for j in c.jobs_of_agent(agent.agent_id)]
+                    held = c.jobs_of_agent(agent.agent_id)
+                    requeued += [j.job_id for j in held]
+                    devices.update(j.device for j in held)
                     self._release_agent(c, agent.agent_id, AgentState.EVICTED, f"no heartbeat for {age:.1f}s", now)
                     evicted.append(agent.agent_id)
                 elif age > self.policy.missing_after_s and agent.state != AgentState.MISSING:
@@ -309,19 +380,29 @@ class Scheduler:
                     if job.agent_id and self._is_known_live(c, job.agent_id):
                         self._refresh_busy(c, job.agent_id)
                     requeued.append(job.job_id)
+                    devices.add(job.device)
+            c.forget_agents((AgentState.EVICTED, AgentState.GONE), now - FORGET_AGENTS_AFTER_S)
         if missing or evicted or requeued:
             log.info("tick: missing %s, evicted %s, re-queued %s", missing, evicted, requeued)
-            self._notify()
+            self._notify(devices)
         return TickOutcome(tuple(missing), tuple(evicted), tuple(requeued))
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
-    def _live_agent(c: Tx, agent_id: str):
-        agent = c.agent(agent_id)
-        if not is_alive(agent.state):
-            raise FailedPrecondition(f"agent {agent_id} is {agent.state.value} ({agent.reason}): register again",
+    def _proven_agent(c: Tx, agent: AgentIdentity) -> AgentRow:
+        """The agent's row, if its secret checks out; unknown ids and wrong secrets read the same."""
+        row = c.find_agent(agent.agent_id)
+        if row is None or not agent.matches(row.secret_hash):
+            raise PermissionDenied(f"agent {agent.agent_id[:64]!r} is unknown or its agent secret is wrong: "
+                                   "register again", step="agent")
+        return row
+
+    def _live_agent(self, c: Tx, agent: AgentIdentity) -> AgentRow:
+        row = self._proven_agent(c, agent)
+        if not is_alive(row.state):
+            raise FailedPrecondition(f"agent {row.agent_id} is {row.state.value} ({row.reason}): register again",
                                      step="agent")
-        return agent
+        return row
 
     @staticmethod
     def _is_known_live(c: Tx, agent_id: str) -> bool:
@@ -329,14 +410,15 @@ class Scheduler:
         return row is not None and is_alive(AgentState(row[0]))
 
     def _adopt(self, c: Tx, agent_id: str, device: str, running: Sequence[tuple[str, int]],
-               now: float) -> list[tuple[str, int]]:
-        """Renew (or take over, after a re-registration) the leases of jobs the agent still runs;
-        a job re-queued meanwhile but not yet leased again is taken back. Return the rest."""
+               now: float, owners: set[str]) -> list[tuple[str, int]]:
+        """Renew the leases of jobs the agent still runs whose current attempt one of `owners`
+        (the agent, or the registration it proved it replaces) holds; a job re-queued meanwhile
+        but not yet leased again is taken back. Return the rest: the agent must stop those."""
         cancel = []
         deadline = now + self.policy.lease_ttl_s
         for job_id, attempt in running:
             job = c.job(job_id)
-            if job is None or job.device != device or job.attempt != attempt:
+            if job is None or job.device != device or job.attempt != attempt or job.holder not in owners:
                 cancel.append((job_id, attempt))
             elif job.state == JobState.LEASED:
                 previous = job.agent_id
@@ -377,3 +459,30 @@ class Scheduler:
             return
         busy = bool(c.jobs_of_agent(agent_id))
         c.set_agent_state(agent_id, AgentState.BUSY if busy else AgentState.IDLE)
+
+
+def job_artifacts(job: job_pb2.Job) -> set[str]:
+    """The sha256 of every artifact a job names (model, inputs, labels, FP32 outputs, ...), found by
+    walking the message, so artifacts a later version of Job adds are included without a change here."""
+    found: set[str] = set()
+
+    def walk(message) -> None:
+        if isinstance(message, job_pb2.Artifact):
+            if message.sha256:
+                found.add(message.sha256)
+            return
+        for fd, value in message.ListFields():
+            if fd.message_type is None:
+                continue
+            if fd.message_type.GetOptions().map_entry:
+                value_field = fd.message_type.fields_by_name["value"]
+                values = value.values() if value_field.message_type is not None else ()
+            elif fd.is_repeated:
+                values = value
+            else:
+                values = (value,)
+            for item in values:
+                walk(item)
+
+    walk(job)
+    return found

@@ -1,22 +1,30 @@
-"""The coordinator's gRPC server: AgentService, CampaignService and the standard health service.
+"""The coordinator's gRPC server (grpc.aio): AgentService, CampaignService and the standard health
+service, on an event loop of its own.
+
+Nothing waits on a thread: a Lease long-poll is a future on the loop (waiters.py), streams are
+coroutines, and every blocking piece of work (an SQLite transaction, a file read or write, a
+model check at submit) runs on one of two small thread pools, `store` (short transactions: a
+heartbeat never queues behind a file or a model) and `files`. The campaign threads (the tuner) stay
+threads. The gate (gate.py), wrapped around every method handler, checks tokens and roles, caps
+concurrent calls per pool overall and per peer, and names malformed requests; agent calls also prove the agent's
+identity (shared.auth.AgentIdentity), which the scheduler checks against the lease they touch.
 
 `build_server` wires the store, scheduler, artifact files and campaign manager together; the
-returned server also runs the scheduler's clock tick and the campaign threads, and stops them
-with itself. Typed errors become gRPC status codes in exactly one place (`status_code_for`).
-Security: `ServerConfig.security` adds the token interceptor and TLS; `limits` bounds messages,
-artifacts, registrations (registration.py), campaigns (admission.py) and the candidates a running
-campaign creates (candidate_cap.py); malformed requests are refused by name (interceptors.py)."""
+returned FarmServer is driven from ordinary threads (start, stop) and also runs the scheduler's
+clock tick and the campaign threads. Typed errors become gRPC status codes in exactly one place
+(`status_code_for`)."""
 from __future__ import annotations
 
+import asyncio
 import functools
-import inspect
 import logging
+import math
 import threading
 import time
-from concurrent import futures
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,16 +33,18 @@ from coordinator.farm.admission import check_campaign
 from coordinator.farm.campaign import CampaignManager
 from coordinator.farm.candidate_cap import BoundedScheduler
 from coordinator.farm.evaluator import FarmContext
-from coordinator.farm.interceptors import MalformedRequests
-from coordinator.farm.registration import check_registration
+from coordinator.farm.fields import check_result
+from coordinator.farm.gate import Gate
+from coordinator.farm.registration import check_registration, check_running
 from coordinator.farm.scheduler import LeasePolicy
 from coordinator.farm.spec import spec_from_wire
 from coordinator.farm.states import JobState, is_alive
 from coordinator.farm.store import Store
+from coordinator.farm.waiters import LeaseWaiters
 from shared.artifacts import CHUNK_BYTES, ArtifactStore, check_sha
-from shared.auth import ServerSecurity
-from shared.errors import (DataError, EvaluationError, FailedPrecondition, InvalidArgument, ModelError, NotFound,
-                           QfarmError, ResourceExhausted, Unauthenticated)
+from shared.auth import AgentIdentity, ServerSecurity
+from shared.errors import (DataError, DeadlineExceeded, EvaluationError, FailedPrecondition, InvalidArgument,
+                           ModelError, NotFound, PermissionDenied, QfarmError, ResourceExhausted, Unauthenticated)
 from shared.limits import DEFAULT_LIMITS, Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 from shared.version import PROTOCOL_VERSION, package_version
@@ -43,7 +53,9 @@ log = logging.getLogger(__name__)
 
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -56,6 +68,9 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 RECENT_AGENTS_S = 600.0   # status lists evicted/gone agents this long after their last heartbeat
 MAX_REPLY_BYTES = 64 << 20  # our own replies (a report with its PNGs); what callers send is bounded by limits
 MIN_MESSAGE_BYTES = CHUNK_BYTES + (64 << 10)   # an artifact chunk and its envelope must fit in one message
+MAX_JOBS_PER_LEASE = 64
+LEASE_REPLY_MARGIN_S = 0.2    # a long-poll answers this long before the caller's own deadline
+SERVICES = ("", "qfarm.v1.AgentService", "qfarm.v1.CampaignService")
 
 
 def status_code_for(exc: BaseException) -> grpc.StatusCode:
@@ -66,35 +81,28 @@ def status_code_for(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, grpc.RpcError):    # the request stream itself failed (oversize message, client gone):
         log.info("request stream ended by the transport: %s", exc)   # gRPC has already set the status
-        context.abort(grpc.StatusCode.CANCELLED, "the request stream failed")
+        await context.abort(grpc.StatusCode.CANCELLED, "the request stream failed")
     code = status_code_for(exc)
     if code == grpc.StatusCode.INTERNAL:
-        log.exception("internal error in an RPC")
-        context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
-    context.abort(code, str(exc))
+        log.error("internal error in an RPC", exc_info=exc)
+        await context.abort(code, f"internal error: {type(exc).__name__}: {exc}")
+    await context.abort(code, str(exc))
 
 
 def rpc(method: Callable) -> Callable:
-    """Wrap a servicer method so typed errors reach the client as status codes with their message."""
-    if inspect.isgeneratorfunction(method):
-        @functools.wraps(method)
-        def streaming(self, request, context):
-            try:
-                yield from method(self, request, context)
-            except Exception as exc:  # noqa: BLE001 - mapped, logged when unexpected
-                _abort(context, exc)
-        return streaming
-
+    """Wrap an async servicer method so typed errors reach the client as status codes with their message."""
     @functools.wraps(method)
-    def unary(self, request, context):
+    async def call(self, request, context):
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
         except Exception as exc:  # noqa: BLE001 - mapped, logged when unexpected
-            _abort(context, exc)
-    return unary
+            await _abort(context, exc)
+    return call
 
 
 @dataclass(frozen=True)
@@ -104,16 +112,26 @@ class ServerConfig:
     port: int = 50051                      # 0: pick a free port
     policy: LeasePolicy = LeasePolicy()
     tick_interval_s: float = 1.0
-    max_workers: int = 64                  # long-polling agents each hold one for up to policy.max_wait_s
-    limits: Limits = DEFAULT_LIMITS         # message, artifact, model and campaign bounds
-    security: ServerSecurity = ServerSecurity()   # token and TLS; none: loopback only
-    interceptors: tuple = ()               # further grpc.ServerInterceptors, after the token check
+    max_workers: int = 2                   # threads for store transactions (one connection: more only contend)
+    limits: Limits = DEFAULT_LIMITS         # message, artifact, model, campaign and concurrency bounds
+    security: ServerSecurity = ServerSecurity()   # role tokens and TLS; none: loopback only
     clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def __post_init__(self) -> None:
         if self.limits.max_message_bytes < MIN_MESSAGE_BYTES:
             raise InvalidArgument(f"max_message_bytes={self.limits.max_message_bytes} is below {MIN_MESSAGE_BYTES}: "
                                   f"artifacts travel in {CHUNK_BYTES}-byte chunks", step="config")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InvalidArgument(f"--port {self.port} is not a TCP port (0 to 65535; 0 picks a free one)",
+                                  step="config")
+        if isinstance(self.max_workers, bool) or not isinstance(self.max_workers, int) or not 1 <= self.max_workers \
+                <= 256:
+            raise InvalidArgument(f"--max-workers {self.max_workers} must be between 1 and 256 (threads for store "
+                                  "transactions; waiting agents hold none)", step="config")
+        if not (isinstance(self.tick_interval_s, (int, float)) and math.isfinite(self.tick_interval_s)
+                and self.tick_interval_s > 0):
+            raise InvalidArgument(f"tick_interval_s={self.tick_interval_s!r} must be a finite number > 0",
+                                  step="config")
 
 
 class Stats:
@@ -129,7 +147,8 @@ class Stats:
 
 
 class Coordinator:
-    """Everything behind the services; shared by both servicers."""
+    """Everything behind the services; shared by both servicers. Its synchronous methods run on the
+    thread pools (`in_store`, `in_files`), never on the event loop."""
 
     def __init__(self, config: ServerConfig):
         self.config = config
@@ -141,45 +160,114 @@ class Coordinator:
         self.ctx = FarmContext(self.store, self.scheduler, self.artifacts, threading.Event())
         self.campaigns = CampaignManager(self.ctx, data_dir)
         self.stats = Stats()
+        self.waiters = LeaseWaiters()
+        self.agent_devices: dict[str, str] = {}      # agent id -> device class, for lease waits
+        self._store_pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="store")
+        self._files_pool = ThreadPoolExecutor(4, thread_name_prefix="files")
 
-    def receive_artifact(self, chunks: Iterator[farm_pb2.ArtifactChunk]) -> farm_pb2.UploadArtifactResponse:
-        first = next(chunks, None)
+    async def in_store(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._store_pool, functools.partial(fn, *args))
+
+    async def in_files(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._files_pool, functools.partial(fn, *args))
+
+    def close_pools(self) -> None:
+        """Work still inside a call (a store transaction) ends before the store closes."""
+        self._store_pool.shutdown(wait=True)
+        self._files_pool.shutdown(wait=True)
+
+    # ---------------------------------------------------------------- artifacts
+    async def _next(self, reader, started: float, what: str):
+        """The next message of a request stream, or None at its end; a stalled or overlong stream is cut."""
+        limits = self.config.limits
+        loop = asyncio.get_running_loop()
+        left = limits.max_stream_s - (loop.time() - started)
+        if left <= 0:
+            raise DeadlineExceeded(f"{what} cut after {limits.max_stream_s} s, the limit max_stream_s")
+        try:
+            return await asyncio.wait_for(anext(reader, None), min(limits.max_stream_idle_s, left))
+        except TimeoutError:
+            raise DeadlineExceeded(f"{what} stalled: no chunk for {limits.max_stream_idle_s} s (the limit "
+                                   "max_stream_idle_s); cut") from None
+
+    async def receive_artifact(self, requests) -> farm_pb2.UploadArtifactResponse:
+        started = asyncio.get_running_loop().time()
+        reader = aiter(requests)
+        first = await self._next(reader, started, "upload")
         if first is None or not first.artifact.sha256:
             raise InvalidArgument("an upload must start with a chunk naming the artifact's sha256", step="upload")
         meta = job_pb2.Artifact()
         meta.CopyFrom(first.artifact)
         check_sha(meta.sha256)
+        meta.name, meta.kind = meta.name[:256], meta.kind[:64]
         limit = self.config.limits.max_artifact_bytes
         if meta.size_bytes > limit:
             raise ResourceExhausted(f"artifact {meta.name[:80] or meta.sha256} declares {meta.size_bytes} bytes, "
                                     f"above the limit max_artifact_bytes={limit}", step="upload")
-
-        def pieces() -> Iterator[bytes]:
-            expected = 0
-            for chunk in _chain(first, chunks):
+        what = f"upload of {meta.sha256}"
+        writer = await self.in_files(self.artifacts.writer, meta.sha256)
+        try:
+            chunk, expected = first, 0
+            while chunk is not None:
                 if chunk.offset != expected:
-                    raise InvalidArgument(f"upload of {meta.sha256} has a chunk at offset {chunk.offset}, "
-                                          f"expected {expected}", step="upload")
+                    raise InvalidArgument(f"{what} has a chunk at offset {chunk.offset}, expected {expected}",
+                                          step="upload")
                 expected += len(chunk.data)
                 if expected > limit:
-                    raise ResourceExhausted(f"upload of {meta.sha256} passed {limit} bytes, the limit "
-                                            f"max_artifact_bytes={limit}", step="upload")
+                    raise ResourceExhausted(f"{what} passed {limit} bytes, the limit max_artifact_bytes={limit}",
+                                            step="upload")
                 if meta.size_bytes and expected > meta.size_bytes:
                     raise InvalidArgument(f"artifact {meta.sha256} declared {meta.size_bytes} bytes, received more",
                                           step="upload")
+                await self.in_files(writer.write, chunk.data)
                 self.stats.add("artifact_bytes_received", len(chunk.data))
-                yield chunk.data
+                chunk = await self._next(reader, started, what)
             if meta.size_bytes and expected != meta.size_bytes:     # before the file is kept, not after
                 raise InvalidArgument(f"artifact {meta.sha256} declared {meta.size_bytes} bytes, received "
                                       f"{expected}", step="upload")
-
-        present = self.artifacts.has(meta.sha256)
-        stored = self.artifacts.put_stream(pieces(), meta.sha256)
-        with self.store.transaction() as c:
-            c.put_artifact(stored.sha256, stored.size_bytes, meta.kind or "file", meta.name, self.config.clock())
+            present = self.artifacts.has(meta.sha256)
+            stored = await self.in_files(writer.commit)
+        finally:
+            await self.in_files(writer.abort)
+        await self.in_store(self._record_artifact, stored.sha256, stored.size_bytes, meta.kind or "file", meta.name)
         meta.size_bytes = stored.size_bytes
         return farm_pb2.UploadArtifactResponse(artifact=meta, already_present=present)
 
+    def _record_artifact(self, sha256: str, size: int, kind: str, name: str) -> None:
+        with self.store.transaction() as c:
+            c.put_artifact(sha256, size, kind, name, self.config.clock())
+
+    async def send_artifact(self, sha256: str, offset: int, context: grpc.aio.ServicerContext) -> None:
+        """Stream a stored artifact from `offset` in chunks; a reader that stops reading is cut."""
+        limits = self.config.limits
+        known = await self.in_store(self._known_artifacts, [sha256])
+        if not known:
+            raise NotFound(f"artifact {sha256} is not stored on the coordinator", step="artifact")
+        pieces = self.artifacts.chunks(sha256, offset, CHUNK_BYTES)
+        meta = job_pb2.Artifact(sha256=sha256)
+        try:
+            async with asyncio.timeout(limits.max_stream_s):
+                while (piece := await self.in_files(next, pieces, None)) is not None:
+                    at, data = piece
+                    self.stats.add("artifact_bytes_sent", len(data))
+                    await asyncio.wait_for(context.write(farm_pb2.ArtifactChunk(artifact=meta, data=data, offset=at)),
+                                           limits.max_stream_idle_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"download of {sha256} stalled or ran past max_stream_s={limits.max_stream_s} "
+                                   f"s (max_stream_idle_s={limits.max_stream_idle_s}); cut") from None
+        finally:
+            if not pieces.gi_running:     # a read still on its thread ends with the generator's next step
+                pieces.close()
+
+    def _known_artifacts(self, shas: list[str]) -> set[str]:
+        with self.store.transaction() as c:
+            return c.has_artifacts(shas)
+
+    def missing_artifacts(self, shas: list[str]) -> list[str]:
+        known = self._known_artifacts(shas)
+        return [s for s in dict.fromkeys(shas) if s not in known or not self.artifacts.has(s)]
+
+    # ---------------------------------------------------------------- campaigns
     def submit_campaign(self, spec_json: str) -> str:
         """Bounds and hostile-model checks first; a refused campaign leaves no trace."""
         try:
@@ -227,9 +315,20 @@ class Coordinator:
         return resp
 
 
-def _chain(first, rest):
-    yield first
-    yield from rest
+def agent_identity(context: grpc.aio.ServicerContext, claimed: str = "") -> AgentIdentity:
+    """The identity an agent call proves (metadata); a request naming another agent is refused."""
+    identity = AgentIdentity.from_metadata(context.invocation_metadata())
+    if identity is None:
+        raise PermissionDenied("agent calls must carry the identity of the agent's registration (metadata "
+                               "qfarm-agent-id and qfarm-agent-secret): register first", step="agent")
+    if claimed and claimed != identity.agent_id:
+        raise PermissionDenied(f"the request names agent {claimed[:64]!r} but proves agent {identity.agent_id!r}",
+                               step="agent")
+    return identity
+
+
+def _finite(value: float, default: float = 0.0) -> float:
+    return value if math.isfinite(value) else default
 
 
 class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
@@ -237,54 +336,90 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
         self.coord = coord
 
     @rpc
-    def Register(self, request, context):
+    async def Register(self, request, context):
+        check_registration(request)
         caps = request.capabilities
-        check_registration(request.device, request.name, caps.protocol_version, caps.package_version)
-        agent_id = self.coord.scheduler.register(
-            request.device, request.name or context.peer(), caps.SerializeToString(), max(1, caps.slots),
-            [(r.job_id, r.attempt) for r in request.running])
+        previous = AgentIdentity.from_metadata(context.invocation_metadata())
+        registration = await self.coord.in_store(
+            self.coord.scheduler.register, request.device, request.name or context.peer()[:256],
+            caps.SerializeToString(), max(1, caps.slots), [(r.job_id, r.attempt) for r in request.running], previous)
+        devices = self.coord.agent_devices
+        if len(devices) > 2 * self.coord.config.limits.max_agents:    # a cache: forget it rather than grow
+            devices.clear()
+        devices[registration.agent_id] = request.device
         policy = self.coord.config.policy
-        return farm_pb2.RegisterResponse(agent_id=agent_id, heartbeat_interval_s=policy.heartbeat_interval_s,
+        return farm_pb2.RegisterResponse(agent_id=registration.agent_id, agent_secret=registration.secret,
+                                         heartbeat_interval_s=policy.heartbeat_interval_s,
                                          lease_ttl_s=policy.lease_ttl_s, package_version=package_version(),
                                          protocol_version=PROTOCOL_VERSION)
 
     @rpc
-    def Heartbeat(self, request, context):
-        cancel = self.coord.scheduler.heartbeat(request.agent_id, [(r.job_id, r.attempt) for r in request.running],
-                                                request.free_slots, request.busy_slots)
+    async def Heartbeat(self, request, context):
+        agent = agent_identity(context, request.agent_id)
+        check_running(request.running)
+        if request.free_slots < 0 or request.busy_slots < 0:
+            raise InvalidArgument(f"free_slots={request.free_slots} and busy_slots={request.busy_slots} must be >= 0",
+                                  step="agent")
+        cancel = await self.coord.in_store(self.coord.scheduler.heartbeat, agent,
+                                           [(r.job_id, r.attempt) for r in request.running],
+                                           request.free_slots, request.busy_slots)
         return farm_pb2.HeartbeatResponse(cancel=[farm_pb2.JobRef(job_id=j, attempt=a) for j, a in cancel])
 
     @rpc
-    def Lease(self, request, context):
-        jobs = self.coord.scheduler.wait_lease(request.agent_id, max(1, request.max_jobs), request.wait_s)
+    async def Lease(self, request, context):
+        """Lease now, or wait (a future, no thread; capped by the policy and the caller's deadline)."""
+        agent = agent_identity(context, request.agent_id)
+        coord, loop = self.coord, asyncio.get_running_loop()
+        max_jobs = min(max(1, request.max_jobs), MAX_JOBS_PER_LEASE)
+        wait = min(max(0.0, _finite(request.wait_s)), coord.config.policy.max_wait_s)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait = min(wait, max(0.0, remaining - LEASE_REPLY_MARGIN_S))
+        deadline = loop.time() + wait
+        device = coord.agent_devices.get(agent.agent_id)
+        while True:
+            since = coord.waiters.version(device) if device is not None else None
+            jobs, device = await coord.in_store(coord.scheduler.lease_and_device, agent, max_jobs)
+            coord.agent_devices[agent.agent_id] = device
+            if jobs:
+                coord.waiters.wake_one(device)     # there may be more: the next waiter looks
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            if since is not None and not await coord.waiters.wait(agent.agent_id, device, since, left):
+                break
         resp = farm_pb2.LeaseResponse(jobs=jobs)
-        self.coord.stats.add("job_bytes_sent", resp.ByteSize())
+        coord.stats.add("job_bytes_sent", resp.ByteSize())
         return resp
 
     @rpc
-    def FetchArtifact(self, request, context):
-        with self.coord.store.transaction() as c:
-            known = c.has_artifacts([check_sha(request.sha256)])
-        if not known:
-            raise NotFound(f"artifact {request.sha256} is not stored on the coordinator", step="artifact")
-        meta = job_pb2.Artifact(sha256=request.sha256)
-        for offset, data in self.coord.artifacts.chunks(request.sha256, request.offset, CHUNK_BYTES):
-            self.coord.stats.add("artifact_bytes_sent", len(data))
-            yield farm_pb2.ArtifactChunk(artifact=meta, data=data, offset=offset)
+    async def FetchArtifact(self, request, context):
+        agent = agent_identity(context)
+        sha = check_sha(request.sha256)
+        await self.coord.in_store(self.coord.scheduler.check_artifact_access, agent, sha)
+        await self.coord.send_artifact(sha, request.offset, context)
 
     @rpc
-    def UploadArtifact(self, request_iterator, context):
-        return self.coord.receive_artifact(request_iterator)
+    async def UploadArtifact(self, request_iterator, context):
+        agent = agent_identity(context)
+        await self.coord.in_store(self.coord.scheduler.check_upload, agent)
+        return await self.coord.receive_artifact(request_iterator)
 
     @rpc
-    def ReportResult(self, request, context):
-        outcome = self.coord.scheduler.report(request.agent_id, request.result, request.fp32_outputs.sha256)
+    async def ReportResult(self, request, context):
+        agent = agent_identity(context, request.agent_id)
+        result = check_result(request.result)
+        fp32 = check_sha(request.fp32_outputs.sha256) if request.fp32_outputs.sha256 else ""
+        outcome = await self.coord.in_store(self.coord.scheduler.report, agent, result, fp32)
         return farm_pb2.ReportResultResponse(accepted=outcome.accepted, duplicate=outcome.duplicate,
                                              reason=outcome.reason)
 
     @rpc
-    def Deregister(self, request, context):
-        self.coord.scheduler.deregister(request.agent_id)
+    async def Deregister(self, request, context):
+        agent = agent_identity(context, request.agent_id)
+        await self.coord.in_store(self.coord.scheduler.deregister, agent)
+        self.coord.agent_devices.pop(agent.agent_id, None)
         return farm_pb2.DeregisterResponse()
 
 
@@ -293,43 +428,93 @@ class CampaignServicer(farm_pb2_grpc.CampaignServiceServicer):
         self.coord = coord
 
     @rpc
-    def MissingArtifacts(self, request, context):
+    async def MissingArtifacts(self, request, context):
         shas = [check_sha(s) for s in request.sha256]
-        with self.coord.store.transaction() as c:
-            known = c.has_artifacts(shas)
-        missing = [s for s in dict.fromkeys(shas) if s not in known or not self.coord.artifacts.has(s)]
-        return farm_pb2.MissingArtifactsResponse(sha256=missing)
+        return farm_pb2.MissingArtifactsResponse(sha256=await self.coord.in_store(self.coord.missing_artifacts, shas))
 
     @rpc
-    def UploadArtifact(self, request_iterator, context):
-        return self.coord.receive_artifact(request_iterator)
+    async def UploadArtifact(self, request_iterator, context):
+        return await self.coord.receive_artifact(request_iterator)
 
     @rpc
-    def SubmitCampaign(self, request, context):
-        return farm_pb2.SubmitCampaignResponse(campaign_id=self.coord.submit_campaign(request.spec_json))
+    async def SubmitCampaign(self, request, context):
+        campaign_id = await self.coord.in_files(self.coord.submit_campaign, request.spec_json)
+        return farm_pb2.SubmitCampaignResponse(campaign_id=campaign_id)
 
     @rpc
-    def GetStatus(self, request, context):
-        return self.coord.status(request.campaign_id)
+    async def GetStatus(self, request, context):
+        return await self.coord.in_store(self.coord.status, request.campaign_id)
 
     @rpc
-    def GetReport(self, request, context):
-        state, files = self.coord.campaigns.report_files(request.campaign_id)
+    async def GetReport(self, request, context):
+        state, files = await self.coord.in_files(self.coord.campaigns.report_files, request.campaign_id)
         return farm_pb2.GetReportResponse(state=state.value,
                                           files=[farm_pb2.ReportFile(path=p, data=d) for p, d in files])
 
+    @rpc
+    async def CancelCampaign(self, request, context):
+        state, cancelled = await self.coord.in_store(self.coord.campaigns.cancel, request.campaign_id)
+        return farm_pb2.CancelCampaignResponse(state=state.value, jobs_cancelled=cancelled)
 
-class FarmServer(grpc.Server):
-    """A grpc.Server that also runs (and stops) the scheduler tick and the campaign threads."""
 
-    def __init__(self, inner: grpc.Server, coord: Coordinator, health_servicer: health.HealthServicer,
-                 executor: futures.ThreadPoolExecutor | None = None):
-        self._inner = inner
-        self._executor = executor
+class FarmServer:
+    """The aio server on an event loop thread of its own, driven from ordinary threads: `start`,
+    `stop`, `wait_for_termination`. It also runs the scheduler tick and the campaign threads."""
+
+    def __init__(self, coord: Coordinator, security: ServerSecurity):
         self.coordinator = coord
-        self._health = health_servicer
+        self.port = 0
+        self._security = security
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="farm-grpc", daemon=True)
+        self._loop_thread.start()
         self._tick_stop = threading.Event()
         self._tick_thread = threading.Thread(target=self._tick_loop, name="farm-tick", daemon=True)
+        coord.scheduler.add_listener(self._jobs_queued)
+        self.gate = Gate(security, coord.config.limits)
+
+    def _on_loop(self, coroutine, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def _jobs_queued(self, devices: frozenset[str] | None) -> None:
+        """Called by the scheduler on whatever thread changed the queue: wake lease waiters on the loop."""
+        try:
+            self._loop.call_soon_threadsafe(self.coordinator.waiters.changed, devices)
+        except RuntimeError:       # the loop is closed: the server has stopped, nobody waits
+            pass
+
+    async def _build(self, address: str) -> int:
+        config = self.coordinator.config
+        limits = config.limits
+        options = [("grpc.max_receive_message_length", limits.max_message_bytes),
+                   ("grpc.max_send_message_length", max(MAX_REPLY_BYTES, limits.max_message_bytes)),
+                   ("grpc.so_reuseport", 0)]
+        ceiling = limits.max_calls + limits.max_lease_waits + limits.max_streams + limits.max_open_calls + 64
+        self._server = grpc.aio.server(options=options, maximum_concurrent_rpcs=ceiling)
+        self.gate.register(self._server, farm_pb2_grpc.add_AgentServiceServicer_to_server,
+                           AgentServicer(self.coordinator))
+        self.gate.register(self._server, farm_pb2_grpc.add_CampaignServiceServicer_to_server,
+                           CampaignServicer(self.coordinator))
+        self._health = health.aio.HealthServicer()
+        self.gate.register(self._server, health_pb2_grpc.add_HealthServicer_to_server, self._health)
+        credentials = self._security.server_credentials()
+        if credentials is None:
+            return self._server.add_insecure_port(address)
+        return self._server.add_secure_port(address, credentials)
+
+    def bind(self, address: str) -> int:
+        try:
+            self.port = self._on_loop(self._build(address))
+        except RuntimeError as exc:     # grpc: "Failed to bind to address ..."
+            self._close_loop()
+            raise FailedPrecondition(f"cannot listen on {address} ({exc})", step="serve") from None
+        except BaseException:
+            self._close_loop()
+            raise
+        if self.port == 0:
+            self._close_loop()
+            raise FailedPrecondition(f"cannot listen on {address} (in use?)", step="serve")
+        return self.port
 
     def _tick_loop(self) -> None:
         while not self._tick_stop.wait(self.coordinator.config.tick_interval_s):
@@ -338,57 +523,54 @@ class FarmServer(grpc.Server):
             except Exception:  # noqa: BLE001 - the clock must keep ticking; the cause is logged
                 log.exception("scheduler tick failed")
 
+    async def _set_health(self, status) -> None:
+        for name in SERVICES:
+            await self._health.set(name, status)
+
     def start(self) -> None:
         self.coordinator.scheduler.on_boot()
-        self._inner.start()
+        self._on_loop(self._server.start())
         self._tick_thread.start()
         self.coordinator.campaigns.start()
-        for name in ("", "qfarm.v1.AgentService", "qfarm.v1.CampaignService"):
-            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._on_loop(self._set_health(health_pb2.HealthCheckResponse.SERVING))
 
-    def stop(self, grace):
-        self._health.enter_graceful_shutdown()
+    def stop(self, grace: float | None = None) -> threading.Event:
+        """Stop serving (calls in progress get `grace` seconds), the tick and the campaigns; close the store."""
+        done = threading.Event()
+        if self._loop.is_closed():
+            done.set()
+            return done
+        self._on_loop(self._health.enter_graceful_shutdown())
         self.coordinator.campaigns.stop()
         self._tick_stop.set()
         if self._tick_thread.is_alive():
             self._tick_thread.join()
-        done = self._inner.stop(grace)
-        done.wait()
-        if self._executor is not None:   # handlers still inside a call (a Lease long-poll) end before the store
-            self._executor.shutdown(wait=True)
+        self._on_loop(self._server.stop(grace))
+        self.coordinator.close_pools()
         self.coordinator.store.close()
+        self._close_loop()
+        done.set()
         return done
 
-    def wait_for_termination(self, timeout=None):
-        return self._inner.wait_for_termination(timeout)
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+        self._loop.close()
 
-    def add_generic_rpc_handlers(self, generic_rpc_handlers):
-        return self._inner.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name, method_handlers):
-        return self._inner.add_registered_method_handlers(service_name, method_handlers)
-
-    def add_insecure_port(self, address):
-        return self._inner.add_insecure_port(address)
-
-    def add_secure_port(self, address, server_credentials):
-        return self._inner.add_secure_port(address, server_credentials)
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._on_loop(self._server.wait_for_termination(timeout))
 
 
 def build_server(config: ServerConfig) -> tuple[FarmServer, int]:
     """A ready-to-start coordinator server bound to host:port (port 0 picks one); returns it and the port."""
     config.security.check_exposure(config.host)
+    config.security.server_credentials()          # a key that does not match its certificate: refused now
     coord = Coordinator(config)
-    options = [("grpc.max_receive_message_length", config.limits.max_message_bytes),
-               ("grpc.max_send_message_length", max(MAX_REPLY_BYTES, config.limits.max_message_bytes))]
-    interceptors = [*config.security.interceptors(), MalformedRequests(), *config.interceptors]
-    executor = futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc")
-    inner = grpc.server(executor, options=options, interceptors=interceptors)
-    farm_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(coord), inner)
-    farm_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignServicer(coord), inner)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, inner)
-    port = config.security.bind(inner, f"{config.host}:{config.port}")
-    if port == 0:
-        raise FailedPrecondition(f"cannot listen on {config.host}:{config.port} (in use?)", step="serve")
-    return FarmServer(inner, coord, health_servicer, executor), port
+    server = FarmServer(coord, config.security)
+    try:
+        port = server.bind(f"{config.host}:{config.port}")
+    except BaseException:
+        coord.close_pools()
+        coord.store.close()
+        raise
+    return server, port

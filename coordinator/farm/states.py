@@ -29,8 +29,11 @@ class CampaignState(str, Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped by `coordinator cancel` (terminal)
 
 
+#: campaigns that will not change any more
+FINISHED: tuple[CampaignState, ...] = (CampaignState.DONE, CampaignState.FAILED, CampaignState.CANCELLED)
 #: agents that may still hold leases and come back (evicted and gone never do)
 ALIVE: tuple[AgentState, ...] = (AgentState.IDLE, AgentState.BUSY, AgentState.MISSING)
 #: agents heartbeating on time: idle or busy follows the leases they hold
@@ -54,10 +57,11 @@ TRANSITIONS: Mapping[type, Mapping[Enum | None, frozenset[Enum]]] = {
     },
     CampaignState: {
         None: frozenset({CampaignState.QUEUED}),
-        CampaignState.QUEUED: frozenset({CampaignState.RUNNING, CampaignState.FAILED}),
-        CampaignState.RUNNING: frozenset({CampaignState.DONE, CampaignState.FAILED}),
+        CampaignState.QUEUED: frozenset({CampaignState.RUNNING, CampaignState.FAILED, CampaignState.CANCELLED}),
+        CampaignState.RUNNING: frozenset({CampaignState.DONE, CampaignState.FAILED, CampaignState.CANCELLED}),
         CampaignState.DONE: frozenset(),
         CampaignState.FAILED: frozenset(),
+        CampaignState.CANCELLED: frozenset(),
     },
 }
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from coordinator.farm.states import AgentState, CampaignState, JobState, require_transition
+from coordinator.farm.states import FINISHED, AgentState, CampaignState, JobState, require_transition
 from shared.errors import NotFound
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import DeviceResult
@@ -22,7 +22,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL,
     capabilities BLOB NOT NULL, registered_at REAL NOT NULL, last_heartbeat REAL NOT NULL,
-    free_slots INTEGER NOT NULL DEFAULT 0, busy_slots INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT ''
+    free_slots INTEGER NOT NULL DEFAULT 0, busy_slots INTEGER NOT NULL DEFAULT 0, reason TEXT NOT NULL DEFAULT '',
+    secret_hash TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS agents_by_device ON agents(device, state);
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS candidates (
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY, device TEXT NOT NULL, kind TEXT NOT NULL, candidate_id TEXT NOT NULL,
     payload BLOB NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0, agent_id TEXT,
-    lease_deadline REAL, priority INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL
+    lease_deadline REAL, priority INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    holder TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(device, state, priority);
 CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs(agent_id, state);
@@ -51,6 +53,8 @@ CREATE TABLE IF NOT EXISTS results (
     payload BLOB NOT NULL, fp32_sha256 TEXT NOT NULL DEFAULT '', received_at REAL NOT NULL
 );
 """
+# columns added after the first release, added to an older database when it is opened
+ADDED_COLUMNS = (("agents", "secret_hash", "TEXT NOT NULL DEFAULT ''"), ("jobs", "holder", "TEXT"))
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class AgentRow:
     free_slots: int
     busy_slots: int
     reason: str
+    secret_hash: str = field(default="", repr=False)     # SHA-256 of the secret the agent got at registration
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class JobRow:
     agent_id: str | None
     lease_deadline: float | None
     priority: int
+    holder: str | None = None   # the agent that leased the current attempt (kept after the lease ends)
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,9 @@ class Store:
         self._conn.execute("PRAGMA foreign_keys=ON")
         with self.transaction() as c:
             c.executescript_safe(SCHEMA)
+            for table, column, declaration in ADDED_COLUMNS:
+                if column not in {r[1] for r in c.execute(f"PRAGMA table_info({table})")}:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -167,18 +176,31 @@ class Tx:
 
     # ---------------------------------------------------------------- agents
     def insert_agent(self, agent_id: str, name: str, device: str, capabilities: bytes, now: float,
-                     free_slots: int) -> None:
+                     free_slots: int, secret_hash: str = "") -> None:
         require_transition(None, AgentState.IDLE, what=agent_id)
         self._c.execute(
             "INSERT INTO agents (agent_id, name, device, state, capabilities, registered_at, last_heartbeat, "
-            "free_slots) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (agent_id, name, device, AgentState.IDLE.value, capabilities, now, now, free_slots))
+            "free_slots, secret_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (agent_id, name, device, AgentState.IDLE.value, capabilities, now, now, free_slots, secret_hash))
+
+    def find_agent(self, agent_id: str) -> AgentRow | None:
+        row = self._c.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        return _agent(row) if row is not None else None
+
+    def count_agents(self, states: Sequence[AgentState]) -> int:
+        return self._c.execute(f"SELECT COUNT(*) FROM agents WHERE state IN ({','.join('?' * len(states))})",
+                               [s.value for s in states]).fetchone()[0]
+
+    def forget_agents(self, states: Sequence[AgentState], heard_before: float) -> int:
+        """Delete agents in `states` not heard from since `heard_before` (their results keep their id)."""
+        return self._c.execute(f"DELETE FROM agents WHERE state IN ({','.join('?' * len(states))}) "
+                               "AND last_heartbeat < ?", [*(s.value for s in states), heard_before]).rowcount
 
     def agent(self, agent_id: str) -> AgentRow:
-        row = self._c.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+        row = self.find_agent(agent_id)
         if row is None:
             raise NotFound(f"agent {agent_id!r} is not registered: register again", step="agent")
-        return _agent(row)
+        return row
 
     def agents(self, states: Sequence[AgentState] | None = None, device: str | None = None) -> list[AgentRow]:
         sql, params = "SELECT * FROM agents WHERE 1=1", []
@@ -221,24 +243,29 @@ class Tx:
 
     def set_job_state(self, job_id: str, target: JobState, now: float, *, agent_id: str | None = None,
                       lease_deadline: float | None = None, attempt: int | None = None) -> JobRow:
-        """Move a job, checked; leased jobs carry an agent and a deadline, all others none."""
+        """Move a job, checked; leased jobs carry an agent and a deadline, all others none. The
+        agent that leased the current attempt stays recorded as its `holder` after the lease ends."""
         row = self._c.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id!r} does not exist", step="job")
         job = _job(row)
         require_transition(job.state, target, what=job_id)
         self.transitions.append((job.device, job.state, target, now - row["updated_at"]))
-        if target != JobState.LEASED:
+        holder = job.holder
+        if target == JobState.LEASED:
+            holder = agent_id
+        else:
             agent_id, lease_deadline = None, None
         self._c.execute(
-            "UPDATE jobs SET state = ?, agent_id = ?, lease_deadline = ?, attempt = ?, updated_at = ? "
+            "UPDATE jobs SET state = ?, agent_id = ?, lease_deadline = ?, attempt = ?, holder = ?, updated_at = ? "
             "WHERE job_id = ?",
-            (target.value, agent_id, lease_deadline, job.attempt if attempt is None else attempt, now, job_id))
+            (target.value, agent_id, lease_deadline, job.attempt if attempt is None else attempt, holder, now,
+             job_id))
         return self.job(job_id)  # type: ignore[return-value]
 
     def renew_lease(self, job_id: str, agent_id: str, lease_deadline: float) -> None:
-        self._c.execute("UPDATE jobs SET agent_id = ?, lease_deadline = ? WHERE job_id = ? AND state = ?",
-                        (agent_id, lease_deadline, job_id, JobState.LEASED.value))
+        self._c.execute("UPDATE jobs SET agent_id = ?, holder = ?, lease_deadline = ? WHERE job_id = ? AND state = ?",
+                        (agent_id, agent_id, lease_deadline, job_id, JobState.LEASED.value))
 
     def queued_jobs(self, device: str, limit: int) -> list[JobRow]:
         rows = self._c.execute(
@@ -327,8 +354,9 @@ class Tx:
                         (target.value, message, now, campaign_id))
 
     def set_campaign_message(self, campaign_id: str, message: str, now: float) -> None:
-        self._c.execute("UPDATE campaigns SET message = ?, updated_at = ? WHERE campaign_id = ?",
-                        (message, now, campaign_id))
+        """A progress line; a finished campaign keeps the message it finished with."""
+        self._c.execute("UPDATE campaigns SET message = ?, updated_at = ? WHERE campaign_id = ? AND state NOT IN "
+                        "(?, ?, ?)", (message, now, campaign_id, *(s.value for s in FINISHED)))
 
     def link_job(self, campaign_id: str, job_id: str) -> None:
         self._c.execute("INSERT OR IGNORE INTO campaign_jobs (campaign_id, job_id) VALUES (?, ?)",
@@ -376,7 +404,7 @@ def _agent(row: sqlite3.Row) -> AgentRow:
 
 def _job(row: sqlite3.Row) -> JobRow:
     data = {k: row[k] for k in ("job_id", "device", "kind", "candidate_id", "payload", "state", "attempt",
-                                "agent_id", "lease_deadline", "priority")}
+                                "agent_id", "lease_deadline", "priority", "holder")}
     data["state"] = JobState(data["state"])
     return JobRow(**data)
 

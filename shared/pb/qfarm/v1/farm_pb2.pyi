@@ -58,18 +58,20 @@ class RegisterRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., name: _Optional[str] = ..., capabilities: _Optional[_Union[AgentCapabilities, _Mapping]] = ..., running: _Optional[_Iterable[_Union[JobRef, _Mapping]]] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("agent_id", "heartbeat_interval_s", "lease_ttl_s", "package_version", "protocol_version")
+    __slots__ = ("agent_id", "heartbeat_interval_s", "lease_ttl_s", "package_version", "protocol_version", "agent_secret")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_S_FIELD_NUMBER: _ClassVar[int]
     PACKAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_SECRET_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     heartbeat_interval_s: float
     lease_ttl_s: float
     package_version: str
     protocol_version: int
-    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., package_version: _Optional[str] = ..., protocol_version: _Optional[int] = ...) -> None: ...
+    agent_secret: str
+    def __init__(self, agent_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., lease_ttl_s: _Optional[float] = ..., package_version: _Optional[str] = ..., protocol_version: _Optional[int] = ..., agent_secret: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
     __slots__ = ("agent_id", "running", "free_slots", "busy_slots")
@@ -292,3 +294,17 @@ class GetReportResponse(_message.Message):
     state: str
     files: _containers.RepeatedCompositeFieldContainer[ReportFile]
     def __init__(self, state: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ReportFile, _Mapping]]] = ...) -> None: ...
+
+class CancelCampaignRequest(_message.Message):
+    __slots__ = ("campaign_id",)
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    def __init__(self, campaign_id: _Optional[str] = ...) -> None: ...
+
+class CancelCampaignResponse(_message.Message):
+    __slots__ = ("state", "jobs_cancelled")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    JOBS_CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    jobs_cancelled: int
+    def __init__(self, state: _Optional[str] = ..., jobs_cancelled: _Optional[int] = ...) -> None: ...

@@ -389,6 +389,11 @@ class CampaignServiceStub:
                 request_serializer=qfarm_dot_v1_dot_farm__pb2.GetReportRequest.SerializeToString,
                 response_deserializer=qfarm_dot_v1_dot_farm__pb2.GetReportResponse.FromString,
                 _registered_method=True)
+        self.CancelCampaign = channel.unary_unary(
+                '/qfarm.v1.CampaignService/CancelCampaign',
+                request_serializer=qfarm_dot_v1_dot_farm__pb2.CancelCampaignRequest.SerializeToString,
+                response_deserializer=qfarm_dot_v1_dot_farm__pb2.CancelCampaignResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -424,6 +429,12 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -451,6 +462,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.GetReport,
                     request_deserializer=qfarm_dot_v1_dot_farm__pb2.GetReportRequest.FromString,
                     response_serializer=qfarm_dot_v1_dot_farm__pb2.GetReportResponse.SerializeToString,
+            ),
+            'CancelCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCampaign,
+                    request_deserializer=qfarm_dot_v1_dot_farm__pb2.CancelCampaignRequest.FromString,
+                    response_serializer=qfarm_dot_v1_dot_farm__pb2.CancelCampaignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +604,33 @@ class CampaignService:
             '/qfarm.v1.CampaignService/GetReport',
             qfarm_dot_v1_dot_farm__pb2.GetReportRequest.SerializeToString,
             qfarm_dot_v1_dot_farm__pb2.GetReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qfarm.v1.CampaignService/CancelCampaign',
+            qfarm_dot_v1_dot_farm__pb2.CancelCampaignRequest.SerializeToString,
+            qfarm_dot_v1_dot_farm__pb2.CancelCampaignResponse.FromString,
             options,
             channel_credentials,
             insecure,
