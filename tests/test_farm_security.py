@@ -277,6 +277,33 @@ def test_every_method_of_the_wire_contract_has_an_access_rule():
     assert all(ACCESS[m].roles for m in methods if not m.startswith("/grpc.health.v1.Health/"))
 
 
+def test_the_dashboard_takes_the_client_token_not_the_agent_token(tmp_path):
+    import urllib.error
+    import urllib.request
+    from argparse import Namespace
+
+    from coordinator.dashboard.command import start_dashboard
+
+    security = ServerSecurity(agent_token=AGENT_TOKEN, client_token=CLIENT_TOKEN)
+    args = Namespace(http_port=0, http_host=None, host="127.0.0.1", http_port_file=None, http_refresh=2.0)
+
+    def status(url: str, token: str) -> int:
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    with coordinator(tmp_path / "coord", security=security) as (server, _):
+        dashboard = start_dashboard(args, server.coordinator, security)
+        try:
+            url = dashboard.url.rstrip("/") + "/metrics"
+            assert (status(url, AGENT_TOKEN), status(url, CLIENT_TOKEN)) == (401, 200)
+        finally:
+            dashboard.stop()
+
+
 def test_role_tokens_come_from_flags_files_or_environment_and_weak_tokens_are_refused(tmp_path):
     from coordinator.cli import build_parser
 

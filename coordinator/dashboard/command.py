@@ -11,7 +11,7 @@ log = logging.getLogger("coordinator")
 
 
 def add_dashboard_arguments(p: argparse.ArgumentParser) -> None:
-    group = p.add_argument_group("web dashboard (read-only; the same token as gRPC)")
+    group = p.add_argument_group("web dashboard (read-only; the client token of gRPC)")
     group.add_argument("--http-port", type=int, help="serve the dashboard and /metrics on this port (0: any free)")
     group.add_argument("--http-host", help="address for the dashboard (default: --host)")
     group.add_argument("--http-port-file", help="write the dashboard's bound port here once listening")
