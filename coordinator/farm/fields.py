@@ -72,7 +72,8 @@ def check_capabilities(caps: farm_pb2.AgentCapabilities) -> None:
         raise InvalidArgument(f"agent capabilities take {size} bytes, more than {MAX_CAPABILITIES_BYTES}",
                               step="register")
     if not 0 <= caps.slots <= MAX_SLOTS:
-        raise InvalidArgument(f"capabilities.slots={caps.slots} must be between 1 and {MAX_SLOTS}", step="register")
+        raise InvalidArgument(f"capabilities.slots={caps.slots} must be between 0 and {MAX_SLOTS} (0: one)",
+                              step="register")
     _walk(caps, "capabilities")
 
 
