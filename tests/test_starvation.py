@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from coordinator.farm.access import Pool
 from coordinator.farm.scheduler import PRIORITY_CANDIDATE, LeasePolicy
 from coordinator.farm.waiters import LeaseWaiters
-from coordinator.testing import ProtocolAgent, coordinator
-from shared.auth import Credentials, ServerSecurity
+from coordinator.testing import ManualClock, ProtocolAgent, coordinator
+from shared.auth import AgentIdentity, Credentials, ServerSecurity
 from shared.hashing import sha256_bytes
 from shared.limits import Limits
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
@@ -248,3 +248,42 @@ def test_waiters_wake_one_per_change_in_arrival_order_and_miss_no_change():
         assert waiters.waiting() == 0
 
     asyncio.run(scenario())
+
+
+def test_idle_heartbeats_skip_the_store_yet_keep_the_agent_alive_and_the_rules_hold(tmp_path):
+    policy = LeasePolicy(heartbeat_interval_s=1, missing_after_s=3, evict_after_s=10, lease_ttl_s=5, max_wait_s=1)
+    clock = ManualClock()
+    with coordinator(tmp_path / "coord", policy=policy, clock=clock) as (server, address), \
+            grpc.insecure_channel(address) as channel:
+        coord = server.coordinator
+        through_store = []
+        heartbeat = coord.scheduler.heartbeat_and_idle
+        coord.scheduler.heartbeat_and_idle = lambda *a, **k: through_store.append(1) or heartbeat(*a, **k)
+        agent = ProtocolAgent(channel, "cpu-a")
+        agent.register()
+
+        def state() -> str:
+            with grpc.insecure_channel(address) as probe:
+                [row] = farm_pb2_grpc.CampaignServiceStub(probe).GetStatus(farm_pb2.GetStatusRequest()).agents
+            return row.state
+
+        agent.heartbeat()                                   # through the store: found idle
+        for _ in range(4):
+            clock.advance(2)                                # 8 s of heartbeats every 2 s
+            agent.heartbeat()
+            time.sleep(0.25)                                # a few ticks write what was heard
+        assert len(through_store) == 1 and state() == "idle"
+        impostor = ProtocolAgent(channel, "cpu-a")
+        impostor.identity = AgentIdentity(agent.agent_id, "x" * 43)
+        with pytest.raises(grpc.RpcError) as denied:
+            impostor.heartbeat()                            # a wrong secret is refused, fast path or not
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        clock.advance(policy.missing_after_s + 1)           # silent: missing, and no longer answered from memory
+        wait_until(lambda: state() == "missing", 10, "the agent to go missing")
+        agent.heartbeat()
+        assert len(through_store) == 3 and state() == "idle"    # the impostor's and this one went through it
+        clock.advance(policy.evict_after_s + 1)
+        wait_until(lambda: state() == "evicted", 10, "the agent to be evicted")
+        with pytest.raises(grpc.RpcError) as gone:
+            agent.heartbeat()
+        assert gone.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from coordinator.farm.states import ALIVE, ON_TIME, AgentState, JobState, is_alive
 from coordinator.farm.store import AgentRow, JobRow, ResultRow, Store, Tx
@@ -189,6 +189,12 @@ class Scheduler:
     def heartbeat(self, agent: AgentIdentity, running: Sequence[tuple[str, int]], free_slots: int = 0,
                   busy_slots: int = 0) -> list[tuple[str, int]]:
         """Renew the leases the agent holds and still runs; return the listed jobs it must stop."""
+        return self.heartbeat_and_idle(agent, running, free_slots, busy_slots)[0]
+
+    def heartbeat_and_idle(self, agent: AgentIdentity, running: Sequence[tuple[str, int]], free_slots: int = 0,
+                           busy_slots: int = 0) -> tuple[list[tuple[str, int]], str | None]:
+        """`heartbeat`, and the agent's secret hash when it is idle now (no lease, nothing running):
+        its next heartbeats can then be recorded in memory (presence.py)."""
         now = self.clock()
         with self.store.transaction() as c:
             row = self._live_agent(c, agent)
@@ -197,7 +203,8 @@ class Scheduler:
                 c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed")
             cancel = self._adopt(c, row.agent_id, row.device, running, now, owners={row.agent_id})
             self._refresh_busy(c, row.agent_id)
-        return cancel
+            idle = not running and c.agent(row.agent_id).state == AgentState.IDLE
+        return cancel, row.secret_hash if idle else None
 
     def deregister(self, agent: AgentIdentity) -> None:
         now = self.clock()
@@ -355,12 +362,20 @@ class Scheduler:
             return c.results(list(job_ids))
 
     # ---------------------------------------------------------------- time
-    def tick(self) -> TickOutcome:
+    def tick(self, heard: Mapping[str, float] | None = None) -> TickOutcome:
         """Apply the clock: late agents go missing, then evicted (leases re-queued); expired leases
-        return to the queue."""
+        return to the queue. `heard`: agents heard since the last tick without a transaction
+        (presence.py) and when; written first, so they count as heartbeats."""
         now = self.clock()
         missing, evicted, requeued, devices = [], [], [], set()
         with self.store.transaction() as c:
+            for agent_id, at in (heard or {}).items():
+                row = c.find_agent(agent_id)
+                if row is not None and is_alive(row.state):
+                    c.touch_agent(agent_id, max(at, row.last_heartbeat))
+                    if row.state == AgentState.MISSING:
+                        c.set_agent_state(agent_id, AgentState.IDLE, "heartbeat resumed")
+                        self._refresh_busy(c, agent_id)
             for agent in c.agents(ALIVE):
                 age = now - agent.last_heartbeat
                 if age > self.policy.evict_after_s:

@@ -35,6 +35,7 @@ from coordinator.farm.candidate_cap import BoundedScheduler
 from coordinator.farm.evaluator import FarmContext
 from coordinator.farm.fields import check_result
 from coordinator.farm.gate import Gate
+from coordinator.farm.presence import Presence
 from coordinator.farm.registration import check_registration, check_running
 from coordinator.farm.scheduler import LeasePolicy
 from coordinator.farm.spec import spec_from_wire
@@ -161,6 +162,7 @@ class Coordinator:
         self.campaigns = CampaignManager(self.ctx, data_dir)
         self.stats = Stats()
         self.waiters = LeaseWaiters()
+        self.presence = Presence()
         self.agent_devices: dict[str, str] = {}      # agent id -> device class, for lease waits
         self._store_pool = ThreadPoolExecutor(config.max_workers, thread_name_prefix="store")
         self._files_pool = ThreadPoolExecutor(4, thread_name_prefix="files")
@@ -347,6 +349,8 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
         if len(devices) > 2 * self.coord.config.limits.max_agents:    # a cache: forget it rather than grow
             devices.clear()
         devices[registration.agent_id] = request.device
+        if registration.replaced is not None:
+            self.coord.presence.forget(registration.replaced)
         policy = self.coord.config.policy
         return farm_pb2.RegisterResponse(agent_id=registration.agent_id, agent_secret=registration.secret,
                                          heartbeat_interval_s=policy.heartbeat_interval_s,
@@ -360,9 +364,15 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
         if request.free_slots < 0 or request.busy_slots < 0:
             raise InvalidArgument(f"free_slots={request.free_slots} and busy_slots={request.busy_slots} must be >= 0",
                                   step="agent")
-        cancel = await self.coord.in_store(self.coord.scheduler.heartbeat, agent,
-                                           [(r.job_id, r.attempt) for r in request.running],
-                                           request.free_slots, request.busy_slots)
+        coord, free, busy = self.coord, request.free_slots, request.busy_slots
+        if not request.running and coord.presence.heard(agent, free, busy, coord.config.clock()):
+            return farm_pb2.HeartbeatResponse()         # an idle agent, as before: no transaction (presence.py)
+        cancel, idle = await coord.in_store(coord.scheduler.heartbeat_and_idle, agent,
+                                            [(r.job_id, r.attempt) for r in request.running], free, busy)
+        if idle is not None:
+            coord.presence.idle(agent.agent_id, idle, free, busy)
+        else:
+            coord.presence.forget(agent.agent_id)
         return farm_pb2.HeartbeatResponse(cancel=[farm_pb2.JobRef(job_id=j, attempt=a) for j, a in cancel])
 
     @rpc
@@ -382,6 +392,7 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
             jobs, device = await coord.in_store(coord.scheduler.lease_and_device, agent, max_jobs)
             coord.agent_devices[agent.agent_id] = device
             if jobs:
+                coord.presence.forget(agent.agent_id)     # busy now: its heartbeats go through the store
                 coord.waiters.wake_one(device)     # there may be more: the next waiter looks
                 break
             left = deadline - loop.time()
@@ -420,6 +431,7 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
         agent = agent_identity(context, request.agent_id)
         await self.coord.in_store(self.coord.scheduler.deregister, agent)
         self.coord.agent_devices.pop(agent.agent_id, None)
+        self.coord.presence.forget(agent.agent_id)
         return farm_pb2.DeregisterResponse()
 
 
@@ -517,9 +529,11 @@ class FarmServer:
         return self.port
 
     def _tick_loop(self) -> None:
+        presence = self.coordinator.presence
         while not self._tick_stop.wait(self.coordinator.config.tick_interval_s):
             try:
-                self.coordinator.scheduler.tick()
+                outcome = self.coordinator.scheduler.tick(presence.collect())
+                presence.forget(*outcome.missing, *outcome.evicted)
             except Exception:  # noqa: BLE001 - the clock must keep ticking; the cause is logged
                 log.exception("scheduler tick failed")
 
