@@ -10,6 +10,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -105,9 +106,11 @@ class ArtifactStore:
 
 class ArtifactWriter:
     """One artifact being written: bytes go to a temp file and a running hash; `commit` renames the
-    file into place only if the hash matches, `abort` (also safe after commit) leaves nothing."""
+    file into place only if the hash matches, `abort` (also safe after commit) leaves nothing. Each
+    step holds a lock, so an abort from another thread waits for a write in progress."""
 
     def __init__(self, store: ArtifactStore, expected_sha256: str | None, max_bytes: int | None):
+        self._lock = threading.Lock()
         self._store = store
         self._expected = expected_sha256
         self._max_bytes = max_bytes
@@ -118,23 +121,26 @@ class ArtifactWriter:
         self._out = os.fdopen(fd, "wb")
 
     def write(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self._max_bytes is not None and self.size > self._max_bytes:
-            raise InvalidArgument(f"artifact exceeds {self._max_bytes} bytes", step="artifact")
-        self._digest.update(chunk)
-        self._out.write(chunk)
+        with self._lock:
+            self.size += len(chunk)
+            if self._max_bytes is not None and self.size > self._max_bytes:
+                raise InvalidArgument(f"artifact exceeds {self._max_bytes} bytes", step="artifact")
+            self._digest.update(chunk)
+            self._out.write(chunk)
 
     def commit(self) -> StoredArtifact:
-        self._out.close()
-        sha = self._digest.hexdigest()
-        if self._expected is not None and sha != self._expected:
-            raise CorruptArtifact(f"received {self.size} bytes hashing to {sha}, expected {self._expected}")
-        final = publish(self._tmp, self._store.path_of(sha))   # a concurrent writer of this sha writes the same bytes
-        return StoredArtifact(sha, self.size, final)
+        with self._lock:
+            self._out.close()
+            sha = self._digest.hexdigest()
+            if self._expected is not None and sha != self._expected:
+                raise CorruptArtifact(f"received {self.size} bytes hashing to {sha}, expected {self._expected}")
+            final = publish(self._tmp, self._store.path_of(sha))   # a concurrent writer of this sha: same bytes
+            return StoredArtifact(sha, self.size, final)
 
     def abort(self) -> None:
-        self._out.close()
-        self._tmp.unlink(missing_ok=True)
+        with self._lock:
+            self._out.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def iter_file_chunks(path: Path, offset: int = 0, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:

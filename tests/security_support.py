@@ -3,12 +3,14 @@ agents on threads that send the token (both from coordinator/testing.py), every 
 and a throwaway CA made with the openssl CLI."""
 from __future__ import annotations
 
+import logging
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import grpc
+import pytest
 
 from agent.worker import Agent
 from coordinator.farm.server import FarmServer
@@ -89,3 +91,13 @@ def call_every_method(channel: grpc.Channel, metadata) -> dict[str, tuple[grpc.S
         except grpc.RpcError as exc:
             answers[name] = (exc.code(), exc.details() or "")
     return answers
+
+
+@pytest.fixture(autouse=True)
+def coordinator_never_errs(caplog):
+    """Import into a test module: no call or campaign thread of the coordinator may fail there (no
+    ERROR record from its loggers), whatever the test throws at it."""
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")      # in teardown, .records is teardown's
+    errors = [r.getMessage() for r in records if r.name.startswith("coordinator") and r.levelno >= logging.ERROR]
+    assert errors == []

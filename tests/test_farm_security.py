@@ -31,7 +31,7 @@ from shared.version import PROTOCOL_VERSION
 from coordinator.farm.spec import spec_from_local
 from tests.farm_support import IMAGES, read_json, results_per_pair, tiny_spec
 from tests.models import make_classifier
-from tests.security_support import call_every_method, make_ca_and_server_cert
+from tests.security_support import call_every_method, coordinator_never_errs, make_ca_and_server_cert  # noqa: F401
 
 DENIED = grpc.StatusCode.PERMISSION_DENIED
 # heartbeats every second; nobody goes missing or is evicted while a test moves the clock a few seconds

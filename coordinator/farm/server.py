@@ -230,7 +230,7 @@ class Coordinator:
             present = self.artifacts.has(meta.sha256)
             stored = await self.in_files(writer.commit)
         finally:
-            await self.in_files(writer.abort)
+            writer.abort()     # not awaited: it must run also when the call is cancelled (a close and an unlink)
         await self.in_store(self._record_artifact, stored.sha256, stored.size_bytes, meta.kind or "file", meta.name)
         meta.size_bytes = stored.size_bytes
         return farm_pb2.UploadArtifactResponse(artifact=meta, already_present=present)
