@@ -19,7 +19,8 @@ log = logging.getLogger("coordinator")
 def add_tune(sub) -> None:
     p = sub.add_parser("tune", help="rank layers, build and evaluate selectively quantized candidates",
                        formatter_class=options.HelpFormatter)
-    p.add_argument("model", type=Path, help="FP32 ONNX model")
+    p.add_argument("model", type=Path, help="FP32 ONNX model: a file, or hub:NAME[@OPSET] from the ONNX Model Hub's "
+                   "cache (--hub-dir)")
     p.add_argument("--out", type=Path, required=True, help="output dir; report.json there is the checkpoint")
     add_data_arguments(p)
     add_quant_arguments(p)
@@ -59,6 +60,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from coordinator.farm.commands import cmd_tune_farm
 
         return cmd_tune_farm(args)
+    from coordinator.hub import is_hub_ref, resolve
+
+    if is_hub_ref(args.model):
+        args.model, entry = resolve(str(args.model), args.hub_dir)
+        out.print(f"hub:{entry.name}@{entry.opset}: {args.model}")
     from shared.latency import check_lock_path
     from shared.metrics import load_metric
 

@@ -143,3 +143,12 @@ def check_fits_model(pre: Preprocess, inputs: tuple[ModelInput, ...], model_name
             shown = "x".join("?" if d is None else str(d) for d in inp.dims)
             raise DataError(f"model input {inp.name!r} expects {shown} but the images are preprocessed to "
                             f"{pre.layout} {'x'.join(map(str, want))} (check --input-size and --layout)")
+
+
+def image_input_shapes(pre: Preprocess, model_name: str = "the model"):
+    """For prepare_model: checks that the model has the one 4-D float input an image folder feeds
+    (check_fits_model) and gives its shape, (None, 3, S, S) or (None, S, S, 3): the batch left free."""
+    def shapes(inputs: tuple[ModelInput, ...]) -> dict[str, tuple[int | None, ...]]:
+        check_fits_model(pre, tuple(inputs), model_name)
+        return {inputs[0].name: (None, *pre.input_shape())}
+    return shapes

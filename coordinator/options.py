@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from coordinator.preprocess import LABEL_SOURCES, is_number
 from shared.errors import InvalidArgument
 
-KINDS = ("int", "number", "fraction", "choice", "choices", "bool", "function")
+MAX_INPUT_SHAPES = 256             # --input-shape values (a model has this many inputs at most, in practice)
+KINDS = ("int", "number", "fraction", "choice", "choices", "bool", "function", "text", "shapes")
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,24 @@ class Option:
             return self.default, [f"{value!r} must name a function as module:function"]
         return value, []
 
+    def _check_text(self, value: Any) -> tuple[Any, list[str]]:
+        if not isinstance(value, str) or not value.strip():
+            return self.default, [f"{value!r} must be a non-empty string"]
+        return value, []
+
+    def _check_shapes(self, value: Any) -> tuple[Any, list[str]]:
+        """'NAME:1x3x640x640' strings (coordinator/shapes.py), normalised and sorted by name."""
+        from coordinator.shapes import canonical_input_shapes
+
+        if not isinstance(value, (list, tuple)):
+            return self.default, [f"{value!r} must be a list of NAME:DIMS strings (e.g. x:1x3x640x640)"]
+        if len(value) > MAX_INPUT_SHAPES:
+            return self.default, [f"names {len(value)} input shapes; at most {MAX_INPUT_SHAPES}"]
+        try:
+            return canonical_input_shapes(value, self.label), []
+        except InvalidArgument as exc:
+            return self.default, [str(exc.args[0]).removeprefix(f"{self.label} ")]
+
 
 # -- where choices live (imported only when asked: strategies pull in pymoo) ----------------------
 def _strategies() -> Sequence[str]:
@@ -149,6 +168,10 @@ OPTIONS: tuple[Option, ...] = (
            minimum=0, maximum=100_000),
     Option("seed", "int", 0, "seed of the image split and the search", ("--seed",), "data.seed", minimum=0,
            maximum=2**32 - 1),
+    Option("input_shape", "shapes", (),
+           "fix a model input's dynamic dimensions, NAME:DIMS (repeatable; e.g. x:1x3x640x640); by default the "
+           "data's sizes are used and the batch stays dynamic", ("--input-shape",), "data.input_shapes",
+           metavar="NAME:DIMS"),
     Option("task", "choice", "auto",
            "which fidelity metrics apply (auto: classification when the first output is (N, C) scores, dense "
            "when an output has spatial dims, else generic); every task gets SQNR and cosine per output",
@@ -184,6 +207,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("device_timeout_s", "number", 600.0,
            "with --coordinator: fail if a device class has no agent for this long (seconds)",
            ("--device-timeout",), "device_timeout_s", tune=False, maximum=30 * 86400),
+    Option("hub_dir", "text", None,
+           "ONNX Model Hub cache for hub:NAME[@OPSET] models (default: onnx.hub's, $ONNX_HOME/hub or "
+           "~/.cache/onnx/hub)", ("--hub-dir",), tune=False, metavar="DIR"),
 )
 BY_NAME: Mapping[str, Option] = {o.name: o for o in OPTIONS}
 TUNE_OPTIONS = tuple(o for o in OPTIONS if o.tune)
@@ -226,6 +252,9 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
         if option.kind == "bool":
             action = parser.add_argument(*option.flags, dest=option.name, default=option.default,
                                          action="store_false" if option.default else "store_true", help=option.help)
+        elif option.kind == "shapes":    # repeatable: one NAME:DIMS per flag
+            action = parser.add_argument(*option.flags, dest=option.name, action="append", default=None,
+                                         metavar=option.metavar, help=option.help)
         else:
             kind = {"int": int, "number": float, "fraction": float}.get(option.kind, str)   # function: str
             action = parser.add_argument(*option.flags, dest=option.name, type=kind, default=option.default,

@@ -123,6 +123,23 @@ def list_tensors(source: Path, inputs: Sequence[ModelInput]) -> TensorSet:
     return TensorSet(source, tuple((source, i) for i in range(count)), inputs, frozenset(batched))
 
 
+def data_shapes(source: Path, inputs: Sequence[ModelInput]) -> dict[str, tuple[int | None, ...]]:
+    """What the dataset says about the model's input dims before preparation: each input's sample
+    shape after a free batch dimension, (None, *sample), from the headers (checked by list_tensors)."""
+    tensors = list_tensors(source, inputs)
+    path, index = tensors.samples[0]
+    headers = {inputs[0].name: _npy_header(path)} if path.suffix.lower() == ".npy" else _npz_headers(path)
+    out = {}
+    for inp in tensors.inputs:
+        if index is None:                        # a folder's file: one sample, maybe with its batch dim
+            sample = _sample_shape(headers[inp.name], inp, path)
+        else:
+            sample = headers[inp.name].shape[1:]
+            sample = sample[1:] if inp.name in tensors.batched else sample
+        out[inp.name] = (None, *sample)
+    return out
+
+
 def load_feeds(tensors: TensorSet) -> dict[str, np.ndarray]:
     """The selected samples as feeds {input name: (N, ...)} of the model's dtypes."""
     if not tensors.samples:

@@ -59,6 +59,92 @@ def make_classifier(path: Path, *, size: int = 32, classes: int = 1000, layout: 
     return path
 
 
+def make_dense_net(path: Path, *, channels: int = 8, opset: int = 12, seed: int = 0) -> Path:
+    """A text-detector-shaped net with dynamic batch, H and W, like PP-OCR's DB detector: two stride-2
+    Conv+Relu, the deeper map upsampled by Resize with scales [1, 1, 2, 2] and added to the shallower
+    one (an FPN step), upsampled again to the input's size, a 1-channel Conv and Sigmoid: a
+    probability map [N, 1, H, W]. onnxruntime's symbolic shape inference cannot prove
+    floor(1.0 * N) == N at the Add ("Incomplete symbolic shape inference"), as on the real detector.
+    Opset 12, so preparation upgrades the opset too. H and W must be multiples of 4."""
+    rng = np.random.default_rng(seed)
+
+    def conv(name: str, cin: int, cout: int, k: int) -> list:
+        return [numpy_helper.from_array(rng.normal(0, np.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k))
+                                        .astype(np.float32), f"{name}.w"),
+                numpy_helper.from_array(rng.normal(0, 0.05, cout).astype(np.float32), f"{name}.b")]
+
+    inits = conv("c0", 3, channels, 3) + conv("c1", channels, channels, 3) + conv("head", channels, 1, 1) + [
+        numpy_helper.from_array(np.array([], np.float32), "no_roi"),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "x2"),
+        numpy_helper.from_array(np.array(0.5, np.float32), "half")]       # a 0-d weight, as in the detector
+    nodes = [
+        helper.make_node("Conv", ["x", "c0.w", "c0.b"], ["c0"], name="conv0", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "c1.w", "c1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Resize", ["r1", "no_roi", "x2"], ["up1"], name="up1", mode="nearest"),
+        helper.make_node("Add", ["up1", "r0"], ["fpn"], name="fpn_add"),
+        helper.make_node("Mul", ["fpn", "half"], ["fpn_half"], name="fpn_scale"),
+        helper.make_node("Resize", ["fpn_half", "no_roi", "x2"], ["up0"], name="up0", mode="nearest"),
+        helper.make_node("Conv", ["up0", "head.w", "head.b"], ["logit"], name="head"),
+        helper.make_node("Sigmoid", ["logit"], ["prob"], name="sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes, "dense", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1, "H", "W"])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_vad_net(path: Path, *, frame: int = 64, hidden: int = 16, opset: int = 15, seed: int = 0) -> Path:
+    """An audio model shaped like Silero VAD: three inputs, `input` float [batch, sequence], `state`
+    float [2, batch, hidden] (the batch on axis 1) and `sr` an int64 scalar (the sample rate, which
+    scales the signal); a 1-D Conv "STFT" + Relu, a MatMul encoder mixed with the state, outputs
+    `output` [batch, 1] (a Sigmoid speech probability) and `stateN` [2, batch, hidden]."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 1, 8)).astype(np.float32), "stft.w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (8 * (frame // 4), hidden)).astype(np.float32), "enc.w"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (hidden, 1)).astype(np.float32), "out.w"),
+             numpy_helper.from_array(np.array(16000.0, np.float32), "sr.ref"),
+             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1], np.int64), "one"),
+             numpy_helper.from_array(np.array([0, -1], np.int64), "flat")]
+    nodes = [
+        helper.make_node("Cast", ["sr"], ["sr.f"], name="sr_cast", to=TensorProto.FLOAT),
+        helper.make_node("Div", ["sr.f", "sr.ref"], ["sr.scale"], name="sr_scale"),
+        helper.make_node("Mul", ["input", "sr.scale"], ["scaled"], name="scale_input"),
+        helper.make_node("Unsqueeze", ["scaled", "axis1"], ["x3"], name="to_channels"),
+        helper.make_node("Conv", ["x3", "stft.w"], ["spec"], name="stft", strides=[4], pads=[2, 2]),
+        helper.make_node("Relu", ["spec"], ["mag"], name="magnitude"),
+        helper.make_node("Reshape", ["mag", "flat"], ["feat"], name="flatten"),
+        helper.make_node("MatMul", ["feat", "enc.w"], ["enc"], name="encoder"),
+        helper.make_node("Slice", ["state", "zero", "one", "zero"], ["h0"], name="state_h"),
+        helper.make_node("Squeeze", ["h0", "zero"], ["h"], name="state_squeeze"),
+        helper.make_node("Add", ["enc", "h"], ["mixed"], name="mix_state"),
+        helper.make_node("Tanh", ["mixed"], ["hidden"], name="cell"),
+        helper.make_node("MatMul", ["hidden", "out.w"], ["logit"], name="decoder"),
+        helper.make_node("Sigmoid", ["logit"], ["output"], name="prob"),
+        helper.make_node("Unsqueeze", ["hidden", "zero"], ["h_new"], name="state_out"),
+        helper.make_node("Concat", ["h_new", "h_new"], ["stateN"], name="state_pack", axis=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "vad",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "sequence"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", hidden]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, "batch", hidden])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def make_token_classifier(path: Path, *, vocab: int = 50, seq: int = 6, hidden: int = 16, classes: int = 4,
                           seed: int = 0, dynamic_batch: bool = True) -> Path:
     """A tiny text-style model with two inputs of other dtypes than images: `input_ids` (int64 token

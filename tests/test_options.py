@@ -26,6 +26,10 @@ def _other_value(option: options.Option):
         return 0.25
     if option.kind == "bool":
         return not option.default
+    if option.kind == "text":
+        return "some-dir"
+    if option.kind == "shapes":
+        return ("input:1x3x32x32",)
     if option.kind == "function":
         return "tests.metric_plugins:mean_abs_error"
     allowed = option.allowed()
@@ -37,6 +41,8 @@ def _other_value(option: options.Option):
 def _flag_args(option: options.Option, value) -> list[str]:
     if option.kind == "bool":
         return [option.flags[0]] if value != option.default else []
+    if option.kind == "shapes":            # repeatable: the flag once per value
+        return [arg for v in value for arg in (option.flags[0], v)]
     return [option.flags[0], *map(str, value if isinstance(value, tuple) else (value,))]
 
 
@@ -47,6 +53,10 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
     base = ["tune", str(model), "--images", str(IMAGES), "--out", str(tmp_path / "o"), "--labels", "synset"]
     args = build_parser().parse_args(base + _flag_args(option, value) + ["--coordinator", "127.0.0.1:1",
                                                                         "--devices", "cpu"])
+    if not option.spec:                    # a flag of the command only (where it looks), never sent
+        assert getattr(args, option.name) == value
+        assert option.name not in json.dumps(spec_from_tune_args(args).to_wire())
+        return
     from_flag = spec_from_tune_args(args)
     assert getattr(from_flag, option.name) == value
     section = {"data": {"images": str(IMAGES)}, "strategy": {}}
@@ -72,7 +82,10 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
     ("probe_recipes", ("fp4",), "'fp4' is not one of u8s8"), ("blame_crashes", "yes", "'yes' must be true or false"),
     ("objectives", (), "[] must name at least 1 of accuracy_loss"), ("task", "detection", "'detection' is not one "
     "of auto, classification, dense, generic"), ("metric", "metrics.py", "'metrics.py' must name a function as "
-    "module:function")])
+    "module:function"),
+    ("input_shape", ("x:1x0x8x8",), "'x:1x0x8x8': dimension 0 must be a positive integer"),
+    ("input_shape", ("x1x3",), "'x1x3' is not NAME:DIMS with dimensions joined by 'x'"),
+    ("input_shape", ("x:1x3", "x:1x4"), "names input 'x' twice ('x:1x3' and 'x:1x4')")])
 def test_a_bad_value_is_named_by_flag_and_by_spec_key(name, bad, needle, tmp_path):
     option = options.BY_NAME[name]
     with pytest.raises(InvalidArgument) as info:

@@ -265,10 +265,13 @@ def spec_from_tune_args(args: argparse.Namespace):
 
     if not args.devices:
         raise InvalidArgument("--coordinator needs --devices KEY[,KEY...]", step="tune")
-    model = Path(args.model).resolve()
+    from coordinator.hub import is_hub_ref, parse_ref
+
+    hub_model = is_hub_ref(args.model)        # resolved and uploaded by spec_from_local, like a file
+    model = str(args.model) if hub_model else Path(args.model).resolve()
     sections = options.spec_sections(options.values_from_args(args))
     raw = {
-        "name": model.stem,
+        "name": parse_ref(model).name if hub_model else model.stem,
         "devices": [d.strip() for d in args.devices.split(",") if d.strip()],
         **sections.get("", {}),
         "models": [{"path": str(model), "excludes": list(args.exclude)}],
@@ -280,7 +283,7 @@ def spec_from_tune_args(args: argparse.Namespace):
         "quantization": settings_from_args(args).to_dict(),    # recipes included: the same settings as local
         "strategy": sections.get("strategy", {}),
     }
-    return spec_from_local(raw, "coordinator tune arguments", Path.cwd())
+    return spec_from_local(raw, "coordinator tune arguments", Path.cwd(), hub_dir=args.hub_dir)
 
 
 def add_health(sub) -> None:

@@ -17,9 +17,11 @@ from typing import Any, Callable, Mapping
 
 from coordinator.options import (OPTIONS, TUNE_OPTIONS, option_fields, parse_spec_values, spec_keys, spec_sections,
                                  values_of)
+from coordinator.hub import is_hub_ref
+from coordinator.hub import resolve as resolve_hub
 from coordinator.preprocess import Preprocess
 from shared.artifacts import sha256_file
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import InvalidArgument, NotFound, QfarmError
 from shared.settings import QuantSettings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -123,7 +125,7 @@ class CampaignSpec:
         wire = self.to_wire()
         wire.pop("name")
         for option in OPTIONS:            # the campaign's own options (a timeout) do not change results
-            if not option.tune:
+            if not option.tune and option.spec:
                 (wire[option.section] if option.section else wire).pop(option.key)
         wire["models"] = [{"file": model.file.sha256, "excludes": sorted(model.excludes)}]
         text = json.dumps(wire, sort_keys=True, separators=(",", ":"))
@@ -282,11 +284,20 @@ def load_spec_file(path: Path) -> CampaignSpec:
     return spec_from_local(raw, str(path), path.parent)
 
 
-def spec_from_local(raw: Mapping[str, Any], source: str, base_dir: Path) -> CampaignSpec:
+def spec_from_local(raw: Mapping[str, Any], source: str, base_dir: Path, hub_dir: Path | str | None = None) -> CampaignSpec:
+    """`hub:NAME[@OPSET]` models are resolved here, in the client's hub cache (`hub_dir`, default
+    onnx.hub's), and uploaded like any file."""
     def model_file(value: Any, where: str, errors: _Errors) -> FileRef | None:
         if not isinstance(value, str) or not value:
-            errors.add(where, f"{value!r} must be the path of an ONNX file")
+            errors.add(where, f"{value!r} must be the path of an ONNX file or hub:NAME[@OPSET]")
             return None
+        if is_hub_ref(value):
+            try:
+                path, entry = resolve_hub(value, hub_dir)
+            except QfarmError as exc:
+                errors.add(where, str(exc))
+                return None
+            return FileRef(entry.file_name, sha256_file(path), path.stat().st_size, path)
         file = (base_dir / value).expanduser()
         if not file.is_file():
             errors.add(where, f"{file} does not exist")

@@ -173,7 +173,7 @@ def _new_report(config: TuneConfig, ws: Workspace, devices: tuple[str, ...]) -> 
         "model": {"path": str(cfg.model), "sha256": ws.prepared.sha256, "size_bytes": ws.prepared.size_bytes,
                   "nodes": ws.prepared.num_nodes, "input_name": ws.prepared.input_name,
                   "input_shape": list(ws.prepared.input_shape), "prepared_path": str(ws.prepared.path),
-                  "inputs": [i.to_dict() for i in ws.prepared.inputs], "outputs": list(ws.prepared.output_names)},
+                  **ws.prepared.model_dict()},
         "settings": {**cfg.settings.to_dict(), "strategy": cfg.strategy, "seed": cfg.seed,
                      "max_candidates": cfg.max_candidates, "ranking_method": cfg.ranking_method,
                      "objectives": list(cfg.objectives), "excludes": list(cfg.excludes)},

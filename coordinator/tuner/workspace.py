@@ -68,10 +68,19 @@ def fixed_excludes(prepared: PreparedModel, config: TuneConfig) -> tuple[str, ..
 
 
 def load_workspace(config: TuneConfig) -> Workspace:
-    """The prepared model, then the data checked against its inputs: all of it before the report
-    (or anything else of this tune besides content-addressed caches) is written."""
-    prepared = apply_model_recipes(prepare_model(config.model, config.out / "prepared"), config.settings,
-                                   config.out / "prepared")
+    """The prepared model (its dynamic input dimensions fixed from the data or --input-shape), then the
+    data checked against its inputs: all of it before the report (or anything else of this tune besides
+    content-addressed caches) is written."""
+    if config.data is not None:
+        from coordinator import tensor_data
+
+        def data_shapes(inputs):
+            return tensor_data.data_shapes(config.data, inputs)
+    else:
+        data_shapes = data_mod.image_input_shapes(config.preprocess, Path(config.model).name)
+    prepared = prepare_model(config.model, config.out / "prepared", input_shapes=config.input_shape,
+                             data_shapes=data_shapes)
+    prepared = apply_model_recipes(prepared, config.settings, config.out / "prepared")
     n_cal = config.settings.calibration_images if config.settings.is_static else config.n_calibration
     if config.data is not None:
         from coordinator import tensor_data
@@ -83,7 +92,6 @@ def load_workspace(config: TuneConfig) -> Workspace:
         calibration = tensor_data.load_feeds(calib) if config.settings.is_static else None
         feeds, labels, preprocess = tensor_data.load_feeds(evals), None, None
     else:
-        data_mod.check_fits_model(config.preprocess, prepared.inputs, config.model.name)
         images = data_mod.list_images(config.images, config.labels)
         cal_set = None if config.calibration_images is None else data_mod.list_images(config.calibration_images, "none")
         calib, evals = data_mod.split(images, n_cal, config.n_eval, config.seed, cal_set)
