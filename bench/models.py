@@ -17,6 +17,7 @@ different moments, not interleaved). Models the tuner cannot run yet are listed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -33,9 +34,33 @@ from zoo_baseline import cpu_flags  # noqa: E402
 SEARCH = ["--strategy", "greedy", "--max-drop", "0.01", "--probe-recipes", "u8s8", "u8s8-rr", "s8s8-rr",
           "--budget-evals", "24", "--threads", "1"]
 N_EVAL, N_CAL = 200, 64
+#: models without top-1 (dense maps, audio): no agreement target exists for them yet (SQNR/IoU targets
+#: are to come), so a sweep of the ranking measures the trade-off instead
+SEARCH_NO_TOP1 = ["--strategy", "sweep", "--max-candidates", "6", "--threads", "1"]
+
+
+def search_flags(meta: dict) -> list[str]:
+    return SEARCH if meta["task"] == "classification" else SEARCH_NO_TOP1
+
+
+def tensor_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str] | None:
+    """Models fed from npz: silero_vad through its batch-major form (bench/batch_major.py)."""
+    if meta["name"] != "silero_vad":
+        return None
+    import batch_major
+
+    folder = zoo / "silero_vad" / "batch_major"
+    if not (folder / "model.onnx").exists():
+        batch_major.write(zoo)
+    return [str(ROOT / ".venv" / "bin" / "coordinator"), "tune", str(folder / "model.onnx"), "--out", str(out),
+            "--data", str(folder / "eval.npz"), "--calibration-data", str(folder / "calibration.npz"),
+            "--calibration", str(N_CAL), "--eval", str(N_EVAL)] + search_flags(meta) + extra
 
 
 def tune_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str]:
+    tensors = tensor_command(meta, zoo, out, extra)
+    if tensors is not None:
+        return tensors
     data = zoo / meta["name"] / "data"
     images = data / "images"
     n_images = len(list(images.iterdir()))
@@ -49,11 +74,11 @@ def tune_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str
     else:
         n_eval = min(N_EVAL, n_images - min(N_CAL, n_images // 4))
         cmd += ["--calibration", str(min(N_CAL, n_images - n_eval)), "--eval", str(n_eval)]
-    return cmd + SEARCH + extra
+    return cmd + search_flags(meta) + extra
 
 
-def local(result: dict | None) -> dict:
-    return (result or {}).get("local", {}) if isinstance(result, dict) else {}
+def local(result: dict | None, device: str = "local") -> dict:
+    return (result or {}).get(device, {}) if isinstance(result, dict) else {}
 
 
 def first_number(value):
@@ -84,12 +109,13 @@ def recipe_label(settings: dict) -> str:
 
 
 def row_from_report(report: dict) -> dict:
-    fp32 = report.get("fp32", {}).get("local", {})
+    device = (report.get("devices") or ["local"])[0]      # "local", or the farm's device class
+    fp32 = report.get("fp32", {}).get(device, {})
     pareto = report.get("pareto", {})
-    rec_id = pareto.get("per_device", {}).get("local", {}).get("recommended", pareto.get("recommended"))
+    rec_id = pareto.get("per_device", {}).get(device, {}).get("recommended", pareto.get("recommended"))
     cands = report.get("candidates", [])
     rec = next((c for c in cands if c.get("id") == rec_id), None)
-    res = local(rec.get("results")) if rec else {}
+    res = local(rec.get("results"), device) if rec else {}
     size_kept = None
     if rec:
         full = [c for c in cands if c.get("num_excluded") == 0 and not c.get("int16_nodes")
@@ -101,12 +127,13 @@ def row_from_report(report: dict) -> dict:
     ratio, ratio_src = res.get("latency_ratio_vs_fp32"), "report"
     if ratio is None and res.get("latency_ms_p50") and fp32.get("latency_ms_p50"):
         ratio, ratio_src = res["latency_ms_p50"] / fp32["latency_ms_p50"], "recomputed"
-    target = pareto.get("per_device", {}).get("local", {}).get("target")
+    target = pareto.get("per_device", {}).get(device, {}).get("target")
     settings = (rec or {}).get("settings", {})
     return {"candidate": rec_id, "fp32_p50_ms": fp32.get("latency_ms_p50"), "rec_p50_ms": res.get("latency_ms_p50"),
             "ratio": ratio, "ratio_source": ratio_src, "agreement": res.get("top1_agreement"),
             "fp32_top1": fp32.get("top1_accuracy"), "rec_top1": res.get("top1_accuracy"),
-            "sqnr_db": first_number(res.get("output_sqnr_db")), "size_kept": size_kept,
+            "sqnr_db": first_number(res.get("output_sqnr_db")), "cosine": res.get("cosine"), "iou": res.get("iou"),
+            "size_kept": size_kept,
             "float_layers": (rec or {}).get("num_excluded"), "recipe": recipe_label(settings) if rec else None,
             "evaluations": report.get("status", {}).get("evaluations"),
             "stopped_by": report.get("status", {}).get("stopped_by"),
@@ -115,12 +142,14 @@ def row_from_report(report: dict) -> dict:
 
 def run_one(meta: dict, args) -> dict:
     out = args.out / meta["name"]
-    if not (args.zoo / meta["name"] / "data" / "images").is_dir():
+    if not (args.zoo / meta["name"] / "data" / "images").is_dir() and meta["name"] != "silero_vad":
         return {"name": meta["name"], "task": meta["task"], "wall_s": 0.0,
                 "error": "no image folder in the zoo data (npz only): `coordinator tune` takes --images only"}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = tune_command(meta, args.zoo, out, args.extra)
+    if args.farm:
+        cmd += ["--coordinator", args.farm, "--devices", FARM_DEVICE]
     print("$ " + " ".join(cmd), flush=True)
     start = time.monotonic()
     log = args.out / f"{meta['name']}.log"
@@ -128,7 +157,8 @@ def run_one(meta: dict, args) -> dict:
         # cwd: a failing quant_pre_process leaves sym_shape_infer_temp.onnx and <uuid>.data in the cwd
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=out)
     wall = time.monotonic() - start
-    row = {"name": meta["name"], "task": meta["task"], "wall_s": wall, "log": str(log)}
+    row = {"name": meta["name"], "task": meta["task"], "wall_s": wall, "log": str(log),
+           "where": f"farm ({FARM_DEVICE}, 1 agent)" if args.farm else "local"}
     report_path = out / "report.json"
     if proc.returncode != 0 or not report_path.exists():
         lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
@@ -144,20 +174,21 @@ def fmt(v, spec=".1f", scale=1.0) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ("model", "task", "FP32 p50 ms", "rec p50 ms", "ratio", "agree %", "top-1 % FP32->rec", "SQNR dB",
+    head = ("model", "task", "where", "FP32 p50 ms", "rec p50 ms", "ratio", "agree %", "top-1 % FP32->rec", "SQNR dB", "cosine", "IoU",
             "size kept %", "float layers", "recipe", "evals", "wall s", "target", "note")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         if "error" in r or "unsupported" in r:
             note = r.get("error") or "not run: " + r["unsupported"]
-            print(f"| {r['name']} | {r['task']} |" + " - |" * (len(head) - 3) + f" {note} |")
+            print(f"| {r['name']} | {r['task']} | {r.get('where', '-')} |" + " - |" * (len(head) - 4) + f" {note} |")
             continue
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}" + ("~" if r["ratio_source"] != "report" else "")
         top1 = "-" if r["fp32_top1"] is None else f"{fmt(r['fp32_top1'], '.1f', 100)}->{fmt(r['rec_top1'], '.1f', 100)}"
         target = "-" if r["target_met"] is None else ("met" if r["target_met"] else "not met")
-        print(f"| {r['name']} | {r['task']} | {fmt(r['fp32_p50_ms'], '.2f')} | {fmt(r['rec_p50_ms'], '.2f')} | "
+        print(f"| {r['name']} | {r['task']} | {r.get('where', 'local')} | {fmt(r['fp32_p50_ms'], '.2f')} | {fmt(r['rec_p50_ms'], '.2f')} | "
               f"{ratio} | {fmt(r['agreement'], '.1f', 100)} | {top1} | {fmt(r['sqnr_db'])} | "
+              f"{fmt(r.get('cosine'), '.4f')} | {fmt(r.get('iou'), '.3f')} | "
               f"{fmt(r['size_kept'], '.0f', 100)} | {fmt(r['float_layers'], 'd')} | {r['recipe'] or '-'} | "
               f"{fmt(r['evaluations'], 'd')} | {r['wall_s']:.0f} | {target} | {r.get('stopped_by') or ''} |")
 
@@ -173,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--zoo", type=Path, default=ROOT / "models" / "zoo")
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "models")
     p.add_argument("--table-only", action="store_true", help="print the table of OUT/models.json, run nothing")
+    p.add_argument("--farm", action="store_true", help="tune on a farm: `coordinator serve` and one ORT agent "
+                   f"(device class {FARM_DEVICE}, 1 thread) as processes on loopback, `tune --coordinator`")
     args = p.parse_args(argv)
     args.extra = extra
     unknown = [n for n in args.only or [] if n not in ZOO]
@@ -193,18 +226,47 @@ def main(argv=None) -> int:
         print_table(rows)
         return 0
     print(f"search flags: {' '.join(SEARCH + extra)}", flush=True)
-    rows = []
-    for name in args.only or list(ZOO):
-        model = ZOO[name]
-        if model.unsupported and not args.try_unsupported:
-            if not args.skip_unsupported:
-                rows.append({"name": name, "task": model.task, "unsupported": model.unsupported})
-            continue
-        rows.append(run_one(load_meta(args.zoo, name), args))
-        (args.out / "models.json").write_text(json.dumps(rows, indent=1) + "\n")
-        print(json.dumps(rows[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with farm(args.out / "farm") if args.farm else contextlib.nullcontext() as address:
+        args.farm = address
+        rows = []
+        for name in args.only or list(ZOO):
+            model = ZOO[name]
+            if model.unsupported and not args.try_unsupported:
+                if not args.skip_unsupported:
+                    rows.append({"name": name, "task": model.task, "unsupported": model.unsupported})
+                continue
+            rows.append(run_one(load_meta(args.zoo, name), args))
+            (args.out / "models.json").write_text(json.dumps(rows, indent=1) + "\n")
+            print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
     return 0
+
+
+FARM_DEVICE = "cpu-bench"
+
+
+@contextlib.contextmanager
+def farm(work: Path):
+    """`coordinator serve` (port 0) and one `agent register --device cpu-bench --threads 1`, real
+    processes on 127.0.0.1 (coordinator.testing's launchers); yields the coordinator's address."""
+    sys.path.insert(0, str(ROOT))
+    from coordinator.testing import agent_process, coordinator_process, stop_process, wait_for
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    port_file = work / "port"
+    server = coordinator_process(work / "data", 0, port_file, work / "coordinator.log")
+    agent = None
+    try:
+        port = wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 60, "the coordinator's port")
+        address = f"127.0.0.1:{port}"
+        agent = agent_process(FARM_DEVICE, address, work / "agent")
+        yield address
+    finally:
+        for proc in (agent, server):
+            if proc is not None:
+                stop_process(proc)
 
 
 if __name__ == "__main__":

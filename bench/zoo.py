@@ -133,9 +133,9 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              Source(RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                     license="Apache-2.0"),
              "textlines", classes=("0", "180"), labels="rotation",
-             unsupported="prepare/check refuses x [-1,3,?,?] ('tensor x has a negative dimension -1'); "
-                         "dynamic H/W; its preprocessing (aspect-kept resize to 48x<=192, zero padding) is no "
-                         "image-folder convention: needs npz datasets and --input-shape x:1x3x48x192",
+             unsupported="its preprocessing (aspect-kept resize to 48x<=192, zero padding) is no image-folder "
+                         "convention: npz only, and bench/models.py feeds npz to silero_vad only so far (prepare "
+                         "takes x [-1,3,?,?]: H/W fixed from the data, onnx shape inference after symbolic fails)",
              notes="PP-OCR mobile v2.0 text-line direction classifier (MobileNetV3-small); data: text-line "
                    "crops cut by the FP32 PP-OCRv4 detector from ImageNet-sample photos, each fed upright "
                    "and rotated 180 degrees; preprocessing " + PPOCR_BGR + ", resize to height 48 keeping "
@@ -145,16 +145,12 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              "text_photos",
              Images(320, (0.5,) * 3, (0.5,) * 3, bgr=True,
                     package_reference=PPOCR_BGR + ", short side >= 736 rounded to a multiple of 32, NCHW"),
-             unsupported="opset 12, x is [N,3,H,W] with dynamic H and W: onnxruntime quant_pre_process "
-                         "fails (symbolic shape inference) and a 1-channel probability map has no top-1",
              threshold=0.3,
              notes="PP-OCRv4 mobile text detector (DBNet); output sigmoid probability map [N,1,H,W]; data: "
                    "ImageNet-sample photos with >= 1 text line (FP32 detector), short side 366, center crop 320x320"),
     ZooModel("silero_vad", "generic",
              Source(SILERO, "silero_vad/data/silero_vad_16k_op15.onnx", license=SILERO_LICENSE),
              "vad_frames",
-             unsupported="audio model: 3 inputs (input float [1,576], state float [2,1,128], sr int64 "
-                         "scalar) with If subgraphs; needs npz datasets",
              threshold=0.5,
              notes="Silero VAD v6, 16 kHz, opset 15 (torch export); each sample is one 32 ms frame (64 "
                    "context + 512 new samples) with the recurrent state the FP32 model itself produced "

@@ -3,6 +3,7 @@ packages installed: the zoo's fetch itself is exercised by running it, see bench
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -102,13 +103,22 @@ def test_recipe_is_named_from_the_recommended_candidates_settings():
 def test_models_row_prefers_the_reports_own_ratio_and_sqnr():
     row = bench_models.row_from_report(_report(latency_ratio_vs_fp32=0.7, output_sqnr_db={"logits": 21.5}))
     assert row["ratio"] == 0.7 and row["ratio_source"] == "report" and row["sqnr_db"] == 21.5
+    dense = bench_models.row_from_report(_report(iou=0.91, cosine=0.998))
+    assert dense["iou"] == 0.91 and dense["cosine"] == 0.998
+
+
+def test_a_farm_report_is_read_on_its_device_class():
+    report = {**_report(latency_ratio_vs_fp32=0.7), "devices": ["local"]}
+    text = json.dumps(report).replace('"local"', '"cpu-bench"')
+    row = bench_models.row_from_report(json.loads(text))
+    assert row["ratio"] == 0.7 and row["fp32_p50_ms"] == 10.0 and row["agreement"] == 0.99
 
 
 def test_models_table_prints_dashes_and_reasons(capsys):
     row = {"name": "m", "task": "classification", "wall_s": 3.0, **bench_models.row_from_report(_report())}
     bench_models.print_table([row, {"name": "d", "task": "dense", "unsupported": "dynamic H/W"}])
     out = capsys.readouterr().out
-    assert "| m | classification | 10.00 | 6.00 | 0.60~ | 99.0 | - | - | 88 |" in out
+    assert "| m | classification | local | 10.00 | 6.00 | 0.60~ | 99.0 | - | - | - | - | 88 |" in out
     assert "not run: dynamic H/W" in out
 
 
