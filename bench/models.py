@@ -225,7 +225,8 @@ def main(argv=None) -> int:
                      if m.unsupported and n not in done and (not args.only or n in args.only)]
         print_table(rows)
         return 0
-    print(f"search flags: {' '.join(SEARCH + extra)}", flush=True)
+    print(f"search flags: {' '.join(SEARCH + extra)} (models without top-1: {' '.join(SEARCH_NO_TOP1 + extra)})",
+          flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with farm(args.out / "farm") if args.farm else contextlib.nullcontext() as address:
         args.farm = address
