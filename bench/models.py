@@ -193,6 +193,31 @@ def print_table(rows: list[dict]) -> None:
               f"{fmt(r['evaluations'], 'd')} | {r['wall_s']:.0f} | {target} | {r.get('stopped_by') or ''} |")
 
 
+def candidate_rows(report: dict) -> list[dict]:
+    """Every candidate of a report by float layers: size, fidelity (SQNR, cosine, IoU) and its latency
+    ratio to FP32 (p10-p90), on the report's first device: the trade-off a sweep measured."""
+    device = (report.get("devices") or ["local"])[0]
+    rows = []
+    for c in sorted(report.get("candidates", []), key=lambda c: c.get("num_excluded", 0)):
+        res = local(c.get("results"), device)
+        if res.get("status") != "ok":
+            continue
+        rows.append({"float_layers": c.get("num_excluded"), "size_mb": c["size_bytes"] / 1e6,
+                     "sqnr_db": first_number(res.get("output_sqnr_db")), "cosine": res.get("cosine"),
+                     "iou": res.get("iou"), "ratio": res.get("latency_ratio_vs_fp32"),
+                     "p10": res.get("latency_ratio_p10"), "p90": res.get("latency_ratio_p90"),
+                     "outputs": {k: v.get("sqnr_db") for k, v in (res.get("outputs") or {}).items()}})
+    return rows
+
+
+def print_candidates(name: str, report: dict) -> None:
+    print(f"\n{name}: every candidate (float layers, size MB, SQNR dB per output, cosine, IoU, latency x FP32 p10-p90)")
+    for r in candidate_rows(report):
+        outputs = ", ".join(f"{k} {fmt(v)}" for k, v in r["outputs"].items())
+        print(f"  {fmt(r['float_layers'], 'd'):>4} | {r['size_mb']:.2f} | {outputs} | {fmt(r['cosine'], '.4f')} | "
+              f"{fmt(r['iou'], '.3f')} | {fmt(r['ratio'], '.2f')} ({fmt(r['p10'], '.2f')}-{fmt(r['p90'], '.2f')})")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -241,6 +266,10 @@ def main(argv=None) -> int:
             (args.out / "models.json").write_text(json.dumps(rows, indent=1) + "\n")
             print(json.dumps(rows[-1]), flush=True)
     print_table(rows)
+    for r in rows:            # the trade-off itself where no top-1 target picks a candidate
+        report = args.out / r["name"] / "report.json"
+        if r.get("task") != "classification" and "error" not in r and "unsupported" not in r and report.exists():
+            print_candidates(r["name"], json.loads(report.read_text()))
     return 0
 
 

@@ -107,6 +107,14 @@ def test_models_row_prefers_the_reports_own_ratio_and_sqnr():
     assert dense["iou"] == 0.91 and dense["cosine"] == 0.998
 
 
+def test_candidate_rows_show_the_trade_off_of_a_sweep():
+    report = _report(output_sqnr_db=12.0, iou=0.8, cosine=0.99, latency_ratio_vs_fp32=0.7, status="ok",
+                     outputs={"prob": {"sqnr_db": 12.0}})
+    rows = bench_models.candidate_rows(report)
+    assert [(r["float_layers"], r["sqnr_db"], r["iou"], r["ratio"], r["outputs"]) for r in rows] == \
+        [(2, 12.0, 0.8, 0.7, {"prob": 12.0})]
+
+
 def test_a_farm_report_is_read_on_its_device_class():
     report = {**_report(latency_ratio_vs_fp32=0.7), "devices": ["local"]}
     text = json.dumps(report).replace('"local"', '"cpu-bench"')
