@@ -85,7 +85,8 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
     "module:function"),
     ("input_shape", ("x:1x0x8x8",), "'x:1x0x8x8': dimension 0 must be a positive integer"),
     ("input_shape", ("x1x3",), "'x1x3' is not NAME:DIMS with dimensions joined by 'x'"),
-    ("input_shape", ("x:1x3", "x:1x4"), "names input 'x' twice ('x:1x3' and 'x:1x4')")])
+    ("input_shape", ("x:1x3", "x:1x4"), "names input 'x' twice ('x:1x3' and 'x:1x4')"),
+    ("input_shape", tuple(f"x{i}:1" for i in range(257)), "names 257 input shapes; at most 256")])
 def test_a_bad_value_is_named_by_flag_and_by_spec_key(name, bad, needle, tmp_path):
     option = options.BY_NAME[name]
     with pytest.raises(InvalidArgument) as info:
