@@ -19,7 +19,7 @@ from shared.atomic import publish
 from shared.errors import InvalidArgument, ModelError
 from shared.feeds import Feeds, num_samples, take
 from shared.feeds import digest as feeds_digest
-from shared.settings import QuantSettings
+from shared.settings import AFTER_CALIBRATION_RECIPES, CALIBRATIONS, REFINE_RECIPES, QuantSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, cal
     h = hashlib.sha256()
     h.update(prepared.sha256.encode())
     h.update(settings.calibrate.encode())
-    h.update(json.dumps(dict(settings.recipe), sort_keys=True).encode())
+    model_recipes = {k: v for k, v in settings.recipe.items() if k not in AFTER_CALIBRATION_RECIPES}
+    h.update(json.dumps(model_recipes, sort_keys=True).encode())
     h.update(feeds_digest(calibration).encode())
     cache_dir.mkdir(parents=True, exist_ok=True)
     return cache_dir / f"calibration-{h.hexdigest()[:20]}.json"
@@ -152,12 +153,14 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     settings = spec.settings
+    excluded = _with_float_prefix(prepared, settings, spec.excluded_nodes)
     try:
         if settings.mode == "dynamic":
             quantize_dynamic(str(prepared.path), str(out), per_channel=settings.per_channel,
                              reduce_range=settings.reduce_range,
                              weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
-                             nodes_to_exclude=list(spec.excluded_nodes), extra_options=dict(extra_options))
+                             nodes_to_exclude=excluded, extra_options=dict(extra_options))
+            _refine(prepared, settings, out, None)
             return
         if calibration is None or num_samples(calibration, "calibration data") == 0:
             raise ModelError("static quantization needs calibration samples", step="quantize")
@@ -174,18 +177,96 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
                                      activation_type=settings.activation_type)
             options.update(ladder)
             options["UseQDQContribOps"] = True
+        if settings.recipe.get("range_choice") == "sqnr":
+            _add_overrides(options, _range_choice(prepared, settings, calibration, cache_dir))
         quantize_static(
             str(prepared.path), str(out), FeedsReader(calibration), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
-            weight_type=wt, nodes_to_exclude=list(spec.excluded_nodes), calibrate_method=method,
+            weight_type=wt, nodes_to_exclude=excluded, calibrate_method=method,
             extra_options=options,
             calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir))
+        _refine(prepared, settings, out, calibration)
     except ModelError:
         raise
     except Exception as exc:  # the quantizer raises plain exceptions; name the candidate and the cause
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"onnxruntime quantization of candidate {spec.id} failed: {first}",
                          step="quantize") from exc
+
+
+def _with_float_prefix(prepared: PreparedModel, settings: QuantSettings, excluded: Sequence[str]) -> list[str]:
+    """The nodes to keep in float: the candidate's own plus the recipe's float prefix (a property
+    of the settings, so it is part of every candidate id through them)."""
+    count = settings.recipe.get("float_prefix")
+    if not count:
+        return list(excluded)
+    import onnx
+
+    from coordinator.recipes.float_prefix import input_prefix
+
+    prefix = input_prefix(onnx.load(str(prepared.path)), int(count))
+    return sorted(set(excluded) | set(prefix))
+
+
+def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibration: Feeds | None) -> None:
+    """Recipes that edit the integers of the built model (learned rounding, bias correction)."""
+    switches = {name: settings.recipe.get(name) == "on" for name in REFINE_RECIPES}
+    if not any(switches.values()):
+        return
+    import onnx
+
+    from coordinator.recipes.refine import calibration_feeds, refine_quantized
+
+    if settings.mode != "static" or settings.format != "qdq" or calibration is None:
+        raise ModelError(f"recipe {', '.join(k for k, v in switches.items() if v)} needs static QDQ quantization "
+                         f"(got mode={settings.mode}, format={settings.format})", step="quantize")
+    model, report = refine_quantized(onnx.load(str(prepared.path)), onnx.load(str(out)),
+                                     calibration_feeds(calibration), **switches)
+    log.info("refined %d layers (%d learned, %d biases corrected) in %.1f CPU s", report.layers,
+             len(report.learned), report.bias_corrected, report.cpu_seconds)
+    onnx.save(model, str(out))
+
+
+def _range_choice(prepared: PreparedModel, settings: QuantSettings, calibration: Feeds,
+                  cache_dir: Path) -> dict:
+    """Per-tensor ranges: each calibration method's ranges (cached like any calibration), the one
+    with the best SQNR per tensor wins."""
+    import onnx
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    from coordinator.recipes.range_choice import choose_ranges, ranges_of
+    from coordinator.recipes.refine import calibration_feeds
+
+    if settings.activation_type not in ("uint8", "int8"):
+        raise ModelError(f"recipe range_choice scores 8-bit activations, not {settings.activation_type}",
+                         step="quantize")
+    candidates = {}
+    for method in CALIBRATIONS:
+        plain = settings.replace(calibrate=method)
+        path = calibration_cache_path(prepared, plain, calibration, cache_dir)
+        if not path.is_file():  # a throwaway build fills the cache exactly as a candidate would
+            from onnxruntime.quantization import quantize_static
+
+            fmt, act, wt, calibrate = _ort_enums(plain)
+            with tempfile.TemporaryDirectory(prefix="qfarm-cal-") as tmp:
+                quantize_static(str(prepared.path), str(Path(tmp) / "m.onnx"),
+                                FeedsReader(calibration), quant_format=fmt,
+                                activation_type=act, weight_type=wt, calibrate_method=calibrate,
+                                calibration_cache_path=path)
+        candidates[method] = ranges_of(load_tensors_data(path))
+    choice = choose_ranges(onnx.load(str(prepared.path)), calibration_feeds(calibration),
+                           candidates, default=settings.calibrate, activation_type=settings.activation_type)
+    log.info("range choice: %s", {m: sum(1 for c in choice.chosen.values() if c == m) for m in CALIBRATIONS})
+    return choice.overrides()
+
+
+def _add_overrides(options: dict, overrides: dict) -> None:
+    """Merge per-tensor overrides into extra_options; a tensor already overridden (16-bit ladder)
+    keeps its own entry."""
+    merged = dict(options.get("TensorQuantOverrides", {}))
+    for tensor, entry in overrides.items():
+        merged.setdefault(tensor, entry)
+    options["TensorQuantOverrides"] = merged
 
 
 def quantizable_nodes(prepared: PreparedModel, settings: QuantSettings) -> tuple[str, ...]:
