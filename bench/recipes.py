@@ -61,8 +61,6 @@ ROWS = [
     Row("u8s8 + bias correction", {**FAST, "recipe": {"bias_correction": "on"}}),
     Row("u8s8 + adaround", {**FAST, "recipe": {"adaround": "on"}}),
     Row("u8s8 + adaround + bias correction", {**FAST, "recipe": AR_BC}),
-    Row("u8s8 + range choice (SQNR)", {**FAST, "recipe": {"range_choice": "sqnr"}}),
-    Row("u8s8 + adaround + bc + range choice", {**FAST, "recipe": {**AR_BC, "range_choice": "sqnr"}}),
     Row("u8s8 percentile (whole model)", {**FAST, "calibrate": "percentile"}),
     Row("u8s8 + W8A16 top-1 (SeQTO)", FAST, int16_top=1),
     Row("u8s8 + W8A16 top-2 (SeQTO)", FAST, int16_top=2),

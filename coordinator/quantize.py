@@ -19,7 +19,7 @@ from shared.atomic import publish
 from shared.errors import InvalidArgument, ModelError
 from shared.feeds import Feeds, num_samples, take
 from shared.feeds import digest as feeds_digest
-from shared.settings import AFTER_CALIBRATION_RECIPES, CALIBRATIONS, REFINE_RECIPES, QuantSettings
+from shared.settings import CALIBRATION_FREE_RECIPES, REFINE_RECIPES, QuantSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, cal
     h = hashlib.sha256()
     h.update(prepared.sha256.encode())
     h.update(settings.calibrate.encode())
-    model_recipes = {k: v for k, v in settings.recipe.items() if k not in AFTER_CALIBRATION_RECIPES}
+    model_recipes = {k: v for k, v in settings.recipe.items() if k not in CALIBRATION_FREE_RECIPES}
     h.update(json.dumps(model_recipes, sort_keys=True).encode())
     h.update(feeds_digest(calibration).encode())
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -177,8 +177,6 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
                                      activation_type=settings.activation_type)
             options.update(ladder)
             options["UseQDQContribOps"] = True
-        if settings.recipe.get("range_choice") == "sqnr":
-            _add_overrides(options, _range_choice(prepared, settings, calibration, cache_dir))
         quantize_static(
             str(prepared.path), str(out), FeedsReader(calibration), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
@@ -225,48 +223,6 @@ def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibra
     log.info("refined %d layers (%d learned, %d biases corrected) in %.1f CPU s", report.layers,
              len(report.learned), report.bias_corrected, report.cpu_seconds)
     onnx.save(model, str(out))
-
-
-def _range_choice(prepared: PreparedModel, settings: QuantSettings, calibration: Feeds,
-                  cache_dir: Path) -> dict:
-    """Per-tensor ranges: each calibration method's ranges (cached like any calibration), the one
-    with the best SQNR per tensor wins."""
-    import onnx
-    from onnxruntime.quantization.calibrate import load_tensors_data
-
-    from coordinator.recipes.range_choice import choose_ranges, ranges_of
-    from coordinator.recipes.refine import calibration_feeds
-
-    if settings.activation_type not in ("uint8", "int8"):
-        raise ModelError(f"recipe range_choice scores 8-bit activations, not {settings.activation_type}",
-                         step="quantize")
-    candidates = {}
-    for method in CALIBRATIONS:
-        plain = settings.replace(calibrate=method)
-        path = calibration_cache_path(prepared, plain, calibration, cache_dir)
-        if not path.is_file():  # a throwaway build fills the cache exactly as a candidate would
-            from onnxruntime.quantization import quantize_static
-
-            fmt, act, wt, calibrate = _ort_enums(plain)
-            with tempfile.TemporaryDirectory(prefix="qfarm-cal-") as tmp:
-                quantize_static(str(prepared.path), str(Path(tmp) / "m.onnx"),
-                                FeedsReader(calibration), quant_format=fmt,
-                                activation_type=act, weight_type=wt, calibrate_method=calibrate,
-                                calibration_cache_path=path)
-        candidates[method] = ranges_of(load_tensors_data(path))
-    choice = choose_ranges(onnx.load(str(prepared.path)), calibration_feeds(calibration),
-                           candidates, default=settings.calibrate, activation_type=settings.activation_type)
-    log.info("range choice: %s", {m: sum(1 for c in choice.chosen.values() if c == m) for m in CALIBRATIONS})
-    return choice.overrides()
-
-
-def _add_overrides(options: dict, overrides: dict) -> None:
-    """Merge per-tensor overrides into extra_options; a tensor already overridden (16-bit ladder)
-    keeps its own entry."""
-    merged = dict(options.get("TensorQuantOverrides", {}))
-    for tensor, entry in overrides.items():
-        merged.setdefault(tensor, entry)
-    options["TensorQuantOverrides"] = merged
 
 
 def quantizable_nodes(prepared: PreparedModel, settings: QuantSettings) -> tuple[str, ...]:

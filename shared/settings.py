@@ -21,15 +21,15 @@ RECIPES = {
     "keep_float": ("depthwise", "first", "last", "first-last"),
     "adaround": ("off", "on"),                # learned weight rounding (QDQ static only)
     "bias_correction": ("off", "on"),         # per-channel bias absorbs the rounding's mean shift
-    "range_choice": ("off", "sqnr"),          # per-tensor calibration method, best SQNR wins
     "float_prefix": ("off", "1", "2", "3", "4"),  # first k compute layers from the input stay float
 }
 #: recipes that only edit the integers of the built model
 REFINE_RECIPES = ("adaround", "bias_correction")
-#: recipes the calibrated ranges do not depend on (they act after calibration)
-AFTER_CALIBRATION_RECIPES = (*REFINE_RECIPES, "range_choice")
+#: recipes the calibrated ranges do not depend on (they act on the built model or on which nodes
+#: are quantized, and excluding nodes does not change FP32 activations)
+CALIBRATION_FREE_RECIPES = (*REFINE_RECIPES, "float_prefix")
 #: recipe switches whose "off" is the same as leaving them out (so candidate ids stay stable)
-_OFF_IS_ABSENT = ("cle", "adaround", "bias_correction", "range_choice", "float_prefix")
+_OFF_IS_ABSENT = ("cle", "adaround", "bias_correction", "float_prefix")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -14,10 +14,6 @@ from shared.errors import InvalidArgument, ModelError
 log = logging.getLogger(__name__)
 
 COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
-# Ops whose QDQ output reuses the input's scale/zero point in onnxruntime 1.32.
-SHARED_PARAM_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool",
-                              "Slice", "TopK", "MaxPool", "Resize", "Pad", "Split", "Gather",
-                              "GatherElements"})
 FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE})
 
 

@@ -26,18 +26,14 @@ from onnxruntime.quantization.tensor_quant_overrides import TensorQuantOverrides
 
 from shared.errors import InvalidArgument, ModelError
 
-from ._graph import (
-    SHARED_PARAM_OPS,
-    consumers,
-    float_tensor_names,
-    initializers,
-    nodes_by_name,
-    producers,
-    require_name,
-)
+from ._graph import consumers, float_tensor_names, initializers, nodes_by_name, producers, require_name
 
 _STEP = "recipe/ladder"
 _WIDE = {"uint8": (QuantType.QUInt8, QuantType.QUInt16), "int8": (QuantType.QInt8, QuantType.QInt16)}
+# Ops whose QDQ output reuses the input's scale/zero point in onnxruntime 1.32.
+_SHARED_PARAM_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "AveragePool",
+                               "Slice", "TopK", "MaxPool", "Resize", "Pad", "Split", "Gather",
+                               "GatherElements"})
 
 
 def int16_overrides(model: onnx.ModelProto, nodes: Iterable[str], *,
@@ -66,7 +62,7 @@ def int16_overrides(model: onnx.ModelProto, nodes: Iterable[str], *,
         readers = {require_name(user, step=_STEP) for user in users.get(tensor, [])}
         inside, outside = readers & selected, readers - selected
         producer = made_by.get(tensor)
-        if producer is not None and producer.name not in selected and producer.op_type in SHARED_PARAM_OPS:
+        if producer is not None and producer.name not in selected and producer.op_type in _SHARED_PARAM_OPS:
             overrides[tensor] = [{"quant_type": narrow, "convert": {"quant_type": wide, "recv_nodes": inside}}]
             continue
         entry: dict[str, Any] = {"quant_type": wide}
