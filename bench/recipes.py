@@ -10,17 +10,17 @@ them). Columns: evaluations it takes (a row that needs a sensitivity ranking cou
 as no evaluation, it is measured once for all rows), build seconds (CPU and wall; calibration
 is shared by all rows of one method and reported once), labelled top-1, top-1 agreement with
 FP32, output SQNR in dB vs FP32's logits over the evaluation set, share of the full-INT8 size
-saving kept, and batch-1 latency as a ratio to FP32: every model and FP32 are timed
-interleaved, round after round, in this process with the same session options (ORT_ENABLE_ALL,
-1 intra-op thread), so machine noise hits them alike; the ratio is the median over rounds of
-(candidate median / FP32 median) with its p10-p90 spread.
+saving kept, and batch-1 latency as a ratio to FP32, measured the way every tune measures it
+(coordinator/evaluators.py LocalEvaluator: FP32 and the candidate timed in interleaved pairs in
+this process with the same session options, ORT_ENABLE_ALL and --threads intra-op threads, under
+the host-wide latency lock; median of the per-pair ratios with their p10-p90). Output SQNR comes
+from the same evaluation (dB of the candidate's logits against FP32's over the evaluation set).
 
 Rows are chosen with --rows (default: all); `--list` prints them."""
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -28,16 +28,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.runners.ort import OrtConfig, OrtRunner  # noqa: E402
+from bench.interleaved import cpu_flags, cpu_seconds  # noqa: E402
 from coordinator import data as data_mod  # noqa: E402
+from coordinator.evaluators import EvalInputs, LocalEvaluator  # noqa: E402
 from coordinator.prepare import prepare_model  # noqa: E402
 from coordinator.quantize import build_candidate, quantizable_nodes, spec_for  # noqa: E402
-from shared.metrics import accuracy_metrics  # noqa: E402
+from shared.feeds import take  # noqa: E402
+from shared.runners.ort import OrtConfig, OrtRunner  # noqa: E402
 from shared.settings import QuantSettings  # noqa: E402
 
 FAST = {"reduce_range": False}   # QDQ per-channel u8s8: the fast recipe on VNNI CPUs
@@ -76,61 +77,15 @@ ROWS = [
 ]
 
 
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = sorted({f for f in ("avx512_vnni", "avx_vnni", "avx512f", "avx2") if f" {f}" in text})
-    return ",".join(flags) or "none of avx2/avx512f/avx512_vnni/avx_vnni"
-
-
-def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = float(np.sum((reference.astype(np.float64) - other) ** 2))
-    signal = float(np.sum(reference.astype(np.float64) ** 2))
-    return math.inf if noise == 0 else 10.0 * math.log10(signal / noise)
-
-
-def ranking(prepared, settings: QuantSettings, calibration: np.ndarray, work: Path, images: int) -> list[str]:
+def ranking(prepared, settings: QuantSettings, calibration: dict, work: Path, images: int) -> list[str]:
     """SeQTO order (most damaged first) of the quantizable nodes, as the tuner ranks them."""
     from coordinator.sensitivity import score_all
 
     spec = spec_for(prepared, settings, ())
     full = build_candidate(prepared, spec, work / "candidates", calibration, work / "cache")
-    feeds = [{prepared.input_name: calibration[i:i + 1]} for i in range(min(images, len(calibration)))]
+    feeds = [take(calibration, i, i + 1) for i in range(images)]
     allowed = set(quantizable_nodes(prepared, settings))
     return [s.node for s in score_all(prepared.path, full.path, feeds)["seqto"] if s.node in allowed]
-
-
-def interleaved_ratios(paths: dict[str, Path], fp32: Path, sample: np.ndarray, input_name: str,
-                       rounds: int, runs: int, threads: int) -> dict[str, dict]:
-    """Each round times every candidate right after FP32 (median of `runs` batch-1 runs each, the
-    order of candidates rotated per round), so both see the same machine load; per model: the
-    median over rounds of candidate/FP32 and its p10-p90, and its own median time."""
-    runners = {name: OrtRunner(OrtConfig(intra_op_threads=threads)) for name in ["fp32", *paths]}
-    files = {"fp32": fp32, **paths}
-    for name, runner in runners.items():
-        runner.latency_seconds(files[name], sample, input_name, 3)        # warm-up
-    names = list(paths)
-    ratios: dict[str, list[float]] = {name: [] for name in names}
-    times: dict[str, list[float]] = {name: [] for name in ["fp32", *names]}
-
-    def median_time(name: str) -> float:
-        return float(np.median(runners[name].latency_seconds(files[name], sample, input_name, runs)))
-
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fp, cand = median_time("fp32"), median_time(name)
-            times["fp32"].append(fp)
-            times[name].append(cand)
-            ratios[name].append(cand / fp)
-    result = {"fp32": {"p50_ms": float(np.median(times["fp32"])) * 1e3, "ratio": 1.0, "ratio_p10": 1.0,
-                       "ratio_p90": 1.0}}
-    for name in names:
-        values = np.asarray(ratios[name])
-        result[name] = {"p50_ms": float(np.median(times[name])) * 1e3, "ratio": float(np.median(values)),
-                        "ratio_p10": float(np.percentile(values, 10)), "ratio_p90": float(np.percentile(values, 90))}
-    return result
 
 
 def main(argv=None) -> int:
@@ -145,8 +100,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ranking-images", type=int, default=16)
-    p.add_argument("--rounds", type=int, default=15, help="interleaved latency rounds")
-    p.add_argument("--runs", type=int, default=5, help="batch-1 runs per model per round")
+    p.add_argument("--latency-runs", type=int, default=100, help="interleaved FP32/candidate pairs per row")
     p.add_argument("--rows", nargs="*", default=None, help="row numbers (1-based) to run; default all")
     p.add_argument("--list", action="store_true")
     p.add_argument("--reuse", action="store_true", help="keep built candidates (build seconds then read 0)")
@@ -164,53 +118,54 @@ def main(argv=None) -> int:
     prepared = prepare_model(args.model, work / "prepared")
     pre = data_mod.Preprocess(mean=tuple(args.mean), std=tuple(args.std))
     cal_set, eval_set = data_mod.split(data_mod.list_images(args.images), args.calibration, args.eval, args.seed)
-    calibration = data_mod.load_batch(cal_set, pre)
-    inputs, labels = data_mod.load_batch(eval_set, pre), data_mod.labels_array(eval_set)
-    runner = OrtRunner(OrtConfig(intra_op_threads=args.threads))
-    reference = runner.infer(prepared.path, inputs, prepared.input_name)
+    calibration = {prepared.input_name: data_mod.load_batch(cal_set, pre)}
+    data = EvalInputs({prepared.input_name: data_mod.load_batch(eval_set, pre)}, data_mod.labels_array(eval_set),
+                      args.latency_runs)
+    evaluator = LocalEvaluator(OrtRunner(OrtConfig(intra_op_threads=args.threads)), work / "eval-cache")
+    fp32 = evaluator.reference(prepared.path, prepared.sha256, data)["local"].to_report()
 
     base = QuantSettings(calibration_images=args.calibration)
-    calib_seconds = {}
+    shared_seconds = {}
     for method in sorted({row.changes.get("calibrate", "minmax") for row in rows}):
         # calibration is cached per method and shared by every candidate, as in a tune: paid once
         start = time.monotonic()
         build_candidate(prepared, spec_for(prepared, base.replace(calibrate=method, reduce_range=False), ()),
                         work / "calibration", calibration, work / "cache")
-        calib_seconds[method] = time.monotonic() - start
+        shared_seconds[f"calibration {method}"] = time.monotonic() - start
     order: list[str] = []
     if any(row.float_top or row.int16_top for row in rows):
         start = time.monotonic()
         order = ranking(prepared, base.replace(**FAST), calibration, work / "ranking", args.ranking_images)
-        calib_seconds["ranking (SeQTO, once)"] = time.monotonic() - start
+        shared_seconds["ranking (SeQTO, once)"] = time.monotonic() - start
 
-    results, paths = [], {}
+    results = []
     for row in rows:
         settings = base.replace(**row.changes)
         spec = spec_for(prepared, settings, order[:row.float_top], int16_nodes=order[:row.int16_top])
-        wall, cpu = time.monotonic(), time.process_time()
+        wall, cpu = time.monotonic(), cpu_seconds()
         built = build_candidate(prepared, spec, work / "candidates", calibration, work / "cache")
-        wall, cpu = time.monotonic() - wall, time.process_time() - cpu
-        logits = runner.infer(built.path, inputs, prepared.input_name)
-        acc = accuracy_metrics(logits, reference, labels)
+        wall, cpu = time.monotonic() - wall, cpu_seconds() - cpu
+        [(_, _, result)] = list(evaluator.evaluate([built], data))
+        r = result.to_report()
+        if r.get("status") != "ok":
+            raise SystemExit(f"{row.name}: {r.get('status')} {r.get('crash_cause')}")
         results.append({"name": row.name, "candidate": built.id, "evaluations": 1, "build_wall_s": wall,
-                        "build_cpu_s": cpu, "top1": acc.top1_accuracy, "agreement": acc.top1_agreement,
-                        "sqnr_db": sqnr_db(reference, logits), "size_bytes": built.size_bytes,
+                        "build_cpu_s": cpu, "top1": r.get("top1_accuracy"), "agreement": r["top1_agreement"],
+                        "sqnr_db": r.get("output_sqnr_db"), "size_bytes": built.size_bytes,
+                        "ratio": r.get("latency_ratio_vs_fp32"), "ratio_p10": r.get("latency_ratio_p10"),
+                        "ratio_p90": r.get("latency_ratio_p90"), "p50_ms": r.get("latency_ms_p50"),
                         "float_nodes": list(spec.excluded_nodes), "int16_nodes": list(spec.int16_nodes)})
-        paths[row.name] = built.path
-        print(f"built {row.name}: agreement {acc.top1_agreement:.3f}", flush=True)
+        print(f"{row.name}: agreement {r['top1_agreement']:.3f}", flush=True)
 
-    timing = interleaved_ratios(paths, prepared.path, inputs[:1], prepared.input_name, args.rounds, args.runs,
-                                args.threads)
     full_int8 = next((r["size_bytes"] for r in results if r["name"].startswith("u8s8 (")), None)
+    saving = prepared.size_bytes - (full_int8 or prepared.size_bytes)
     for r in results:
-        r.update(timing[r["name"]])
-        saving = prepared.size_bytes - (full_int8 or prepared.size_bytes)
         r["size_kept"] = (prepared.size_bytes - r["size_bytes"]) / saving if saving > 0 else None
-    fp32 = {"top1": float((reference.argmax(1) == labels).mean()) if labels is not None else None,
-            **timing["fp32"], "size_bytes": prepared.size_bytes}
     header = {"cpu_flags": cpu_flags(), "onnxruntime": _version("onnxruntime"), "threads": args.threads,
-              "calibration_images": args.calibration, "eval_images": len(inputs), "fp32": fp32,
-              "shared_seconds": calib_seconds, "commit": _commit()}
+              "calibration_images": args.calibration, "eval_images": data.num_samples,
+              "fp32": {"top1": fp32.get("top1_accuracy"), "p50_ms": fp32.get("latency_ms_p50"),
+                       "size_bytes": prepared.size_bytes},
+              "latency_runs": args.latency_runs, "shared_seconds": shared_seconds, "commit": _commit()}
     print_table(header, results)
     (work / "recipes.json").write_text(json.dumps({"header": header, "rows": results}, indent=2) + "\n")
     print(f"json: {work / 'recipes.json'}")
@@ -236,8 +191,8 @@ def print_table(header: dict, rows: list[dict]) -> None:
     print(f"CPU flags: {header['cpu_flags']}; onnxruntime {header['onnxruntime']} CPU EP, ORT_ENABLE_ALL, "
           f"{header['threads']} intra-op thread(s); {header['calibration_images']} calibration + "
           f"{header['eval_images']} evaluation images")
-    print(f"FP32: top-1 {fp['top1'] * 100:.1f} %, p50 {fp['p50_ms']:.2f} ms (interleaved), "
-          f"{fp['size_bytes'] / 1e6:.1f} MB; shared seconds: "
+    print(f"FP32: top-1 {fp['top1'] * 100:.1f} %, p50 {fp['p50_ms']:.2f} ms, {fp['size_bytes'] / 1e6:.1f} MB; "
+          f"{header['latency_runs']} interleaved pairs per row; shared seconds: "
           + ", ".join(f"{k} {v:.0f}" for k, v in header["shared_seconds"].items()))
     head = ("recipe", "evals", "build CPU s", "build wall s", "top-1 %", "agree %", "SQNR dB", "size kept %",
             "p50 ratio vs FP32 (p10-p90)")

@@ -48,7 +48,7 @@ def _weight_is_float(graph: onnx.ModelProto, node_name: str) -> bool:
 @pytest.fixture()
 def prepared(tmp_path, images_dir):
     prep = prepare_model(make_classifier(tmp_path / "m.onnx"), tmp_path / "prep")
-    return prep, load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))
+    return prep, {"input": load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))}
 
 
 def test_prefix_layers_stay_float_where_onnxruntime_runs_them(prepared, tmp_path):
@@ -73,7 +73,7 @@ def test_onnxruntime_requantizes_a_float_layer_between_qdq_nodes(prepared, tmp_p
     assert _weight_is_float(unoptimized, "conv1")
     optimized = _session_graph(built.path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, tmp_path)
     assert not _weight_is_float(optimized, "conv1")                       # not float where it runs
-    x = calibration[:2]
+    x = calibration["input"][:2]
     outputs = []
     for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):
         options = ort.SessionOptions()

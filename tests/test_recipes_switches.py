@@ -19,7 +19,7 @@ REFINED = QuantSettings(reduce_range=False, recipe={"adaround": "on", "bias_corr
 def workspace(tmp_path_factory, images_dir):
     root = tmp_path_factory.mktemp("w")
     prepared = prepare_model(make_classifier(root / "m.onnx"), root / "prep")
-    calibration = load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))
+    calibration = {"input": load_batch(split(list_images(images_dir), 8, 8, 0)[0], Preprocess(input_size=32))}
     return root, prepared, calibration
 
 

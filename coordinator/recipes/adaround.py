@@ -31,7 +31,7 @@ import onnx
 from shared.errors import InvalidArgument
 
 from ._graph import copy_model
-from .layer_stats import Feeds, LayerStats, collect_layer_stats
+from .layer_stats import FeedList, LayerStats, collect_layer_stats
 from .qdq_layers import QuantizedLayer, quantized_layers, replace_initializer
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def apply_adaround(qdq_model: onnx.ModelProto, layers: list[QuantizedLayer], sta
     return out, AdaRoundReport(done, skipped, seconds)
 
 
-def adaround(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: Feeds, *,
+def adaround(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: FeedList, *,
              positions: int = 256, seed: int = 0, max_dim: int = 2048, threads: int = 1,
              **options) -> tuple[onnx.ModelProto, AdaRoundReport]:
     """A copy of `qdq_model` whose integer weights are learned per layer on `feeds`."""

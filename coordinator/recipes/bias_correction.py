@@ -21,7 +21,7 @@ import onnx
 from shared.errors import InvalidArgument
 
 from ._graph import copy_model
-from .layer_stats import Feeds, LayerStats, collect_layer_stats
+from .layer_stats import FeedList, LayerStats, collect_layer_stats
 from .qdq_layers import QuantizedLayer, quantized_layers, read_bias, read_ints, replace_initializer
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def relative_mean_shift(model: onnx.ModelProto, layers: list[QuantizedLayer],
     return float(np.mean(values)) if values else 0.0
 
 
-def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: Feeds, *,
+def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: FeedList, *,
                    passes: int = 1, threads: int = 1) -> tuple[onnx.ModelProto, BiasCorrectionReport]:
     """A copy of `qdq_model` whose biases cancel the mean output shift of every quantized
     layer's own rounding on `feeds`; `passes` re-measurements (measured on EfficientNet-Lite0: a

@@ -22,7 +22,7 @@ from ._graph import copy_model, graph_inputs
 from .qdq_layers import ConvGeometry, QuantizedLayer
 
 _STEP = "recipe/layer-stats"
-Feeds = Sequence[Mapping[str, np.ndarray]]
+FeedList = Sequence[Mapping[str, np.ndarray]]   # one {input: (1, ...)} feed per calibration sample
 
 
 FOLDS = 2
@@ -53,7 +53,7 @@ class LayerStats:
 
 
 def collect_layer_stats(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto,
-                        layers: Sequence[QuantizedLayer], feeds: Feeds, *, gram: bool = True,
+                        layers: Sequence[QuantizedLayer], feeds: FeedList, *, gram: bool = True,
                         positions: int = 256, seed: int = 0, max_dim: int = 2048,
                         threads: int = 1) -> dict[str, LayerStats]:
     """Statistics of each layer's input over `feeds`, keyed by node name."""

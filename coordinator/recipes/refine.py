@@ -18,7 +18,7 @@ from shared.feeds import Feeds, num_samples, take
 
 from .adaround import apply_adaround
 from .bias_correction import apply_bias_correction, correctable
-from .layer_stats import collect_layer_stats
+from .layer_stats import FeedList, collect_layer_stats
 from .qdq_layers import quantized_layers
 
 _STEP = "recipe/refine"
@@ -33,7 +33,7 @@ class RefineReport:
     cpu_seconds: float = 0.0
 
 
-def refine_quantized(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: Feeds, *,
+def refine_quantized(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: FeedList, *,
                      adaround: bool = False, bias_correction: bool = False, seed: int = 0,
                      threads: int = 1, **adaround_options) -> tuple[onnx.ModelProto, RefineReport]:
     """A copy of `qdq_model` with learned rounding and/or corrected biases. Bias correction
