@@ -23,8 +23,6 @@ from .qdq_layers import ConvGeometry, QuantizedLayer
 
 _STEP = "recipe/layer-stats"
 FeedList = Sequence[Mapping[str, np.ndarray]]   # one {input: (1, ...)} feed per calibration sample
-
-
 FOLDS = 2
 
 
