@@ -19,7 +19,7 @@ from shared.atomic import publish
 from shared.errors import InvalidArgument, ModelError
 from shared.feeds import Feeds, num_samples, take
 from shared.feeds import digest as feeds_digest
-from shared.settings import QuantSettings
+from shared.settings import CALIBRATION_FREE_RECIPES, REFINE_RECIPES, QuantSettings
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, cal
     h = hashlib.sha256()
     h.update(prepared.sha256.encode())
     h.update(settings.calibrate.encode())
-    h.update(json.dumps(dict(settings.recipe), sort_keys=True).encode())
+    model_recipes = {k: v for k, v in settings.recipe.items() if k not in CALIBRATION_FREE_RECIPES}
+    h.update(json.dumps(model_recipes, sort_keys=True).encode())
     h.update(feeds_digest(calibration).encode())
     cache_dir.mkdir(parents=True, exist_ok=True)
     return cache_dir / f"calibration-{h.hexdigest()[:20]}.json"
@@ -152,12 +153,14 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     settings = spec.settings
+    excluded = _with_float_prefix(prepared, settings, spec.excluded_nodes)
     try:
         if settings.mode == "dynamic":
             quantize_dynamic(str(prepared.path), str(out), per_channel=settings.per_channel,
                              reduce_range=settings.reduce_range,
                              weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
-                             nodes_to_exclude=list(spec.excluded_nodes), extra_options=dict(extra_options))
+                             nodes_to_exclude=excluded, extra_options=dict(extra_options))
+            _refine(prepared, settings, out, None)
             return
         if calibration is None or num_samples(calibration, "calibration data") == 0:
             raise ModelError("static quantization needs calibration samples", step="quantize")
@@ -177,15 +180,49 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
         quantize_static(
             str(prepared.path), str(out), FeedsReader(calibration), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
-            weight_type=wt, nodes_to_exclude=list(spec.excluded_nodes), calibrate_method=method,
+            weight_type=wt, nodes_to_exclude=excluded, calibrate_method=method,
             extra_options=options,
             calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir))
+        _refine(prepared, settings, out, calibration)
     except ModelError:
         raise
     except Exception as exc:  # the quantizer raises plain exceptions; name the candidate and the cause
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"onnxruntime quantization of candidate {spec.id} failed: {first}",
                          step="quantize") from exc
+
+
+def _with_float_prefix(prepared: PreparedModel, settings: QuantSettings, excluded: Sequence[str]) -> list[str]:
+    """The nodes to keep in float: the candidate's own plus the recipe's float prefix (a property
+    of the settings, so it is part of every candidate id through them)."""
+    count = settings.recipe.get("float_prefix")
+    if not count:
+        return list(excluded)
+    import onnx
+
+    from coordinator.recipes.float_prefix import input_prefix
+
+    prefix = input_prefix(onnx.load(str(prepared.path)), int(count))
+    return sorted(set(excluded) | set(prefix))
+
+
+def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibration: Feeds | None) -> None:
+    """Recipes that edit the integers of the built model (learned rounding, bias correction)."""
+    switches = {name: settings.recipe.get(name) == "on" for name in REFINE_RECIPES}
+    if not any(switches.values()):
+        return
+    import onnx
+
+    from coordinator.recipes.refine import calibration_feeds, refine_quantized
+
+    if settings.mode != "static" or settings.format != "qdq" or calibration is None:
+        raise ModelError(f"recipe {', '.join(k for k, v in switches.items() if v)} needs static QDQ quantization "
+                         f"(got mode={settings.mode}, format={settings.format})", step="quantize")
+    model, report = refine_quantized(onnx.load(str(prepared.path)), onnx.load(str(out)),
+                                     calibration_feeds(calibration), **switches)
+    log.info("refined %d layers (%d learned, %d biases corrected) in %.1f CPU s", report.layers,
+             len(report.learned), report.bias_corrected, report.cpu_seconds)
+    onnx.save(model, str(out))
 
 
 def quantizable_nodes(prepared: PreparedModel, settings: QuantSettings) -> tuple[str, ...]:

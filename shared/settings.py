@@ -19,7 +19,17 @@ WEIGHT_TYPES = ("int8", "uint8")
 RECIPES = {
     "cle": ("off", "on", "relu6"),            # cross-layer equalisation (relu6: also through ReLU6)
     "keep_float": ("depthwise", "first", "last", "first-last"),
+    "adaround": ("off", "on"),                # learned weight rounding (QDQ static only)
+    "bias_correction": ("off", "on"),         # per-channel bias absorbs the rounding's mean shift
+    "float_prefix": ("off", "1", "2", "3", "4"),  # first k compute layers from the input stay float
 }
+#: recipes that only edit the integers of the built model
+REFINE_RECIPES = ("adaround", "bias_correction")
+#: recipes the calibrated ranges do not depend on (they act on the built model or on which nodes
+#: are quantized, and excluding nodes does not change FP32 activations)
+CALIBRATION_FREE_RECIPES = (*REFINE_RECIPES, "float_prefix")
+#: recipe switches whose "off" is the same as leaving them out (so candidate ids stay stable)
+_OFF_IS_ABSENT = ("cle", "adaround", "bias_correction", "float_prefix")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -68,7 +78,7 @@ class QuantSettings:
                 if item not in RECIPES[key]:
                     raise InvalidArgument(f"recipe {key}={item!r} is not one of {', '.join(RECIPES[key])}",
                                           step="settings")
-        recipe = {k: v for k, v in recipe.items() if not (k == "cle" and v == "off")}
+        recipe = {k: v for k, v in recipe.items() if not (k in _OFF_IS_ABSENT and v == "off")}
         object.__setattr__(self, "recipe", MappingProxyType(dict(sorted(recipe.items()))))
 
     def __hash__(self) -> int:  # recipe is a read-only mapping; hash the canonical text instead

@@ -15,6 +15,15 @@ RECIPE_PROBES: dict[str, dict[str, Any]] = {
     "per-tensor": {"per_channel": False},
     "entropy": {"calibrate": "entropy"},
     "cle": {"recipe": {"cle": "on"}},
+    # refinements of the fast u8s8 recipe: integers only (same graph, same kernels) and a float
+    # prefix from the input (notes/recipes.md has the measurements)
+    "u8s8-bc": {"reduce_range": False, "recipe": {"bias_correction": "on"}},
+    "u8s8-adaround": {"reduce_range": False, "recipe": {"adaround": "on"}},
+    "u8s8-adaround-bc": {"reduce_range": False, "recipe": {"adaround": "on", "bias_correction": "on"}},
+    "u8s8-prefix2": {"reduce_range": False, "recipe": {"float_prefix": "2"}},
+    "u8s8-bc-prefix2": {"reduce_range": False, "recipe": {"bias_correction": "on", "float_prefix": "2"}},
+    "u8s8-adaround-bc-prefix2": {"reduce_range": False,
+                                 "recipe": {"adaround": "on", "bias_correction": "on", "float_prefix": "2"}},
 }
 
 #: sensitivity rankings, measured in one pass (coordinator/sensitivity); the chosen one orders the search
