@@ -311,18 +311,18 @@ def test_role_tokens_come_from_flags_files_or_environment_and_weak_tokens_are_re
         return server_security_from_args(build_parser().parse_args(["serve", *flags]), env or {})
 
     one, agent, client = (secrets.token_urlsafe(20) for _ in range(3))
-    assert security("--token", one).role_tokens == {Role.AGENT: one, Role.CLIENT: one}
+    assert security(f"--token={one}").role_tokens == {Role.AGENT: one, Role.CLIENT: one}
     assert not security(env={TOKEN_ENV: one}).separate_roles
     split = security(env={ROLE_TOKEN_ENV[Role.AGENT]: agent, ROLE_TOKEN_ENV[Role.CLIENT]: client, TOKEN_ENV: one})
     assert split.separate_roles and split.roles_of(agent) == {Role.AGENT} and split.roles_of(client) == {Role.CLIENT}
     assert split.roles_of(one) == frozenset() and split.roles_of(None) == frozenset()
     token_file = tmp_path / "agent.token"
     token_file.write_text(agent + "\n")
-    flags = security("--agent-token-file", str(token_file), "--client-token", client)
+    flags = security("--agent-token-file", str(token_file), f"--client-token={client}")
     assert flags.role_tokens == {Role.AGENT: agent, Role.CLIENT: client}
     assert security().role_tokens is None and security().roles_of(None) == set(Role)
     with pytest.raises(InvalidArgument, match="--client-token is missing"):
-        security("--agent-token", agent)
+        security(f"--agent-token={agent}")
     with pytest.raises(InvalidArgument, match="not both"):
         ServerSecurity(token=one, agent_token=agent, client_token=client)
     for weak in ("a" * 16, "ab" * 12, "abcabcabcabcabcabc", "aaaaaaaaaaaaaaaaaaab"):
@@ -475,8 +475,8 @@ def test_bad_serve_and_agent_flags_are_one_line_errors(tmp_path, capsys):
              (["--heartbeat-interval", "nan"], "--heartbeat-interval nan must be a finite number"),
              (["--lease-ttl", "inf"], "--lease-ttl inf must be a finite number"),
              (["--token", "a" * 16], "too predictable"),
-             (["--agent-token", secrets.token_urlsafe(20)], "--client-token is missing"),
-             (["--tls-cert", str(cert), "--tls-key", str(other_key), "--token", secrets.token_urlsafe(20)],
+             ([f"--agent-token={secrets.token_urlsafe(20)}"], "--client-token is missing"),
+             (["--tls-cert", str(cert), "--tls-key", str(other_key), f"--token={secrets.token_urlsafe(20)}"],
               "does not match the certificate")]
     for flags, text in cases:
         assert coordinator_main(["serve", *data, *flags]) == 2, flags
