@@ -31,3 +31,12 @@ RANKING_METHODS = ("seqto", "quantune")
 
 #: strategies that look for the smallest candidate meeting a target (not for a whole front)
 TARGET_DRIVEN = ("bisect", "greedy")
+
+#: what the recommendation policy optimises among candidates that are faithful enough and not
+#: slower than FP32 (coordinator/policy.py)
+PREFERENCES = ("balanced", "latency", "size")
+
+#: recipes probed when the user names none and leaves reduce_range unset: 7-bit weights rescue u8s8
+#: on CPUs without VNNI and cost accuracy on CPUs with it, so neither is a safe default; both are
+#: cheap, and each device class takes the one it measures best
+AUTO_PROBES = ("u8s8", "u8s8-rr")
