@@ -130,7 +130,7 @@ def print_summary(report: Mapping, report_path, page=None, notes=()) -> None:
     per_device = report.get("pareto", {}).get("per_device", {})
     for device, entry in per_device.items():
         policy = entry.get("policy") or {}
-        out.print(f"[bold]{device}[/]: recommended {entry.get('recommended') or 'none'}"
+        out.print(f"[bold]{device}[/]: recommended: {entry.get('recommended') or 'none'}"
                   + (f" — {escape(policy['verdict'])}" if policy.get("verdict") else ""))
         if policy.get("reason"):
             out.print(f"  policy: {escape(policy['reason'])}")

@@ -86,5 +86,5 @@ def describe_ratio(result: Mapping, fp32: Mapping | None = None) -> str:
     if ratio is None:
         return "latency not measured"
     p10, p90 = _number(result.get("latency_ratio_p10")), _number(result.get("latency_ratio_p90"))
-    spread = f" (p10-p90 {p10:.2f}-{p90:.2f})" if p10 is not None and p90 is not None else ""
+    spread = f", p10-p90 {p10:.2f}-{p90:.2f}" if p10 is not None and p90 is not None else ""
     return f"{ratio:.2f}x FP32{spread}"

@@ -241,7 +241,8 @@ def test_comparison_flags_crashes_agreement_gaps_and_speed_that_differ_by_class(
 
 # -- end to end on tiny real models, latency injected ---------------------------------------------
 def _tune(tmp_path, images_dir, runtime, name="out", **options):
-    model = make_classifier(tmp_path / "m.onnx", channels=options.pop("channels", (8, 16, 16)))
+    model = make_classifier(tmp_path / "m.onnx", channels=options.pop("channels", (8, 16, 16)),
+                            classes=options.pop("classes", 1000))
     config = TuneConfig(model=model, images=images_dir, out=tmp_path / name, preprocess=Preprocess(input_size=32),
                         n_calibration=8, n_eval=24, settings=QuantSettings(calibration_images=8), ranking_images=4,
                         **{"latency_runs": 3, **options})
@@ -280,13 +281,13 @@ def test_nothing_is_recommended_when_every_candidate_is_slower_and_the_verdict_i
     assert entry["recommended"] is None and report["pareto"]["recommended"] is None
     verdict = entry["policy"]["verdict"]
     assert verdict == ("quantization does not pay for m.onnx on local: best INT8 p50 1.60 ms vs FP32 1.00 ms "
-                       "(1.60x FP32)")
+                       "(1.60x FP32, p10-p90 1.60-1.60)")
     # full INT8 of the chosen recipe is slower: float layers will not make it pay, so no search
     assert report["status"]["stopped_by"].startswith("search skipped: full INT8 is slower than FP32 on local")
     assert report["status"]["evaluations"] == 2 and report["ranking"] == []
     print_summary(report, tmp_path / "out" / "report.json")
     printed = capsys.readouterr().out
-    assert "local: recommended none" in printed and "quantization does not pay for m.onnx on local" in printed
+    assert "local: recommended: none" in printed and "quantization does not pay for m.onnx on local" in printed
     assert "search ended: search skipped" in printed
 
 
@@ -358,6 +359,27 @@ def test_two_device_classes_get_their_own_recommendation_and_a_comparison(tmp_pa
     assert cell["status"] == "ok" and cell["latency_ratio_vs_fp32"] == pytest.approx(0.5)
 
 
+def test_a_two_class_model_end_to_end_agreement_ties_and_sqnr_decides(tmp_path, images_dir):
+    """Both recipes flip the same few of 24 images of a 2-class model and run equally fast here: the
+    one with the higher output SQNR is chosen and recommended, and SQNR stands in for agreement in
+    the fronts (agreement says nothing on this device)."""
+    report = _tune(tmp_path, images_dir, accurate_but_slow, classes=2, strategy="greedy", max_agreement_drop=0.1,
+                   probe_recipes=("u8s8", "u8s8-rr"))
+    probe = report["recipe_probe"]["per_device"]["local"]
+    measured = probe["measured"]
+    assert len({e["top1_agreement"] for e in measured.values()}) == 1       # agreement ties
+    assert len({e["size_bytes"] for e in measured.values()}) == 1             # same size ...
+    assert {e["latency_ratio_vs_fp32"] for e in measured.values()} == {0.5}   # ... and speed
+    sqnrs = {name: e["output_sqnr_db"] for name, e in measured.items()}
+    assert len(set(sqnrs.values())) == 2                                      # only SQNR differs
+    best = max(sqnrs, key=sqnrs.get)
+    assert probe["chosen"] == best
+    entry = report["pareto"]["per_device"]["local"]
+    assert entry["recommended"] == measured[best]["candidate"] and entry["target"]["met"]
+    assert entry["objectives"][0] == "fidelity" and "for every candidate" in entry["objectives_note"]
+    assert report["search"]["skipped"].startswith("full INT8 with the fixed excludes already meets the target")
+
+
 def test_a_search_that_makes_no_progress_stops_on_the_plateau(tmp_path, images_dir):
     report = _tune(tmp_path, images_dir, broken_int8, strategy="greedy", max_agreement_drop=0.0,
                    channels=(8,) * 12, latency_runs=1)
@@ -365,7 +387,7 @@ def test_a_search_that_makes_no_progress_stops_on_the_plateau(tmp_path, images_d
     assert report["status"]["stopped_by"] == "plateau: no better candidate on local in 6 evaluations"
     assert 6 <= search["evaluations"] <= 8 < default_budget(len(report["ranking"]))
     ok = [c["results"]["local"] for c in report["candidates"]]
-    assert {r["top1_agreement"] for r in ok} == {0.0}          # every quantized model equally wrong
+    assert len({(r["top1_agreement"], r["output_sqnr_db"]) for r in ok}) == 1   # every quantized model equally wrong
 
 
 def test_export_of_the_recommendation_says_why_there_is_none(tmp_path, images_dir):

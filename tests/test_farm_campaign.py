@@ -113,5 +113,5 @@ def test_coordinator_tune_with_coordinator_runs_the_tune_on_the_farm(tmp_path, c
     assert report["data"]["eval"] == 12
     assert (out / "objectives-cpu-a.png").is_file()
     printed = capsys.readouterr().out
-    assert f"cpu-a: recommended {report['pareto']['recommended'] or 'none'}" in printed
+    assert f"cpu-a: recommended: {report['pareto']['recommended'] or 'none'}" in printed
     assert "search ended: strategy finished" in printed
