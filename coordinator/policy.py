@@ -242,7 +242,7 @@ def decide_report(report: Mapping, devices: Sequence[str], objectives: Sequence[
     per_device = {d: decide(d, model, device_results(report, d), (report.get("fp32") or {}).get(d, {}), objectives,
                             targets, policy) for d in devices}
     primary = per_device[devices[0]]
-    return {"objectives": list(objectives), **{k: primary[k] for k in ("fronts", "recommended", "best", "target")},
+    return {**{k: primary[k] for k in ("objectives", "fronts", "recommended", "best", "target")},
             "policy": primary["policy"], "per_device": per_device}
 
 
