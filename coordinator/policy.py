@@ -9,8 +9,10 @@ device's own accuracy, fidelity, size and speed (README "Recommendation policy")
    `latency`: lowest latency ratio, then smallest; `size`: smallest, then lowest ratio;
    `balanced`: lowest size/FP32 size + latency ratio (each is 1.0 for FP32 itself, so halving the
    file and halving the time count the same). Ties: higher top-1 agreement, then higher SQNR.
-4. Without a target (or when nothing meets it: the best-so-far front), the trade-off of the Pareto
-   front closest to the ideal point, the preferred objective weighted twice.
+4. With a target that nothing eligible meets: the closest to it, i.e. the most faithful candidate not
+   slower than FP32 (agreement, then SQNR; ties by the preference).
+5. Without a target, the trade-off of the Pareto front (of the candidates not slower than FP32)
+   closest to the ideal point, the preferred objective weighted twice.
 When top-1 agreement carries no information on a device (every candidate has the same, e.g. a
 2-class model at 100%), output SQNR (`fidelity`) stands in for `accuracy_loss` in the fronts.
 
@@ -141,10 +143,14 @@ def decide(device: str, model: str, results: Mapping[str, Mapping], fp32: Mappin
         how = _CRITERION[policy.prefer] + _balanced(policy, ok[recommended], fp32_size)
         reason.append(f"prefer {policy.prefer}: {how}"
                       f" among {len(choosable)} candidate(s) meeting the target and not slower than FP32")
+    elif eligible and targets.any:
+        recommended = max(eligible, key=lambda cid: (fidelity_key(ok[cid]),
+                                                     tuple(-x for x in policy.key(ok[cid], fp32_size)), cid))
+        reason.append(f"nothing not slower than FP32 meets the target: the closest to it (top-1 agreement, then "
+                      f"SQNR; ties by prefer {policy.prefer}) among {len(eligible)} candidate(s) not slower than FP32")
     elif eligible:
         recommended = pareto(eligible, used, policy.weights(used)).recommended
-        what = "the best-so-far front (nothing eligible meets the target)" if targets.any else "the front"
-        reason.append(f"prefer {policy.prefer}: the trade-off of {what} closest to the ideal point over "
+        reason.append(f"prefer {policy.prefer}: the trade-off of the front closest to the ideal point over "
                       f"{', '.join(used)}{_weighted(policy, used)}, among {len(eligible)} candidate(s) "
                       f"not slower than FP32")
     else:
