@@ -6,9 +6,10 @@ device's own accuracy, fidelity, size and speed (README "Recommendation policy")
 2. When no candidate is faster than FP32 there (median < 1 - 5%, or 90th percentile < 1), nothing
    is recommended and the verdict says "quantization does not pay for MODEL on DEVICE".
 3. With a target, among the candidates meeting it (and not slower), the preference decides:
-   `latency`: lowest latency ratio, then smallest; `size`: smallest, then lowest ratio;
-   `balanced`: lowest size/FP32 size + latency ratio (each is 1.0 for FP32 itself, so halving the
-   file and halving the time count the same). Ties: higher top-1 agreement, then higher SQNR.
+   `latency`: lowest latency ratio; `size`: smallest; `balanced`: lowest size/FP32 size + latency
+   ratio (each is 1.0 for FP32 itself, so halving the file and halving the time count the same),
+   up to the measurement noise: among the candidates within 0.05 of the best score (0.01 of FP32's
+   size for `size`), the most faithful (top-1 agreement, then SQNR) wins.
 4. With a target that nothing eligible meets: the closest to it, i.e. the most faithful candidate not
    slower than FP32 (agreement, then SQNR; ties by the preference).
 5. Without a target, the trade-off of the Pareto front (of the candidates not slower than FP32)
@@ -33,9 +34,10 @@ __all__ = ["PREFERENCES", "Policy", "comparison", "decide", "decide_report", "de
 #: a candidate whose top-1 agreement differs by more than this between two device classes is flagged
 #: as divergent in the comparison (2 points: beyond the sampling noise of a few hundred images)
 DIVERGENT_AGREEMENT = 0.02
+#: sizes within 1% of FP32's size are the same to `prefer size` (see Policy.tolerance)
+SIZE_TOLERANCE = 0.01
 _PREFERRED_OBJECTIVES = {"latency": ("latency", "latency_ms"), "size": ("size_bytes",), "balanced": ()}
-_CRITERION = {"latency": "lowest latency ratio, then smallest", "size": "smallest, then lowest latency ratio",
-              "balanced": "lowest size/FP32 + latency ratio"}
+_CRITERION = {"latency": "lowest latency ratio", "size": "smallest", "balanced": "lowest size/FP32 + latency ratio"}
 
 
 @dataclass(frozen=True)
@@ -51,18 +53,34 @@ class Policy:
         """May be recommended at all: measured ok and, unless allowed, not slower than FP32."""
         return is_ok(result) and (self.allow_slower or speed(result) != SLOWER)
 
-    def key(self, result: Mapping, fp32_size: float) -> tuple:
-        """Sort key among candidates meeting the target: lower is preferred."""
+    def score(self, result: Mapping, fp32_size: float) -> float:
+        """What the preference minimises: the latency ratio, the size as a fraction of FP32's, or
+        their sum (balanced). A result without a latency counts as FP32's (ratio 1)."""
         ratio = latency_ratio(result)
         ratio = 1.0 if ratio is None else ratio
         size = result["size_bytes"] / fp32_size if fp32_size else float(result["size_bytes"])
+        return {"latency": ratio, "size": size}.get(self.prefer, size + ratio)
+
+    @property
+    def tolerance(self) -> float:
+        """Scores closer than this to the best are the same to the preference: a latency ratio is
+        only known to NOISE_MARGIN; sizes are exact, so `size` tells 1% of FP32's size apart."""
+        return SIZE_TOLERANCE if self.prefer == "size" else NOISE_MARGIN
+
+    def key(self, result: Mapping, fp32_size: float) -> tuple:
+        """Strict order (lower is preferred): score, then higher agreement, then higher SQNR."""
         agreement, db = fidelity_key(result)
-        tail = (-agreement, -db)
-        if self.prefer == "latency":
-            return (ratio, size, *tail)
-        if self.prefer == "size":
-            return (size, ratio, *tail)
-        return (round(size + ratio, 9), *tail)
+        return (round(self.score(result, fp32_size), 9), -agreement, -db)
+
+    def choose(self, results: Mapping[str, Mapping], fp32_size: float) -> str:
+        """Among `results` (all eligible and meeting the target): the candidates within `tolerance`
+        of the best score, and of those the most faithful (agreement, then SQNR), then the best score.
+        Two recipes 2% apart in latency ratio are equally fast as far as the measurement tells, so
+        noise never decides over fidelity."""
+        scores = {cid: self.score(r, fp32_size) for cid, r in results.items()}
+        best = min(scores.values())
+        near = [cid for cid, s in scores.items() if s <= best + self.tolerance + 1e-12]
+        return max(near, key=lambda cid: (fidelity_key(results[cid]), -scores[cid], cid))
 
     def weights(self, objectives: Sequence[str]) -> list[float]:
         return [2.0 if o in _PREFERRED_OBJECTIVES[self.prefer] else 1.0 for o in objectives]
@@ -139,9 +157,9 @@ def decide(device: str, model: str, results: Mapping[str, Mapping], fp32: Mappin
         recommended = None
         reason.append("no candidate is faster than FP32 beyond the noise")
     elif choosable:
-        recommended = min(choosable, key=lambda cid: (policy.key(ok[cid], fp32_size), cid))
+        recommended = policy.choose({cid: ok[cid] for cid in choosable}, fp32_size)
         how = _CRITERION[policy.prefer] + _balanced(policy, ok[recommended], fp32_size)
-        reason.append(f"prefer {policy.prefer}: {how}"
+        reason.append(f"prefer {policy.prefer}: {how} (within {policy.tolerance:g} of the best: the most faithful)"
                       f" among {len(choosable)} candidate(s) meeting the target and not slower than FP32")
     elif eligible and targets.any:
         recommended = max(eligible, key=lambda cid: (fidelity_key(ok[cid]),

@@ -3,7 +3,8 @@
 device class; then each class picks its own recipe from its own measurements:
 
 * among the recipes meeting the target and not slower than FP32 there, the one the preference
-  picks (coordinator/policy.py: latency, size or balanced);
+  picks (coordinator/policy.py: latency, size or balanced; within the measurement noise of the
+  best, the most faithful: agreement, then SQNR);
 * else the most faithful recipe that is not slower than FP32 there (top-1 agreement, then SQNR,
   then the faster): the search for exclusions starts from a model that is both accurate and fast,
   never from an accurate but slow one;
@@ -43,8 +44,7 @@ def choose_recipe(measured: Mapping[str, Mapping], fp32: Mapping, targets: Targe
     eligible = {name: r for name, r in ok.items() if policy.eligible(r)}
     meeting = [n for n, r in eligible.items() if targets.any and targets.meets(r, fp32.get("top1_accuracy"))]
     if meeting:
-        size = float(fp32.get("size_bytes") or 0)
-        chosen = min(meeting, key=lambda n: (policy.key(ok[n], size), n))
+        chosen = policy.choose({n: ok[n] for n in meeting}, float(fp32.get("size_bytes") or 0))
         return chosen, f"meets the target and is not slower than FP32; prefer {policy.prefer} among {sorted(meeting)}"
     pool = eligible or ok
     chosen = max(pool, key=lambda n: (fidelity_key(ok[n]), -(latency_ratio(ok[n]) or 1.0), -ok[n]["size_bytes"], n))
