@@ -63,7 +63,7 @@ def settings_from_args(args: argparse.Namespace):
 
 def tune_option_values(args: argparse.Namespace, selected=None) -> dict:
     """The tuner options of `coordinator tune`'s flags. --probe-recipes defaults to measuring the
-    cheap recipe pair (coordinator.tuner.catalog.AUTO_PROBES) unless the user pinned the recipe with
+    cheap recipes of coordinator.tuner.catalog.AUTO_PROBES unless the user pinned the recipe with
     --reduce-range/--no-reduce-range: no recipe default is right for every CPU."""
     from coordinator import options
     from coordinator.tuner.catalog import AUTO_PROBES

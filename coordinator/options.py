@@ -225,7 +225,7 @@ OPTIONS: tuple[Option, ...] = (
            "max(6, 2 x parallel agents))", ("--plateau",), "strategy.plateau_evals", minimum=1, maximum=100_000),
     Option("probe_recipes", "choices", (),
            "measure these recipes as full INT8 first; each device class searches with its best (when neither this "
-           "nor --reduce-range/--no-reduce-range is given: u8s8 u8s8-rr)", ("--probe-recipes",),
+           "nor --reduce-range/--no-reduce-range is given: u8s8 u8s8-rr u8s8-bc-prefix2)", ("--probe-recipes",),
            "strategy.probe_recipes", _recipe_probes, metavar="RECIPE"),
     Option("blame_crashes", "bool", True,
            "bisect crashing candidates to the nodes a device cannot run quantized (--no-blame: do not)",

@@ -335,12 +335,12 @@ def test_two_device_classes_get_their_own_recommendation_and_a_comparison(tmp_pa
            "data": {"images": str(IMAGES), "calibration": 8, "eval": 16, "latency_runs": 3},
            "preprocess": {"input_size": 32}, "strategy": {"max_candidates": 2}}
     spec = spec_from_local(raw, "test", tmp_path)
-    assert spec.probe_recipes == ("u8s8", "u8s8-rr")          # no recipe pinned: both are measured
+    assert spec.probe_recipes == ("u8s8", "u8s8-rr", "u8s8-bc-prefix2")   # no recipe pinned: measured
     with Farm(tmp_path / "farm", agents={"cpu-a": "ort", "npu-x": "tests.device_runtimes:npu_like"}) as farm:
         report = farm.run_campaign(spec, timeout_s=240)
     assert report["devices"] == ["cpu-a", "npu-x"]
     probe = report["recipe_probe"]["per_device"]
-    assert set(probe) == {"cpu-a", "npu-x"} and set(probe["cpu-a"]["measured"]) == {"u8s8", "u8s8-rr"}
+    assert set(probe) == {"cpu-a", "npu-x"} and set(probe["cpu-a"]["measured"]) == set(spec.probe_recipes)
     assert all(e["status"] == "unsupported" for e in probe["npu-x"]["measured"].values())
     assert probe["npu-x"]["reason"] == "no recipe ran"
     assert set(report["search"]["per_device"]) == {"cpu-a", "npu-x"}

@@ -58,6 +58,7 @@ def _entry(spec_id: str, r: Mapping) -> dict:
     return {"candidate": spec_id, "status": r.get("status"), "top1_agreement": r.get("top1_agreement"),
             "top1_accuracy": r.get("top1_accuracy"), "size_bytes": r["size_bytes"],
             "latency_ms_p50": r.get("latency_ms_p50"), "latency_ratio_vs_fp32": latency_ratio(r),
+            "latency_ratio_p10": r.get("latency_ratio_p10"), "latency_ratio_p90": r.get("latency_ratio_p90"),
             "output_sqnr_db": r.get("output_sqnr_db")}
 
 
