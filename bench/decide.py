@@ -31,9 +31,9 @@ TARGET = ["--strategy", "greedy", "--max-drop", "0.01", "--max-top1-drop", "0.00
 #: name -> extra flags; every run gets TARGET and the data flags
 RUNS = {
     "issue probes, balanced": ["--probe-recipes", *ISSUE_PROBES],
-    "issue probes, prefer latency": ["--probe-recipes", *ISSUE_PROBES, "--prefer", "latency"],
-    "issue probes, prefer size": ["--probe-recipes", *ISSUE_PROBES, "--prefer", "size"],
-    "default probes (u8s8, u8s8-rr)": [],
+    "default probes, balanced": [],                      # u8s8 u8s8-rr u8s8-bc-prefix2 (catalog.AUTO_PROBES)
+    "default probes, prefer latency": ["--prefer", "latency"],
+    "default probes, prefer size": ["--prefer", "size"],
 }
 LIMITS = {"agreement": 0.99, "top1_drop": 0.005, "ratio": 0.7, "size_kept": 0.9, "evaluations": 24}
 
