@@ -39,8 +39,9 @@ def add_quant_arguments(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--per-channel", dest="per_channel", action="store_true", default=d.per_channel)
     group.add_argument("--per-tensor", dest="per_channel", action="store_false")
-    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=d.reduce_range,
-                   help="7-bit weights: avoids u8s8 saturation on CPUs without VNNI (default: on)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="7-bit weights: avoid u8s8 saturation on CPUs without VNNI, cost accuracy on CPUs with it "
+                        "(default: both measured per device, see --probe-recipes)")
     p.add_argument("--cle", choices=RECIPES["cle"], default="off",
                    help="cross-layer equalisation before quantizing (relu6: also through ReLU6 clips)")
     p.add_argument("--keep-float", nargs="+", default=[], choices=RECIPES["keep_float"],
@@ -53,10 +54,24 @@ def add_quant_arguments(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace):
     from shared.settings import QuantSettings
 
+    reduce_range = QuantSettings().reduce_range if args.reduce_range is None else args.reduce_range
     return QuantSettings(mode=args.mode, format=args.format, per_channel=args.per_channel,
-                         reduce_range=args.reduce_range, calibrate=args.calibrate,
+                         reduce_range=reduce_range, calibrate=args.calibrate,
                          activation_type=args.activation_type, weight_type=args.weight_type,
                          calibration_images=args.n_calibration, recipe=recipe_from_args(args))
+
+
+def tune_option_values(args: argparse.Namespace, selected=None) -> dict:
+    """The tuner options of `coordinator tune`'s flags. --probe-recipes defaults to measuring the
+    cheap recipes of coordinator.tuner.catalog.AUTO_PROBES unless the user pinned the recipe with
+    --reduce-range/--no-reduce-range: no recipe default is right for every CPU."""
+    from coordinator import options
+    from coordinator.tuner.catalog import AUTO_PROBES
+
+    values = options.values_from_args(args, options.OPTIONS if selected is None else selected)
+    if "probe_recipes" in values and not values["probe_recipes"] and getattr(args, "reduce_range", True) is None:
+        values["probe_recipes"] = AUTO_PROBES
+    return values
 
 
 def recipe_from_args(args: argparse.Namespace) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from coordinator import options
 from coordinator.arguments import (add_data_arguments, add_farm_tune_arguments, add_quant_arguments,
-                                   preprocess_from_args, settings_from_args)
+                                   preprocess_from_args, settings_from_args, tune_option_values)
 from shared.atomic import atomic_output
 from shared.errors import InvalidArgument, NotFound, QfarmError
 
@@ -41,14 +41,14 @@ def tune_config_from_args(args: argparse.Namespace):
     return TuneConfig(model=args.model, images=args.images, out=args.out, calibration_images=args.calibration_images,
                       data=args.data, calibration_data=args.calibration_data,
                       preprocess=preprocess_from_args(args), settings=settings_from_args(args),
-                      excludes=tuple(args.exclude), **options.values_from_args(args, options.TUNE_OPTIONS))
+                      excludes=tuple(args.exclude), **tune_option_values(args, options.TUNE_OPTIONS))
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shared.runners.ort import OrtConfig, OrtRunner
-    from coordinator.console import console, front_table, out, progress_events
+    from coordinator.console import console, out, print_summary, progress_events
     from coordinator.evaluators import LocalEvaluator
     from coordinator.html import write_html
     from coordinator.plots import write_plots
@@ -80,19 +80,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         report = Tuner(config, evaluator, events).run()
     write_plots(report, args.out)
     html = write_html(report, args.out)
-    for device in report["devices"]:
-        out.print(front_table(report, device))
-    status = report["status"]
-    out.print(f"evaluated {status['evaluations']} candidates ({status['resumed']} already in the report) in "
-              f"{status['elapsed_seconds']:.0f} s; recommended: {report['pareto'].get('recommended')}")
-    for device, summary in report["pareto"]["per_device"].items():
-        if summary.get("target"):
-            out.print(summary["target"]["line"])
-    if status.get("stopped_by"):
-        out.print(f"stopped early: {status['stopped_by']}")
-    if diverted.count:
-        out.print(diverted.summary())
-    out.print(f"report: {args.out / 'report.json'}; page: {html}")
+    print_summary(report, args.out / "report.json", page=html,
+                  notes=[diverted.summary()] if diverted.count else [])
     return 0
 
 
@@ -100,6 +89,7 @@ def add_export(sub) -> None:
     p = sub.add_parser("export", help="copy a candidate's model out of a report")
     p.add_argument("report", type=Path)
     p.add_argument("--candidate", required=True, help="candidate id, or 'recommended'")
+    p.add_argument("--device", help="with --candidate recommended: this device class's (default: the first)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(func=cmd_export)
 
@@ -111,9 +101,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     report = read_report(args.report)
     cid = args.candidate
     if cid == "recommended":
-        cid = report.get("pareto", {}).get("recommended")
-        if not cid:
-            raise NotFound(f"{args.report} has no recommended candidate yet", step="export")
+        cid = recommended_for(report, args.device, args.report)
     cand = find_candidate(report, cid)
     if not cand.get("path"):
         raise NotFound(f"candidate {cid} was never built (build failed: see its results)", step="export")
@@ -127,6 +115,23 @@ def cmd_export(args: argparse.Namespace) -> int:
         shutil.copyfile(src, tmp)
     print(f"wrote {args.output} (candidate {cid}, sha256 {cand['sha256'][:12]})")
     return 0
+
+
+def recommended_for(report: dict, device: str | None, path: Path) -> str:
+    """The candidate the policy recommends on `device` (default: the report's first device); when
+    it recommends none, the error says why (e.g. "quantization does not pay ...")."""
+    pareto = report.get("pareto", {})
+    per_device = pareto.get("per_device", {})
+    if device is not None and device not in per_device:
+        raise NotFound(f"device class {device!r} is not in {path} (devices: {', '.join(per_device) or 'none'})",
+                       step="export")
+    entry = per_device.get(device) if device is not None else pareto
+    cid = (entry or {}).get("recommended")
+    if not cid:
+        verdict = ((entry or {}).get("policy") or {}).get("verdict")
+        raise NotFound(f"{path} recommends no candidate" + (f" for {device}" if device else "") +
+                       (f": {verdict}" if verdict else " yet"), step="export")
+    return cid
 
 
 def _farm_subcommands() -> list:

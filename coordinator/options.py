@@ -159,6 +159,12 @@ def _objectives() -> Sequence[str]:
     return tuple(OBJECTIVES)
 
 
+def _preferences() -> Sequence[str]:
+    from coordinator.tuner.catalog import PREFERENCES
+
+    return PREFERENCES
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("labels", "choice", "synset", "labels from the file name's synset prefix, or none",
            ("--labels",), "data.labels", lambda: LABEL_SOURCES),
@@ -181,7 +187,8 @@ OPTIONS: tuple[Option, ...] = (
            "returning {name: number}; runs where the outputs are (on the farm: agents started with "
            "--allow-metric, the module importable there)", ("--metric",), "strategy.metric",
            metavar="MODULE:FUNCTION"),
-    Option("objectives", "choices", ("accuracy_loss", "size_bytes"), "objectives of the Pareto front",
+    Option("objectives", "choices", ("accuracy_loss", "size_bytes", "latency"),
+           "objectives of the Pareto front (latency: time / FP32's on the same device; fidelity: output SQNR)",
            ("--objectives",), "objectives", _objectives, min_items=1, metavar="OBJECTIVE"),
     Option("strategy", "choice", "sweep", "search strategy", ("--strategy",), "strategy.name", _strategies),
     Option("max_candidates", "int", None, "cap the sweep, sampling k evenly", ("--max-candidates",),
@@ -195,12 +202,31 @@ OPTIONS: tuple[Option, ...] = (
            ("--max-drop", "--max-agreement-drop"), "strategy.max_agreement_drop"),
     Option("max_top1_drop", "fraction", None, "target: labelled top-1 within this fraction of FP32",
            ("--max-top1-drop",), "strategy.max_top1_drop"),
-    Option("budget_evals", "int", None, "stop after this many candidate evaluations", ("--budget-evals",),
+    Option("min_sqnr_db", "number", None, "target: output SQNR vs FP32 at least this many dB (e.g. 20; "
+           "identical outputs measure 200)", ("--min-sqnr-db",), "strategy.min_sqnr_db", maximum=200),
+    Option("min_cosine", "fraction", None, "target: mean cosine similarity of the outputs to FP32's at least this",
+           ("--min-cosine",), "strategy.min_cosine"),
+    Option("min_iou", "fraction", None, "target: mean IoU of thresholded output masks vs FP32's at least this",
+           ("--min-iou",), "strategy.min_iou"),
+    Option("prefer", "choice", "balanced",
+           "what to recommend among candidates faithful enough and not slower than FP32: latency (fastest), "
+           "size (smallest) or balanced (lowest size/FP32 + latency ratio)", ("--prefer",), "strategy.prefer",
+           _preferences),
+    Option("allow_slower", "bool", False,
+           "allow recommending a candidate slower than FP32 on its device (never, by default)", ("--allow-slower",),
+           "strategy.allow_slower"),
+    Option("budget_evals", "int", None, "stop after this many candidate evaluations (default with a target and "
+           "bisect/greedy: 3 x log2 of the quantizable nodes per device class, 8 to 40)", ("--budget-evals",),
            "strategy.budget_evals", minimum=1),
     Option("budget_seconds", "number", None, "stop starting new candidates after this many seconds",
            ("--budget-seconds",), "strategy.budget_seconds", maximum=366 * 86400),
-    Option("probe_recipes", "choices", (), "measure these recipes as full INT8 first and search with the best",
-           ("--probe-recipes",), "strategy.probe_recipes", _recipe_probes, metavar="RECIPE"),
+    Option("plateau_evals", "int", None,
+           "stop a device's search after this many evaluations without a better candidate (default: "
+           "max(6, 2 x parallel agents))", ("--plateau",), "strategy.plateau_evals", minimum=1, maximum=100_000),
+    Option("probe_recipes", "choices", (),
+           "measure these recipes as full INT8 first; each device class searches with its best (when neither this "
+           "nor --reduce-range/--no-reduce-range is given: u8s8 u8s8-rr u8s8-bc-prefix2)", ("--probe-recipes",),
+           "strategy.probe_recipes", _recipe_probes, metavar="RECIPE"),
     Option("blame_crashes", "bool", True,
            "bisect crashing candidates to the nodes a device cannot run quantized (--no-blame: do not)",
            ("--no-blame",), "strategy.blame_crashes"),

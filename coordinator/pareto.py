@@ -1,5 +1,7 @@
-"""Pareto fronts over measured candidates (pymoo's non-dominated sorting) and one recommended
-trade-off: the front member closest to the ideal point after normalising each objective."""
+"""Pareto fronts over measured candidates (pymoo's non-dominated sorting) and one trade-off: the
+front member closest to the ideal point after normalising each objective (optionally weighted).
+Which candidate a device is recommended is the policy's call (coordinator/policy.py), which uses
+these fronts."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,17 +10,26 @@ from typing import Mapping, Sequence
 import numpy as np
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-# objective name -> (value from a result dict and the candidate's size, minimise)
+from coordinator.measures import latency_ratio, sqnr
+
+# objective name -> value from a result dict (with the candidate's size_bytes) to minimise. A
+# result that lacks the measurement counts as FP32 for latency (ratio 1) and as 0 dB for fidelity.
 OBJECTIVES = {
     "accuracy_loss": lambda r: 1.0 - r["top1_agreement"],
     "top5_loss": lambda r: 1.0 - r["top5_agreement"],
     "label_loss": lambda r: 1.0 - (r["top1_accuracy"] if r.get("top1_accuracy") is not None else r["top1_agreement"]),
     "size_bytes": lambda r: float(r["size_bytes"]),
     "latency_ms": lambda r: float(r["latency_ms_p50"]),
-    "fidelity": lambda r: -float(r["output_sqnr_db"]),     # higher SQNR vs FP32 is better
+    "latency": lambda r: _or(latency_ratio(r), 1.0),                 # time / FP32's on the same device
+    "fidelity": lambda r: -_or(sqnr(r), 0.0),                         # higher output SQNR is better
 }
+DEFAULT_OBJECTIVES = ("accuracy_loss", "size_bytes", "latency")
 #: objectives that need top-1 agreement, which only classification results have
 AGREEMENT_OBJECTIVES = frozenset({"accuracy_loss", "top5_loss", "label_loss"})
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
 
 
 def effective_objectives(objectives: Sequence[str], results: Mapping[str, Mapping]) -> tuple[str, ...]:
@@ -51,8 +62,10 @@ def _argbest(F: np.ndarray, j: int) -> int:
     return int(np.lexsort(tuple(F[:, k] for k in reversed(keys)))[0])
 
 
-def pareto(results: Mapping[str, Mapping], objectives: Sequence[str]) -> ParetoResult:
-    """`results`: candidate id -> result dict (status, top1_agreement, size_bytes, ...) on one device."""
+def pareto(results: Mapping[str, Mapping], objectives: Sequence[str],
+           weights: Sequence[float] | None = None) -> ParetoResult:
+    """`results`: candidate id -> result dict (status, top1_agreement, size_bytes, ...) on one device;
+    `weights` scale each normalised objective in the trade-off distance (default: all 1)."""
     ids, F = objective_matrix(results, objectives)
     if not ids:
         return ParetoResult([], None, {}, {})
@@ -62,7 +75,7 @@ def pareto(results: Mapping[str, Mapping], objectives: Sequence[str]) -> ParetoR
     first = [ids.index(c) for c in fronts[0]]
     lo, hi = F.min(axis=0), F.max(axis=0)
     span = np.where(hi - lo > 0, hi - lo, 1.0)
-    norm = (F[first] - lo) / span
+    norm = (F[first] - lo) / span * np.asarray(weights if weights is not None else [1.0] * F.shape[1])
     dist = np.linalg.norm(norm, axis=1)
     recommended = fronts[0][int(np.argmin(dist))]
     return ParetoResult(fronts, recommended, best, {cid: F[i].tolist() for i, cid in enumerate(ids)})

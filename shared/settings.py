@@ -44,7 +44,7 @@ class QuantSettings:
     mode: str = "static"
     format: str = "qdq"
     per_channel: bool = True
-    reduce_range: bool = True   # measured best on AVX2 without VNNI: README "Recipes"
+    reduce_range: bool = True   # a starting point only: the tuner probes both per device unless pinned
     calibrate: str = "minmax"
     activation_type: str = "uint8"
     weight_type: str = "int8"

@@ -24,7 +24,9 @@ def tiny_spec(tmp_path: Path, model: Path, devices: list[str], *, max_candidates
     raw = {"name": name, "devices": devices, "device_timeout_s": device_timeout_s,
            "models": [{"path": str(model)}],
            "data": {"images": str(IMAGES), "calibration": 8, "eval": eval_images, "latency_runs": latency_runs},
-           "preprocess": {"input_size": 32}, "strategy": {"max_candidates": max_candidates}}
+           "preprocess": {"input_size": 32}, "strategy": {"max_candidates": max_candidates},
+           # a pinned recipe: no recipe probe, so these tests count exactly the sweep's candidates
+           "quantization": {"reduce_range": True}}
     return spec_from_local(raw, "test", tmp_path)
 
 

@@ -105,11 +105,13 @@ def test_coordinator_tune_with_coordinator_runs_the_tune_on_the_farm(tmp_path, c
     with coordinator(tmp_path / "coord") as (server, address), AgentThread("cpu-a", address, tmp_path / "a1"):
         code = coordinator_main(["tune", str(model), "--images", str(IMAGES), "--out", str(out), "--input-size", "32",
                                  "--calibration", "8", "--eval", "12", "--max-candidates", "2", "--latency-runs", "2",
-                                 "--coordinator", address, "--devices", "cpu-a"])
+                                 "--reduce-range", "--coordinator", address, "--devices", "cpu-a"])
     assert code == 0
     report = read_json(out / "report.json")
     assert report["devices"] == ["cpu-a"] and len(report["candidates"]) == 2
     assert all(c["results"]["cpu-a"]["status"] == "ok" for c in report["candidates"])
     assert report["data"]["eval"] == 12
     assert (out / "objectives-cpu-a.png").is_file()
-    assert report["pareto"]["recommended"] in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"cpu-a: recommended: {report['pareto']['recommended'] or 'none'}" in printed
+    assert "search ended: strategy finished" in printed

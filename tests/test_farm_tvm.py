@@ -32,7 +32,7 @@ LLVM = '{"kind":"llvm"}'
 def spec(tmp_path: Path, model: Path, name: str, fmt: str, max_candidates: int) -> CampaignSpec:
     raw = {"name": name, "devices": ["cpu-x86", KEY], "device_timeout_s": 120, "models": [{"path": str(model)}],
            "data": {"images": str(IMAGES), "calibration": 8, "eval": 16, "latency_runs": 2},
-           "preprocess": {"input_size": 32}, "quantization": {"format": fmt},
+           "preprocess": {"input_size": 32}, "quantization": {"format": fmt, "reduce_range": True},
            "strategy": {"max_candidates": max_candidates}}
     return spec_from_local(raw, "test", tmp_path)
 

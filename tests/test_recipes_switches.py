@@ -69,3 +69,16 @@ def test_every_probe_is_valid_settings(tmp_path):
     new = [n for n in RECIPE_PROBES if "bc" in n or "adaround" in n or "prefix" in n]
     assert new
     TuneConfig(model=tmp_path / "m.onnx", images=tmp_path, out=tmp_path / "o", probe_recipes=tuple(new))
+
+
+def test_refining_a_qdq_model_with_every_weight_layer_in_float_leaves_it_unchanged(tmp_path):
+    """A search can keep every weight layer in float under a refining recipe: nothing to refine is
+    not an error (only a non-QDQ model is)."""
+    import onnx
+
+    from coordinator.recipes.refine import refine_quantized
+    from tests.models import make_classifier
+
+    model = onnx.load(str(make_classifier(tmp_path / "m.onnx")))
+    same, report = refine_quantized(model, model, [], bias_correction=True)
+    assert same is model and report.layers == 0

@@ -169,11 +169,13 @@ def test_dense_model_gets_iou_and_a_fidelity_front(tmp_path):
     images = np.random.default_rng(0).uniform(-1, 1, (20, 3, 16, 16)).astype(np.float32)
     np.save(tmp_path / "images.npy", images)
     out = tmp_path / "out"
-    assert cli_main(["tune", str(model), "--data", str(tmp_path / "images.npy"), "--out", str(out), *TUNE]) == 0
+    # --allow-slower: whether INT8 pays on this tiny model and machine is not what this test is about
+    assert cli_main(["tune", str(model), "--data", str(tmp_path / "images.npy"), "--out", str(out), *TUNE,
+                     "--allow-slower"]) == 0
     report = json.loads((out / "report.json").read_text())
     results = [c["results"]["local"] for c in report["candidates"]]
     assert all(r["task"] == "dense" and 0 <= r["iou"] <= 1 and "top1_agreement" not in r for r in results)
-    assert report["pareto"]["objectives"] == ["fidelity", "size_bytes"]        # agreement does not apply
+    assert report["pareto"]["objectives"] == ["fidelity", "size_bytes", "latency"]   # agreement does not apply
     assert report["pareto"]["recommended"] in {c["id"] for c in report["candidates"]}
 
 

@@ -24,8 +24,9 @@ from shared.settings import QuantSettings
 from tests.conftest import ROOT
 from tests.models import make_classifier
 
+# --reduce-range pins the recipe (no recipe probe): these tests count the sweep's candidates
 TUNE_ARGS = ["--input-size", "32", "--calibration", "8", "--eval", "24", "--latency-runs", "2",
-             "--ranking-images", "4"]
+             "--ranking-images", "4", "--reduce-range"]
 
 
 def run_cli(*argv: str) -> int:
@@ -34,7 +35,8 @@ def run_cli(*argv: str) -> int:
 
 def test_tune_then_export_matches_plain_onnxruntime(tmp_path, tiny_model, images_dir, capsys):
     out = tmp_path / "out"
-    assert run_cli("tune", tiny_model, "--images", images_dir, "--out", out, *TUNE_ARGS) == 0
+    # --allow-slower: on a tiny model INT8 may well be slower than FP32; this test is about export
+    assert run_cli("tune", tiny_model, "--images", images_dir, "--out", out, *TUNE_ARGS, "--allow-slower") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["status"]["state"] == "done"
     assert report["model"]["sha256"] and report["model"]["nodes"] > 0

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from coordinator.arguments import (add_coordinator_argument, add_limit_arguments, limits_from_args,
-                                   preprocess_from_args, settings_from_args)
+                                   preprocess_from_args, settings_from_args, tune_option_values)
 from coordinator.farm.describe import runtime_text, slots_text
 from shared.errors import InvalidArgument, NotFound
 
@@ -155,18 +155,16 @@ def batch_in_progress(message: str) -> bool:
 def _write_report(client, campaign_id: str, out: Path) -> None:
     import json
 
-    from coordinator.console import front_table
     from coordinator.console import out as stdout
+    from coordinator.console import print_summary
     from coordinator.html import write_html
 
     state, paths = client.report(campaign_id, out)
     for path in paths:
         if path.name == "report.json":
             report = json.loads(path.read_text())
-            for device in report.get("devices", []):
-                stdout.print(front_table(report, device))
             page = write_html(report, path.parent)
-            stdout.print(f"recommended: {report.get('pareto', {}).get('recommended')}; report: {path}; page: {page}")
+            print_summary(report, path, page=page)
     if state != "done":
         stdout.print(f"campaign {campaign_id} is {state}: the report is partial")
 
@@ -269,7 +267,7 @@ def spec_from_tune_args(args: argparse.Namespace):
 
     hub_model = is_hub_ref(args.model)        # resolved and uploaded by spec_from_local, like a file
     model = str(args.model) if hub_model else Path(args.model).resolve()
-    sections = options.spec_sections(options.values_from_args(args))
+    sections = options.spec_sections(tune_option_values(args))
     raw = {
         "name": parse_ref(model).name if hub_model else model.stem,
         "devices": [d.strip() for d in args.devices.split(",") if d.strip()],

@@ -20,6 +20,7 @@ from coordinator.options import (OPTIONS, TUNE_OPTIONS, option_fields, parse_spe
 from coordinator.hub import is_hub_ref
 from coordinator.hub import resolve as resolve_hub
 from coordinator.preprocess import Preprocess
+from coordinator.tuner.catalog import AUTO_PROBES
 from shared.artifacts import sha256_file
 from shared.errors import InvalidArgument, NotFound, QfarmError
 from shared.settings import QuantSettings
@@ -215,6 +216,8 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
 
     strategy = _table(raw, "strategy", STRATEGY_KEYS, errors)
     options = parse_spec_values(raw, {"data": data, "strategy": strategy}, errors.add)
+    if "probe_recipes" not in strategy and "reduce_range" not in quant:   # no recipe pinned: measure the pair
+        options["probe_recipes"] = AUTO_PROBES
     errors.raise_if_any()
     return CampaignSpec(name=name, devices=devices, models=tuple(models), images=images or (),
                         calibration_images=cal_images, preprocess=preprocess, quantization=quant, tensors=tensors,

@@ -300,7 +300,8 @@ class _Builder:
         target = _map(summary.get("target"))
         met = target.get("met") if isinstance(target.get("met"), bool) else None
         objectives = ", ".join(_strs(self.pareto.get("objectives"))) or "the objectives"
-        reason = summary.get("reason")
+        decided = _map(summary.get("policy"))          # the tuner's policy: prefer, reason, verdict
+        reason = summary.get("reason", decided.get("reason"))
         inferred = not isinstance(reason, str)
         if inferred:
             if rec is None:
@@ -313,10 +314,12 @@ class _Builder:
                 reason = f"target not met: the Pareto-front member closest to the ideal point over {objectives}"
             else:
                 reason = f"the Pareto-front member closest to the ideal point over {objectives}"
-        policy = next((text(v) for v in (summary.get("prefer"), summary.get("policy"), self.settings.get("prefer"))
+        policy = next((text(v) for v in (summary.get("prefer"), decided.get("prefer"), self.settings.get("prefer"))
                        if v is not None), "")
         handled = {"fronts", "best", "recommended", "target", "reason", "prefer", "policy", "points"}
         details = [(k, v) for k, v in facts({k: v for k, v in summary.items() if k not in handled}) if v != "-"]
+        if isinstance(decided.get("verdict"), str):
+            details.insert(0, ("verdict", decided["verdict"]))
         cand = self.by_id.get(rec) if rec else None
         return Recommendation(rec, rec[:10] if rec else "none", cand.describe() if cand else "", str(reason),
                               inferred, policy, text(target.get("line")) if target.get("line") else "", met,

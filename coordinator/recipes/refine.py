@@ -22,6 +22,7 @@ from .layer_stats import FeedList, collect_layer_stats
 from .qdq_layers import quantized_layers
 
 _STEP = "recipe/refine"
+_NOT_QDQ = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear")     # QOperator / dynamic models
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,11 @@ def refine_quantized(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, f
         raise InvalidArgument("refine_quantized needs adaround and/or bias_correction", step=_STEP)
     started = time.process_time()
     layers = quantized_layers(float_model, qdq_model)
-    if not layers:
+    if not layers and any(n.op_type.startswith("QLinear") or n.op_type in _NOT_QDQ for n in qdq_model.graph.node):
         raise ModelError("the quantized model has no integer Conv/Gemm/MatMul weights to refine "
                          "(QDQ format with static quantization is needed)", step=_STEP)
+    if not layers:          # a QDQ model whose every weight layer is kept in float: nothing to refine
+        return qdq_model, RefineReport(0, cpu_seconds=time.process_time() - started)
     stats = collect_layer_stats(float_model, qdq_model, layers, feeds, gram=adaround, seed=seed, threads=threads)
     out, learned, skipped = qdq_model, {}, {}
     if adaround:

@@ -4,6 +4,7 @@ ranked nodes in parallel (agents), keeps the best; when none helps, the window s
 ranking (re-rank by measurement), until the target is met or the ranking is exhausted."""
 from __future__ import annotations
 
+from coordinator.measures import fidelity_key
 from coordinator.strategies.base import ExclusionSet, History, StrategyContext, agreement, is_ok
 
 
@@ -30,9 +31,10 @@ class GreedyStrategy:
             self.started = True
             return [base]
         if self.trials:
-            best = max(self.trials, key=lambda ex: (agreement(history.get(ex)), -len(ex)))
+            # agreement first, SQNR breaking its ties (it saturates on few-class models)
+            best = max(self.trials, key=lambda ex: (fidelity_key(history.get(ex)), -len(ex)))
             self.trials = []
-            if agreement(history.get(best)) > agreement(history.get(base)):
+            if fidelity_key(history.get(best)) > fidelity_key(history.get(base)):
                 self.current = [n for n in self.ctx.ranking if n in set(best)]
                 self.offset = 0
                 base = best

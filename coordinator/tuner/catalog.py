@@ -31,3 +31,14 @@ RANKING_METHODS = ("seqto", "quantune")
 
 #: strategies that look for the smallest candidate meeting a target (not for a whole front)
 TARGET_DRIVEN = ("bisect", "greedy")
+
+#: what the recommendation policy optimises among candidates that are faithful enough and not
+#: slower than FP32 (coordinator/policy.py)
+PREFERENCES = ("balanced", "latency", "size")
+
+#: recipes probed when the user names none and leaves reduce_range unset: 7-bit weights rescue u8s8
+#: on CPUs without VNNI and cost accuracy on CPUs with it, so neither is a safe default; both are
+#: cheap, and each device class takes the one it measures best. u8s8-bc-prefix2 (bias correction and
+#: the first two layers in float: same int8 kernels, +12-15 CPU s of build) met EfficientNet-Lite0's
+#: 99% agreement target on three data splits where u8s8 met it on none (notes in bench/recipes.py)
+AUTO_PROBES = ("u8s8", "u8s8-rr", "u8s8-bc-prefix2")

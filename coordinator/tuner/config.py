@@ -42,5 +42,7 @@ class TuneConfig:
 
     @property
     def has_target(self) -> bool:
-        """Targets: 1 - top1_agreement <= max_agreement_drop; FP32 top-1 - top-1 <= max_top1_drop."""
-        return self.max_agreement_drop is not None or self.max_top1_drop is not None
+        """Any target (coordinator/tuner/targets.py): agreement, labelled top-1, SQNR, cosine, IoU."""
+        from coordinator.tuner.targets import Targets
+
+        return Targets.from_config(self).any

@@ -22,12 +22,15 @@ log = logging.getLogger(__name__)
 RANKING_CACHE_VERSION = "1"   # bump when the ranking's measurement changes
 
 
-def rank(run: TuneRun) -> list[str]:
-    """Quantizable nodes, most damaged first (the report's `ranking`, resumed when present)."""
+def rank(run: TuneRun, record: bool = True) -> list[str]:
+    """Quantizable nodes under the current recipe (run.settings), most damaged first. `record`: it
+    is the report's `ranking` (the primary device's), resumed when present; another device class's
+    recipe only reads the content-keyed cache."""
     cfg, ws, report = run.config, run.ws, run.state.report
-    if report.get("ranking") and report.get("ranking_method") == cfg.ranking_method:
-        return [r["node"] for r in report["ranking"]]
     chosen = run.settings
+    if record and report.get("ranking") and report.get("ranking_method") == cfg.ranking_method \
+            and report.get("ranking_settings", chosen.canonical()) == chosen.canonical():
+        return [r["node"] for r in report["ranking"]]
     qdq_settings = chosen if (chosen.is_static and chosen.format == "qdq") else \
         QuantSettings(per_channel=chosen.per_channel, reduce_range=chosen.reduce_range,
                       calibration_images=chosen.calibration_images, recipe=chosen.recipe)
@@ -46,9 +49,11 @@ def rank(run: TuneRun) -> list[str]:
     if rows is None:
         rows = measure_ranking(run, chosen, qdq_settings, calibration)
         atomic_write_text(cached, json.dumps(rows))
-    report["ranking"] = rows
-    report["ranking_method"] = cfg.ranking_method
-    run.state.save()
+    if record:
+        report["ranking"] = rows
+        report["ranking_method"] = cfg.ranking_method
+        report["ranking_settings"] = chosen.canonical()
+        run.state.save()
     return [r["node"] for r in rows]
 
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from coordinator.pareto import effective_objectives, pareto
+from coordinator.policy import Policy, comparison, decide_report
 from coordinator.quantize import BuiltCandidate, CandidateSpec
 from coordinator.report import SCHEMA_VERSION, identity_mismatch, read_report, write_report
 from coordinator.tuner.config import TuneConfig
@@ -25,12 +25,13 @@ class ReportState:
     """One tune's report; `devices[0]` is the primary device (what strategies and probes look at)."""
 
     def __init__(self, path: Path, report: dict[str, Any], devices: tuple[str, ...], objectives: tuple[str, ...],
-                 targets: Targets):
+                 targets: Targets, policy: Policy = Policy()):
         self.path = Path(path)
         self.report = report
         self.devices = tuple(devices)
         self.objectives = tuple(objectives)
         self.targets = targets
+        self.policy = policy
 
     # -- load and save -------------------------------------------------------------------------
     @classmethod
@@ -38,7 +39,7 @@ class ReportState:
         """The report of this tune: resumed from `config.out`, or new. A report of another tune
         (different model, settings or data) there is refused, not overwritten."""
         path = config.out / "report.json"
-        targets = Targets(config.max_agreement_drop, config.max_top1_drop)
+        targets = Targets.from_config(config)
         if path.exists():
             report = read_report(path)
             diff = identity_mismatch(report, ws.identity)
@@ -49,7 +50,7 @@ class ReportState:
             report["status"] = {**report.get("status", {}), "state": "running"}
         else:
             report = _new_report(config, ws, devices)
-        return cls(path, report, devices, config.objectives, targets)
+        return cls(path, report, devices, config.objectives, targets, Policy.from_config(config))
 
     def save(self) -> None:
         write_report(self.path, self.report)
@@ -122,10 +123,10 @@ class ReportState:
         return fresh
 
     # -- views ---------------------------------------------------------------------------------
-    def history(self, settings: QuantSettings) -> dict[tuple[str, ...], dict]:
-        """Primary-device results by exclusion set, as strategies see them (plain exclusions with
-        `settings`, no int16 ladder)."""
-        device = self.devices[0]
+    def history(self, settings: QuantSettings, device: str | None = None) -> dict[tuple[str, ...], dict]:
+        """Results on `device` (default: the primary) by exclusion set, as strategies see them (plain
+        exclusions with `settings`, no int16 ladder)."""
+        device = device or self.devices[0]
         current = settings.to_dict()
         return {tuple(c["excluded_nodes"]): {**c["results"][device], "size_bytes": c["size_bytes"]}
                 for c in self.report["candidates"]
@@ -136,18 +137,12 @@ class ReportState:
 
     # -- fronts and the end --------------------------------------------------------------------
     def update_fronts(self) -> None:
-        per_device = {}
-        for device in self.devices:
-            results = {c["id"]: {**c["results"][device], "size_bytes": c["size_bytes"]}
-                       for c in self.report["candidates"] if device in c["results"]}
-            objectives = effective_objectives(self.objectives, results)
-            res = pareto(results, objectives)
-            target = self.targets.summary(device, results, self.fp32_top1(device))
-            recommended = target["candidate"] if target and target["met"] else res.recommended
-            per_device[device] = {"fronts": res.fronts, "recommended": recommended, "best": res.best,
-                                  "target": target, "objectives": list(objectives)}
-        primary = per_device[self.devices[0]]
-        self.report["pareto"] = {**primary, "per_device": per_device}
+        """Fronts, recommendation and policy per device (coordinator/policy.py), and the comparison
+        between device classes when there are several."""
+        self.report["pareto"] = decide_report(self.report, self.devices, self.objectives, self.targets, self.policy)
+        compared = comparison(self.report, self.devices)
+        if compared is not None:
+            self.report["comparison"] = compared
 
     def finish(self, evaluations: int, resumed: int, elapsed: float, stopped_by: str | None) -> None:
         self.update_fronts()

@@ -1,51 +1,69 @@
 """Targets of a tune and whether a result meets them: top-1 agreement with FP32
-(max_agreement_drop) and labelled top-1 against the FP32 model's (max_top1_drop)."""
+(max_agreement_drop), labelled top-1 against the FP32 model's (max_top1_drop), and fidelity of the
+outputs to FP32's (min_sqnr_db, min_cosine, min_iou). A target whose metric a result does not carry
+is not met by it: nothing is assumed. Which meeting candidate is recommended is the policy's call
+(coordinator/policy.py)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 EPSILON = 1e-12     # a result exactly at the target meets it, whatever the float rounding
+
+#: the lower bounds on a fidelity metric: target field -> (result key, how it is shown)
+FLOORS = {"min_sqnr_db": ("output_sqnr_db", "SQNR {:.1f} dB"), "min_cosine": ("cosine", "cosine {:.4f}"),
+          "min_iou": ("iou", "IoU {:.3f}")}
 
 
 @dataclass(frozen=True)
 class Targets:
     max_agreement_drop: float | None = None
     max_top1_drop: float | None = None
+    min_sqnr_db: float | None = None
+    min_cosine: float | None = None
+    min_iou: float | None = None
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Targets":
+        """The targets among an object's fields (TuneConfig, CampaignSpec)."""
+        return cls(**{f.name: getattr(config, f.name, None) for f in fields(cls)})
 
     @property
     def any(self) -> bool:
-        return self.max_agreement_drop is not None or self.max_top1_drop is not None
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def misses(self, result: Mapping, fp32_top1: float | None) -> list[str]:
+        """What keeps `result` (a report entry) from meeting the targets, one phrase each; [] = met.
+        `fp32_top1`: the FP32 model's labelled top-1 on the same device (None when unlabelled)."""
+        if result.get("status") != "ok":
+            return [f"status {result.get('status')}"]
+        out = []
+        if self.max_agreement_drop is not None:
+            agreement = result.get("top1_agreement")
+            if agreement is None:
+                out.append("agreement not measured")
+            elif 1.0 - agreement > self.max_agreement_drop + EPSILON:
+                out.append(f"agreement {agreement * 100:.1f}% < {(1 - self.max_agreement_drop) * 100:.1f}%")
+        if self.max_top1_drop is not None:
+            top1 = result.get("top1_accuracy")
+            if fp32_top1 is None or top1 is None:
+                out.append("labelled top-1 not measured")
+            elif fp32_top1 - top1 > self.max_top1_drop + EPSILON:
+                out.append(f"top-1 {top1 * 100:.1f}% < FP32 {fp32_top1 * 100:.1f}% - "
+                           f"{self.max_top1_drop * 100:.1f} pt")
+        for name, (key, shown) in FLOORS.items():
+            floor = getattr(self, name)
+            if floor is None:
+                continue
+            value = result.get(key)
+            if not isinstance(value, (int, float)) or value != value:       # absent or NaN
+                out.append(f"{shown.split()[0]} not measured")
+            elif value < floor - EPSILON:
+                out.append(f"{shown.format(value)} < {shown.format(floor).split(' ', 1)[1]}")
+        return out
 
     def meets(self, result: Mapping, fp32_top1: float | None) -> bool:
-        """`result`: a report entry (with size_bytes); `fp32_top1`: the FP32 model's labelled top-1
-        on the same device (None when unlabelled)."""
-        if result.get("status") != "ok":
-            return False
-        if self.max_agreement_drop is not None and (result.get("top1_agreement") is None or
-                                                    1.0 - result["top1_agreement"] > self.max_agreement_drop + EPSILON):
-            return False
-        if self.max_top1_drop is not None:
-            if fp32_top1 is None or result.get("top1_accuracy") is None:
-                return False
-            if fp32_top1 - result["top1_accuracy"] > self.max_top1_drop + EPSILON:
-                return False
-        return True
-
-    def summary(self, device: str, results: Mapping[str, Mapping], fp32_top1: float | None) -> dict | None:
-        """The report's `pareto.per_device[<device>].target`: whether a candidate meets the targets
-        (the smallest that does is recommended) and one line saying so."""
-        if not self.any:
-            return None
-        meeting = [cid for cid, r in results.items() if self.meets(r, fp32_top1)]
-        target = {"max_agreement_drop": self.max_agreement_drop, "max_top1_drop": self.max_top1_drop}
-        if meeting:
-            best = min(meeting, key=lambda cid: (results[cid]["size_bytes"], -results[cid]["top1_agreement"], cid))
-            return {**target, "met": True, "candidate": best,
-                    "line": f"target met on {device} by {best} "
-                            f"(agreement {results[best]['top1_agreement'] * 100:.1f}%)"}
-        ok = [r for r in results.values() if r.get("status") == "ok" and r.get("top1_agreement") is not None]
-        best_agree = max((r["top1_agreement"] for r in ok), default=None)
-        shown = "none measured" if best_agree is None else f"best agreement {best_agree * 100:.1f}%"
-        return {**target, "met": False, "candidate": None,
-                "line": f"target not met on {device}: {shown}; the best-so-far front is kept"}
+        return not self.misses(result, fp32_top1)
