@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from coordinator.prepare import PreparedModel, sha256_file
 from shared.atomic import publish
 from shared.errors import InvalidArgument, ModelError
-from shared.feeds import Feeds, num_samples, take
+from shared.feeds import Feeds, load_npz, num_samples, take
 from shared.feeds import digest as feeds_digest
 from shared.settings import CALIBRATION_FREE_RECIPES, REFINE_RECIPES, QuantSettings
 
@@ -242,3 +242,39 @@ def spec_for(prepared: PreparedModel, settings: QuantSettings, excluded: Sequenc
              int16_nodes: Sequence[str] = (), calibration_digest: str = "") -> CandidateSpec:
     return CandidateSpec(prepared.sha256, settings, validate_node_names(prepared, excluded),
                          validate_node_names(prepared, int16_nodes, what="int16 node"), calibration_digest)
+
+
+# -- as build-worker tasks (coordinator/buildpool.py): files in, JSON out ---------------------------
+def _batch(calibration_file: str | Path | None) -> Feeds | None:
+    return None if calibration_file is None else load_npz(Path(calibration_file))
+
+
+def built_fields(cand: BuiltCandidate) -> dict:
+    return {"path": str(cand.path), "sha256": cand.sha256, "size_bytes": cand.size_bytes}
+
+
+def build_task(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration_file: Path | None,
+               cache_dir: Path) -> dict:
+    """`build_candidate` with the calibration batch read from its .npy file."""
+    return built_fields(build_candidate(prepared, spec, out_dir, _batch(calibration_file), cache_dir))
+
+
+def calibrate_task(prepared: PreparedModel, spec: CandidateSpec, calibration_file: Path, cache_dir: Path) -> dict:
+    return {"cache": str(ensure_calibration(prepared, spec, _batch(calibration_file), cache_dir))}
+
+
+def ensure_calibration(prepared: PreparedModel, spec: CandidateSpec, calibration: Feeds,
+                       cache_dir: Path) -> Path:
+    """Compute and cache the calibration ranges `spec` needs (once per model, batch and
+    `calibration_key`), so every candidate is then built from the same cached ranges, whichever
+    process builds it and whether or not it came first. The model quantized on the way is discarded."""
+    cache = calibration_cache_path(prepared, spec.settings, calibration, cache_dir)
+    if not cache.is_file():
+        plain = CandidateSpec(spec.model_sha256, spec.settings, (), (), spec.calibration_digest)
+        with tempfile.TemporaryDirectory(prefix="qfarm-cal-", dir=cache_dir) as tmp:
+            try:
+                _quantize(prepared, plain, Path(tmp) / "calibrating.onnx", calibration, cache_dir, {})
+            except ModelError:
+                if not cache.is_file():    # the ranges are saved before quantizing: a later failure is a build's
+                    raise
+    return cache
