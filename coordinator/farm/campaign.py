@@ -23,6 +23,7 @@ from coordinator.buildpool import BuildLimits, BuildPool
 from coordinator.farm.evaluator import CampaignCancelled, CampaignStopped, FarmContext, FarmEvaluator
 from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, TensorRefs, spec_from_wire
 from coordinator.farm.states import FINISHED, CampaignState
+from coordinator.tuner.state import ReportPolicy
 from shared.atomic import atomic_output, link_or_copy
 from shared.errors import FailedPrecondition, NotFound, QfarmError
 
@@ -37,6 +38,7 @@ class CampaignManager:
         self.ctx = ctx
         self.data_dir = Path(data_dir)
         self.build = build
+        self.report_policy = ReportPolicy()      # when a running tune's report.json is rewritten whole
         self._pool: BuildPool | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._cancelled: dict[str, threading.Event] = {}
@@ -237,7 +239,7 @@ class CampaignManager:
                                       cancelled=cancelled)
             events = TuneEvents(on_stage=lambda stage: self._message(campaign_id, f"{label} {stage}"),
                                 on_plan=on_plan, on_result=on_result)
-            tuner = Tuner(config, evaluator, events, pool=self.pool())
+            tuner = Tuner(config, evaluator, events, pool=self.pool(), report_policy=self.report_policy)
             self._tuners[work] = tuner
             try:
                 report = tuner.run()
