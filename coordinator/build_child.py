@@ -1,7 +1,9 @@
 """A build worker: `python -m coordinator.build_child --serve PARENT_PID [--memory-mb N]`, started
 by coordinator/buildpool.py. Each request (a pickle written by the coordinator) names a function
 and its arguments; the answer, `<out>/answer.json`, is its JSON return value, the typed error it
-raised, or the crash (`oom`) that ended it. After running out of memory the worker exits: its
+raised, or the crash (`oom`) that ended it, plus the log records (warnings and up) the task
+emitted, which the coordinator logs again as its own (so `coordinator tune` still files
+onnxruntime's warnings in third-party.log). After running out of memory the worker exits: its
 heap is not trusted with the next task, and the pool starts a fresh one."""
 from __future__ import annotations
 
@@ -18,8 +20,34 @@ from shared.errors import QfarmError
 from shared.results import CrashCause, CrashKind, is_oom
 
 
+MAX_RECORDS = 200      # log records one answer carries back
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[dict] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < MAX_RECORDS:
+            self.records.append({"name": record.name, "level": record.levelno, "message": record.getMessage()[:2000]})
+
+
 def answer(request_path: Path) -> bool:
     """Run one request; False (exit after answering) when it ran out of memory."""
+    root = logging.getLogger()
+    records = _Records()
+    root.addHandler(records)
+    try:
+        reply, keep_serving = _run(request_path)
+    finally:
+        root.removeHandler(records)
+    reply["log"] = records.records
+    atomic_write_text(Path(reply.pop("out")) / "answer.json", json.dumps(reply))
+    return keep_serving
+
+
+def _run(request_path: Path) -> tuple[dict, bool]:
     from coordinator.buildpool import run_task
 
     request = pickle.loads(Path(request_path).read_bytes())
@@ -41,8 +69,7 @@ def answer(request_path: Path) -> bool:
             reply, keep_serving = _oom(exc), False
         else:
             reply = {"error": {"type": "QfarmError", "message": f"{type(exc).__name__}: {exc}", "step": "build"}}
-    atomic_write_text(out / "answer.json", json.dumps(reply))
-    return keep_serving
+    return {**reply, "out": str(out)}, keep_serving
 
 
 def _oom(exc: BaseException) -> dict:

@@ -239,6 +239,10 @@ class BuildPool:
             answer = json.loads(answer_path.read_text())
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+        for record in answer.get("log", ()):     # the task's warnings, as if logged here (third-party.log)
+            name = str(record.get("name", ""))
+            logging.getLogger(None if name == "root" else name).log(int(record.get("level", logging.WARNING)), "%s",
+                                                                    record.get("message", ""))
         if "crash" in answer:               # the worker exits after answering: wait for it, the next task gets a new one
             worker.close()
             raise BuildCrashed(task.what, CrashCause.parse(answer["crash"]), self.limits, answer.get("stderr", ""))

@@ -45,7 +45,7 @@ class Tuner:
         tune has a report."""
         if self.state is None:
             return False
-        self.state.materialise()
+        self.state.materialise(if_changed=True)
         return True
 
     def run(self) -> dict:

@@ -122,9 +122,12 @@ class ReportState:
         """Materialise now (kept for phases that change `report` in place)."""
         self.materialise()
 
-    def materialise(self) -> None:
-        """Write report.json whole (atomically) and start an empty journal."""
+    def materialise(self, if_changed: bool = False) -> None:
+        """Write report.json whole (atomically) and start an empty journal; with `if_changed`, only
+        when something changed since the last write (readers polling a running tune)."""
         with self._lock:
+            if if_changed and not self._pending and not self._fronts_dirty:
+                return
             self._cancel_timer()
             self._refresh_fronts()
             write_report(self.path, self._report)
