@@ -126,9 +126,21 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                             "above it fails with cause oom")
     group.add_argument("--build-timeout-s", type=float, default=d.timeout_s, metavar="S",
                        help=f"time limit of one build task (default {d.timeout_s:g})")
+    from coordinator.tuner.state import ReportPolicy
+
+    p.add_argument("--report-interval-s", type=float, default=ReportPolicy().every_s, metavar="S",
+                   help="a running tune's report.json is rewritten whole at most this often (results are "
+                        "journaled as they arrive; phases, the end and report requests write it at once); "
+                        "0: after every result")
 
 
 def build_limits_from_args(args: argparse.Namespace):
     from coordinator.buildpool import BuildLimits
 
     return BuildLimits(workers=args.build_workers, memory_mb=args.build_memory_mb, timeout_s=args.build_timeout_s)
+
+
+def report_policy_from_args(args: argparse.Namespace):
+    from coordinator.tuner.state import ReportPolicy
+
+    return ReportPolicy(every_s=args.report_interval_s)

@@ -77,9 +77,19 @@ def _oom(exc: BaseException) -> dict:
     return {"crash": str(CrashCause(CrashKind.OOM)), "stderr": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
+def prefer_to_be_killed() -> None:
+    """If the host runs out of memory anyway (several workers near their limit), the kernel's
+    OOM killer takes a build worker (its task fails with signal:SIGKILL), not the coordinator."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+    except OSError as exc:   # not Linux, or not allowed: the address-space limit still applies
+        print(f"cannot raise oom_score_adj: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    prefer_to_be_killed()
     served = serve_main(args, answer)
     if served is None:
         print("usage: python -m coordinator.build_child --serve PARENT_PID [--memory-mb N]", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 from coordinator import options
 from coordinator.arguments import (add_build_arguments, add_data_arguments, add_farm_tune_arguments,
                                    add_quant_arguments, build_limits_from_args, preprocess_from_args,
-                                   settings_from_args)
+                                   report_policy_from_args, settings_from_args)
 from shared.atomic import atomic_output
 from shared.errors import InvalidArgument, NotFound, QfarmError
 
@@ -80,7 +80,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=False, disable=not console.is_terminal) as progress:
         events = progress_events(progress) if console.is_terminal else line_events(out.print)
-        report = Tuner(config, evaluator, events, pool=pool).run()
+        report = Tuner(config, evaluator, events, pool=pool, report_policy=report_policy_from_args(args)).run()
     write_plots(report, args.out)
     html = write_html(report, args.out)
     for device in report["devices"]:

@@ -34,11 +34,12 @@ MESSAGE_EVERY_S = 0.5       # a campaign's "n/m results" line is stored at most 
 
 
 class CampaignManager:
-    def __init__(self, ctx: FarmContext, data_dir: Path, build: BuildLimits = BuildLimits()):
+    def __init__(self, ctx: FarmContext, data_dir: Path, build: BuildLimits = BuildLimits(),
+                 report_policy: ReportPolicy = ReportPolicy()):
         self.ctx = ctx
         self.data_dir = Path(data_dir)
         self.build = build
-        self.report_policy = ReportPolicy()      # when a running tune's report.json is rewritten whole
+        self.report_policy = report_policy       # when a running tune's report.json is rewritten whole
         self._pool: BuildPool | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._cancelled: dict[str, threading.Event] = {}
@@ -201,6 +202,8 @@ class CampaignManager:
                 return
             log.exception("campaign %s crashed", campaign_id)
             self._fail(campaign_id, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._threads.pop(campaign_id, None)     # wait() on a finished campaign reads its state
 
     def _fail(self, campaign_id: str, reason: str) -> None:
         if self._set(campaign_id, CampaignState.FAILED, reason):
@@ -208,7 +211,6 @@ class CampaignManager:
         self.ctx.scheduler.cancel_unwanted(campaign_id)
 
     def _run_model(self, campaign_id: str, spec: CampaignSpec, model: ModelEntry) -> None:
-        from coordinator.plots import write_plots
         from coordinator.report import write_report
         from coordinator.tune import Tuner, TuneEvents
 
@@ -248,7 +250,8 @@ class CampaignManager:
         with atomic_output(self.report_dir(campaign_id, model)) as staging:
             staging.mkdir()
             write_report(staging / "report.json", report)
-            write_plots(report, staging)
+            self.pool().call("coordinator.plots:plots_task", str(staging / "report.json"), str(staging),
+                             what=f"the plots of {model.name}")
 
     def _share_builds(self, work: Path) -> None:
         """Prepared models, candidate files and calibration ranges are named by content, so every

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from coordinator.arguments import (add_build_arguments, add_coordinator_argument, add_limit_arguments,
                                    build_limits_from_args, limits_from_args, preprocess_from_args,
-                                   settings_from_args)
+                                   report_policy_from_args, settings_from_args)
 from coordinator.farm.describe import runtime_text, slots_text
 from shared.errors import InvalidArgument, NotFound
 
@@ -67,7 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     security = server_security_from_args(args)
     server, port = build_server(ServerConfig(data_dir=args.data_dir, host=args.host, port=args.port, policy=policy,
                                              max_workers=args.max_workers, limits=limits_from_args(args),
-                                             security=security, build=build_limits_from_args(args)))
+                                             security=security, build=build_limits_from_args(args),
+                                             report=report_policy_from_args(args)))
     stop = threading.Event()
 
     def on_signal(signum, frame):

@@ -110,6 +110,7 @@ class FarmEvaluator:
         self._fp32: dict[str, job_pb2.Artifact] = {}
         self._base: job_pb2.Artifact | None = None
         self._data: dict[str, tuple[str, job_pb2.EvalData]] = {}
+        self._last_data: tuple[object, tuple[str, job_pb2.EvalData]] | None = None   # hashing data is O(data)
         self._waiting_since: dict[str, float] = {}
         self._last_message = ""
         self._cursor: int | None = None         # the last result row read from the store
@@ -174,9 +175,13 @@ class FarmEvaluator:
 
     # -- helpers ------------------------------------------------------------------------------
     def _eval_data(self, data) -> tuple[str, job_pb2.EvalData]:
-        """The inputs/labels artifacts and the data key that enters every job id (memoised)."""
+        """The inputs/labels artifacts and the data key that enters every job id (memoised: the same
+        data object, as every batch of a tune passes, is not hashed again)."""
+        if self._last_data is not None and self._last_data[0] is data:
+            return self._last_data[1]
         digest = f"{data.digest()}|{data.latency_runs}|{data.task}|{data.metric or ''}"
         if digest in self._data:
+            self._last_data = (data, self._data[digest])
             return self._data[digest]
         evaldata = job_pb2.EvalData(latency_runs=data.latency_runs, task=data.task, metric=data.metric or "")
         if data.source is not None and data.source.is_file():   # a build worker wrote npz_bytes(feeds): no copy
@@ -189,6 +194,7 @@ class FarmEvaluator:
         text = f"{evaldata.inputs.sha256}|{evaldata.labels.sha256}|{data.latency_runs}|{data.task}|{data.metric or ''}"
         key = hashlib.sha256(text.encode()).hexdigest()[:12]
         self._data[digest] = (key, evaldata)
+        self._last_data = (data, (key, evaldata))
         return key, evaldata
 
     def _submit(self, cand, key: str, evaldata: job_pb2.EvalData) -> dict[str, tuple[str, str]]:
