@@ -98,3 +98,20 @@ def test_memory_bombs_fail_their_campaigns_and_the_coordinator_keeps_serving(tmp
         assert during_bombs < 600 * 2**20
     finally:
         stop_process(proc)
+
+
+def test_a_local_tune_of_a_memory_bomb_is_one_clear_error(tmp_path):
+    """`coordinator tune` builds in the same limited workers: the bomb is an `oom` error naming the
+    flag (exit code 2), not a tune that takes the machine's memory."""
+    import subprocess
+    import sys
+
+    from tests.farm_support import ROOT
+
+    bomb = make_calibration_bomb(tmp_path / "bomb.onnx")
+    proc = subprocess.run([sys.executable, "-m", "coordinator.cli", "tune", str(bomb), "--images", str(IMAGES),
+                           "--out", str(tmp_path / "out"), "--input-size", "32", "--calibration", "8", "--eval", "2",
+                           "--latency-runs", "1", "--build-memory-mb", str(BUILD_MEMORY_MB)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "crash oom" in proc.stderr and "--build-memory-mb 1024" in proc.stderr
