@@ -205,7 +205,7 @@ def cmd_report(args) -> None:
     import numpy as np
 
     from coordinator.evaluators import EvalInputs
-    from coordinator.prepare import PreparedModel
+    from coordinator.prepare import ModelInput, PreparedModel
     from coordinator.quantize import BuiltCandidate, CandidateSpec
     from coordinator.tuner.config import TuneConfig
     from coordinator.tuner.state import ReportPolicy, ReportState
@@ -214,9 +214,10 @@ def cmd_report(args) -> None:
     from shared.runners.base import RunnerInfo
 
     nodes = tuple(f"block{i}/conv" for i in range(args.candidates + 8))
-    prepared = PreparedModel(Path("m.onnx"), Path("p.onnx"), "ab" * 32, 18_600_000, "input", (None, 3, 224, 224),
-                             "logits", nodes, ("Conv",) * len(nodes))
-    ws = Workspace(prepared, None, EvalInputs(np.zeros((1, 3, 8, 8), np.float32), None, "input", 20), "c",
+    prepared = PreparedModel(Path("m.onnx"), Path("p.onnx"), "ab" * 32, 18_600_000,
+                             (ModelInput("input", (None, 3, 224, 224), "float32"),), ("logits",), nodes,
+                             ("Conv",) * len(nodes))
+    ws = Workspace(prepared, None, EvalInputs({"input": np.zeros((1, 3, 8, 8), np.float32)}, None, 20), "c",
                    {"model_sha256": "ab" * 32}, ())
     ranking = [{"node": n, "op_type": "Conv", "score": 0.5, "rank": i + 1, "tensor": n + ":0",
                 "seqto": {"score": 0.5, "qdq_sqnr_db": 30.0, "xmodel_sqnr_db": 20.0, "qdq_norm": 0.4, "xmodel_norm": 0.3},

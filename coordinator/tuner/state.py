@@ -85,7 +85,8 @@ class ReportState:
         self._timer: threading.Timer | None = None
         self._closed = False
         self.materialisations = 0              # whole-report writes (tests, benchmarks)
-        self._journal = open(journal_path(self.path), "a", encoding="utf-8")
+        self._journal = None           # opened with the first change, once report.json is on disk
+        self._on_disk = self.path.exists()
 
     # -- load and save -------------------------------------------------------------------------
     @classmethod
@@ -108,8 +109,9 @@ class ReportState:
             journal_path(path).unlink(missing_ok=True)   # no report: a journal here belongs to nothing
             report = _new_report(config, ws, devices)
         state = cls(path, report, devices, config.objectives, targets, policy)
-        state.materialise()             # report.json exists (and is current) before any journal line
-        return state
+        if state._on_disk:
+            state.materialise()         # the replayed journal into report.json, an empty journal
+        return state                    # a new report is written by its first change (a failed start leaves none)
 
     @property
     def report(self) -> dict[str, Any]:
@@ -131,8 +133,11 @@ class ReportState:
             self._cancel_timer()
             self._refresh_fronts()
             write_report(self.path, self._report)
-            if not self._journal.closed:
+            self._on_disk = True
+            if self._journal is not None and not self._journal.closed:
                 self._journal.truncate(0)
+            elif self._journal is None:     # a resumed tune's replayed journal: in report.json now
+                journal_path(self.path).unlink(missing_ok=True)
             self._pending = 0
             self._last_write = self.clock()
             self.materialisations += 1
@@ -145,7 +150,8 @@ class ReportState:
             if self._pending:
                 self.materialise()
             self._cancel_timer()
-            self._journal.close()
+            if self._journal is not None:
+                self._journal.close()
             self._closed = True
 
     def set_section(self, key: str, value: Any) -> None:
@@ -217,6 +223,11 @@ class ReportState:
             if self._changes_fronts(self._index.get(cid), fields, line["results"]):
                 self._fronts_dirty = True
             _apply(self._report, self._index, line)
+            if not self._on_disk:       # the journal only ever follows a report.json of this tune
+                self.materialise()
+                return
+            if self._journal is None:
+                self._journal = open(journal_path(self.path), "a", encoding="utf-8")
             self._journal.write(json.dumps(line, separators=(",", ":")) + "\n")
             self._journal.flush()
             self._pending += 1
