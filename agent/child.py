@@ -8,16 +8,13 @@ A request names local files (already fetched and verified by the agent); the out
 to `<out>/result.json` (and, for a reference job, the FP32 outputs to `<out>/fp32.npz`).
 In serve mode the request paths arrive one per line on stdin and each finished job is answered
 by one line on the original stdout; everything else the process prints goes to stderr.
-`--memory-mb N` caps the worker's address space (RLIMIT_AS) before it takes jobs; a job that runs
-out of it (MemoryError, a failed runtime allocation) is a crash with cause `oom`."""
+`--memory-mb N` caps the worker's address space (RLIMIT_AS) before it takes jobs (shared/child.py);
+a job that runs out of it (MemoryError, a failed runtime allocation) is a crash with cause `oom`."""
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import resource
-import signal
 import sys
 import time
 import traceback
@@ -26,25 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from shared.atomic import atomic_output, atomic_write_text
+from shared.child import die_with_parent, serve_main
 from shared.results import CrashCause, CrashKind, DeviceResult
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """A job must not outlive a SIGKILLed agent (Linux; elsewhere the timeout still applies)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        return
-    if os.getppid() != parent_pid:
-        os._exit(3)
-
-
-def limit_memory(megabytes: int) -> None:
-    """Cap this process's address space; allocations beyond it fail instead of swapping the host."""
-    limit = megabytes << 20
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def run(request: dict) -> DeviceResult:
@@ -97,31 +77,13 @@ def answer(request_path: Path) -> None:
     atomic_write_text(Path(request["out"]) / "result.json", json.dumps(result.to_json()))
 
 
-def serve(parent_pid: int, memory_mb: int = 0) -> int:
-    """Answer request paths from stdin until it closes; the protocol keeps its own copy of stdout."""
-    _die_with_parent(parent_pid)
-    if memory_mb:
-        limit_memory(memory_mb)
-    protocol = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)                       # stray prints of runtimes cannot corrupt the protocol
-    sys.stdout = sys.stderr
-    for line in sys.stdin:
-        path = line.strip()
-        if not path:
-            continue
-        answer(Path(path))
-        sys.stderr.flush()
-        protocol.write(f"done {path}\n")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args[:1] == ["--serve"]:
-        memory_mb = int(args[3]) if args[2:3] == ["--memory-mb"] else 0
-        return serve(int(args[1]), memory_mb)
-    _die_with_parent(os.getppid())
+    served = serve_main(args, answer)
+    if served is not None:
+        return served
+    die_with_parent(os.getppid())
     answer(Path(args[0]))
     return 0
 

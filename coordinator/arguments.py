@@ -124,3 +124,38 @@ def add_farm_tune_arguments(p: argparse.ArgumentParser) -> None:
     from shared.auth import add_client_arguments
 
     add_client_arguments(p)
+
+
+def add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the coordinator's heavy work runs (coordinator/buildpool.py): preparing the model and
+    data, calibration, the sensitivity ranking and candidate builds, in worker processes."""
+    from coordinator.buildpool import BuildLimits
+
+    d = BuildLimits()
+    group = p.add_argument_group("build workers (model preparation, calibration, ranking, candidate builds)")
+    group.add_argument("--build-workers", type=int, default=d.workers, metavar="N",
+                       help=f"processes building at once (default: cores - 1 = {d.workers}); 0 builds in this "
+                            "process, without memory or time limits (debugging only)")
+    group.add_argument("--build-memory-mb", type=int, default=d.memory_mb, metavar="MB",
+                       help=f"address-space limit of each build worker (default {d.memory_mb}; 0: none); a build "
+                            "above it fails with cause oom")
+    group.add_argument("--build-timeout-s", type=float, default=d.timeout_s, metavar="S",
+                       help=f"time limit of one build task (default {d.timeout_s:g})")
+    from coordinator.tuner.state import ReportPolicy
+
+    p.add_argument("--report-interval-s", type=float, default=ReportPolicy().every_s, metavar="S",
+                   help="a running tune's report.json is rewritten whole at most this often (results are "
+                        "journaled as they arrive; phases, the end and report requests write it at once); "
+                        "0: after every result")
+
+
+def build_limits_from_args(args: argparse.Namespace):
+    from coordinator.buildpool import BuildLimits
+
+    return BuildLimits(workers=args.build_workers, memory_mb=args.build_memory_mb, timeout_s=args.build_timeout_s)
+
+
+def report_policy_from_args(args: argparse.Namespace):
+    from coordinator.tuner.state import ReportPolicy
+
+    return ReportPolicy(every_s=args.report_interval_s)

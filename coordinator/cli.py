@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from coordinator import options
-from coordinator.arguments import (add_data_arguments, add_farm_tune_arguments, add_quant_arguments,
-                                   preprocess_from_args, settings_from_args, tune_option_values)
+from coordinator.arguments import (add_build_arguments, add_data_arguments, add_farm_tune_arguments,
+                                   add_quant_arguments, build_limits_from_args, preprocess_from_args,
+                                   report_policy_from_args, settings_from_args, tune_option_values)
 from shared.atomic import atomic_output
 from shared.errors import InvalidArgument, NotFound, QfarmError
 
@@ -31,6 +32,7 @@ def add_tune(sub) -> None:
     from shared.latency import add_lock_arguments
 
     add_lock_arguments(p)                                # the host-wide timing lock, shared with agents
+    add_build_arguments(p)                               # local builds; a farm's are its coordinator's
     add_farm_tune_arguments(p)                           # farm mode: --coordinator, --devices
     p.set_defaults(func=cmd_tune)
 
@@ -48,6 +50,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from shared.runners.ort import OrtConfig, OrtRunner
+    from coordinator.buildpool import BuildPool
     from coordinator.console import console, out, print_summary, progress_events
     from coordinator.evaluators import LocalEvaluator
     from coordinator.html import write_html
@@ -73,11 +76,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         load_metric(config.metric)                       # importable here, or one line before anything runs
     runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads))
     evaluator = LocalEvaluator(runner, args.out / "cache", latency_lock=check_lock_path(args.latency_lock))
-    with divert_third_party(args.out) as diverted, \
+    with BuildPool(build_limits_from_args(args)) as pool, divert_third_party(args.out) as diverted, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                      console=console, transient=False, disable=not console.is_terminal) as progress:
         events = progress_events(progress) if console.is_terminal else line_events(out.print)
-        report = Tuner(config, evaluator, events).run()
+        report = Tuner(config, evaluator, events, pool=pool, report_policy=report_policy_from_args(args)).run()
     write_plots(report, args.out)
     html = write_html(report, args.out)
     print_summary(report, args.out / "report.json", page=html,

@@ -31,6 +31,7 @@ class EvalInputs:
     latency_runs: int
     task: str = "auto"
     metric: str | None = None
+    source: Path | None = None             # the feeds' npz_bytes on disk, when a build worker wrote them
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feeds", {name: np.asarray(a) for name, a in self.feeds.items()})

@@ -75,3 +75,12 @@ def write_plots(report: Mapping, out_dir: Path) -> list[Path]:
     for device in report.get("devices", []):
         paths.append(plot_objectives(report, device, out_dir / f"objectives-{device}.png"))
     return paths
+
+
+def plots_task(report_path: str, out_dir: str) -> list[str]:
+    """`write_plots` for a report.json on disk, as a build-worker task: the coordinator process never
+    loads matplotlib (its memory and CPU stay with the workers)."""
+    import json
+
+    report = json.loads(Path(report_path).read_text())
+    return [str(path) for path in write_plots(report, Path(out_dir))]

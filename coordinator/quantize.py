@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from coordinator.prepare import PreparedModel, sha256_file
-from shared.atomic import publish
+from shared.atomic import link_or_copy, publish
 from shared.errors import InvalidArgument, ModelError
-from shared.feeds import Feeds, num_samples, take
+from shared.feeds import Feeds, load_npz, num_samples, take
 from shared.feeds import digest as feeds_digest
 from shared.settings import CALIBRATION_FREE_RECIPES, REFINE_RECIPES, QuantSettings
 
@@ -149,18 +149,23 @@ def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, cal
 
 
 def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibration: Feeds | None,
-              cache_dir: Path, extra_options: dict) -> None:
+              cache_dir: Path, extra_options: dict, refine: bool = True) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     settings = spec.settings
     excluded = _with_float_prefix(prepared, settings, spec.excluded_nodes)
+    # onnxruntime writes <model>-inferred.onnx beside the model it quantizes, then deletes it: builds
+    # of one model running at once (build workers) would race on that file, so each reads a private link
+    source = out.parent / f"source-{prepared.path.name}"
+    link_or_copy(prepared.path, source)
     try:
         if settings.mode == "dynamic":
-            quantize_dynamic(str(prepared.path), str(out), per_channel=settings.per_channel,
+            quantize_dynamic(str(source), str(out), per_channel=settings.per_channel,
                              reduce_range=settings.reduce_range,
                              weight_type=QuantType.QInt8 if settings.weight_type == "int8" else QuantType.QUInt8,
                              nodes_to_exclude=excluded, extra_options=dict(extra_options))
-            _refine(prepared, settings, out, None)
+            if refine:
+                _refine(prepared, settings, out, None)
             return
         if calibration is None or num_samples(calibration, "calibration data") == 0:
             raise ModelError("static quantization needs calibration samples", step="quantize")
@@ -178,12 +183,13 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
             options.update(ladder)
             options["UseQDQContribOps"] = True
         quantize_static(
-            str(prepared.path), str(out), FeedsReader(calibration), quant_format=fmt,
+            str(source), str(out), FeedsReader(calibration), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
             weight_type=wt, nodes_to_exclude=excluded, calibrate_method=method,
             extra_options=options,
             calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir))
-        _refine(prepared, settings, out, calibration)
+        if refine:
+            _refine(prepared, settings, out, calibration)
     except ModelError:
         raise
     except Exception as exc:  # the quantizer raises plain exceptions; name the candidate and the cause
@@ -242,3 +248,39 @@ def spec_for(prepared: PreparedModel, settings: QuantSettings, excluded: Sequenc
              int16_nodes: Sequence[str] = (), calibration_digest: str = "") -> CandidateSpec:
     return CandidateSpec(prepared.sha256, settings, validate_node_names(prepared, excluded),
                          validate_node_names(prepared, int16_nodes, what="int16 node"), calibration_digest)
+
+
+# -- as build-worker tasks (coordinator/buildpool.py): files in, JSON out ---------------------------
+def _batch(calibration_file: str | Path | None) -> Feeds | None:
+    return None if calibration_file is None else load_npz(Path(calibration_file))
+
+
+def built_fields(cand: BuiltCandidate) -> dict:
+    return {"path": str(cand.path), "sha256": cand.sha256, "size_bytes": cand.size_bytes}
+
+
+def build_task(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration_file: Path | None,
+               cache_dir: Path) -> dict:
+    """`build_candidate` with the calibration batch read from its .npy file."""
+    return built_fields(build_candidate(prepared, spec, out_dir, _batch(calibration_file), cache_dir))
+
+
+def calibrate_task(prepared: PreparedModel, spec: CandidateSpec, calibration_file: Path, cache_dir: Path) -> dict:
+    return {"cache": str(ensure_calibration(prepared, spec, _batch(calibration_file), cache_dir))}
+
+
+def ensure_calibration(prepared: PreparedModel, spec: CandidateSpec, calibration: Feeds,
+                       cache_dir: Path) -> Path:
+    """Compute and cache the calibration ranges `spec` needs (once per model, batch and
+    `calibration_key`), so every candidate is then built from the same cached ranges, whichever
+    process builds it and whether or not it came first. The model quantized on the way is discarded."""
+    cache = calibration_cache_path(prepared, spec.settings, calibration, cache_dir)
+    if not cache.is_file():
+        plain = CandidateSpec(spec.model_sha256, spec.settings, (), (), spec.calibration_digest)
+        with tempfile.TemporaryDirectory(prefix="qfarm-cal-", dir=cache_dir) as tmp:
+            try:
+                _quantize(prepared, plain, Path(tmp) / "calibrating.onnx", calibration, cache_dir, {}, refine=False)
+            except ModelError:
+                if not cache.is_file():    # the ranges are saved before quantizing: a later failure is a build's
+                    raise
+    return cache

@@ -4,6 +4,7 @@ or with quantized models made slow the way a device without fast int8 kernels ru
 speak the runner protocol of shared/runners/base.py (run + timers), as a plugin would."""
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,3 +141,27 @@ class SlowU8NoQuantizedGemm(NoQuantizedGemm, InjectedLatency):
 
 def npu_like(options) -> SlowU8NoQuantizedGemm:
     return SlowU8NoQuantizedGemm(_config(options), {"fp32": 1.0, "int8": 0.5, "u8-weights": 3.0})
+
+
+class Gated(OrtRunner):
+    """Runs models (`run`, once per job) freely QFARM_TEST_GATE_FREE times (counted in the file
+    QFARM_TEST_GATE_COUNTER, across job workers), then waits until the file QFARM_TEST_GATE exists: a
+    test holds a campaign mid-run for as long as it needs, without sleeping on a guess."""
+
+    def _pass_gate(self) -> None:
+        counter, gate = Path(os.environ["QFARM_TEST_GATE_COUNTER"]), Path(os.environ["QFARM_TEST_GATE"])
+        with open(counter, "a") as fh:
+            fh.write(".")
+        deadline = time.monotonic() + 300
+        while counter.stat().st_size > int(os.environ["QFARM_TEST_GATE_FREE"]) and not gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the test never opened the gate")
+            time.sleep(0.05)
+
+    def run(self, model, feeds):
+        self._pass_gate()
+        return super().run(model, feeds)
+
+
+def gated(options) -> Gated:
+    return Gated(OrtConfig(optimization=options.optimization, intra_op_threads=options.threads))

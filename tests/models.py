@@ -211,3 +211,29 @@ def make_segmenter(path: Path, *, size: int = 16, seed: int = 0) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def make_calibration_bomb(path: Path, floats_per_image: int = 1 << 24, size: int = 32) -> Path:
+    """A valid model of a few hundred bytes whose calibration needs gigabytes: ConstantOfShape
+    expands to (N, floats_per_image) from the input's batch size (so it cannot be folded away when
+    the model is prepared), and the Add over it makes both tensors ones the calibrator keeps, for
+    every calibration image: 8 images x 2 x 64 MB = 1 GiB at the default size."""
+    ints = lambda name, values: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["input"], ["dims"], name="shape"),
+             helper.make_node("Slice", ["dims", "zero", "one", "zero"], ["batch"], name="batch"),
+             helper.make_node("Concat", ["batch", "width"], ["big_shape"], name="big_shape", axis=0),
+             helper.make_node("ConstantOfShape", ["big_shape"], ["big"], name="expand",
+                              value=numpy_helper.from_array(np.array([1.0], np.float32))),
+             helper.make_node("Add", ["big", "big"], ["twice"], name="twice"),
+             helper.make_node("ReduceSum", ["twice", "one"], ["total"], name="total", keepdims=1),
+             helper.make_node("Flatten", ["input"], ["flat"], name="flatten"),
+             helper.make_node("Add", ["flat", "total"], ["logits"], name="logits")]
+    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                           ["N", 3, size, size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3 * size * size])],
+                              initializer=[ints("zero", [0]), ints("one", [1]), ints("width", [floats_per_image])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path

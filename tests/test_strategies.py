@@ -171,9 +171,11 @@ def test_target_met_by_full_int8_skips_ranking_and_search(tmp_path, images_dir):
 
 def test_ranking_is_reused_across_tunes_that_share_the_cache(tmp_path, images_dir, monkeypatch):
     """The farm links every tune's cache to one folder: a second device class tuning the same model
-    and settings gets the ranking without measuring it again."""
+    and settings gets the ranking without measuring it again. (Builds run in this process here, so
+    the measurement can be counted.)"""
     from shared.runners.ort import OrtConfig, OrtRunner
     from coordinator import sensitivity
+    from coordinator.buildpool import BuildLimits, BuildPool
     from coordinator.data import Preprocess
     from coordinator.evaluators import LocalEvaluator
     from coordinator.tune import TuneConfig, Tuner
@@ -188,7 +190,7 @@ def test_ranking_is_reused_across_tunes_that_share_the_cache(tmp_path, images_di
                             n_calibration=8, n_eval=16, settings=QuantSettings(calibration_images=8),
                             ranking_images=4, latency_runs=1, max_candidates=2)
         evaluator = LocalEvaluator(OrtRunner(OrtConfig(intra_op_threads=1)), out / "fp32", device=device)
-        return Tuner(config, evaluator).run()
+        return Tuner(config, evaluator, pool=BuildPool(BuildLimits(workers=0))).run()
 
     first = tune(tmp_path / "first", "cpu-a", share=False)
     measured = []

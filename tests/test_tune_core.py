@@ -19,6 +19,7 @@ from coordinator.data import Preprocess, list_images, load_batch, split
 from coordinator.pareto import pareto
 from coordinator.prepare import constants_to_initializers, prepare_model
 from coordinator.quantize import build_candidate, candidate_id, spec_for
+from coordinator.tuner.state import read_checkpoint
 from shared.errors import DataError, InvalidArgument
 from shared.settings import QuantSettings
 from tests.conftest import ROOT
@@ -93,10 +94,7 @@ def test_kill_9_mid_tune_then_resume(tmp_path, images_dir):
     finished = []
     while time.monotonic() < deadline and proc.poll() is None:
         if report_path.exists():
-            try:
-                report = json.loads(report_path.read_text())
-            except json.JSONDecodeError:  # never happens with atomic writes; fail loudly if it does
-                raise
+            report = read_checkpoint(out)      # report.json (atomic) + its journal: what the tune recorded
             finished = [c for c in report["candidates"] if c["results"]]
             if len(finished) >= 2:
                 break
@@ -104,7 +102,7 @@ def test_kill_9_mid_tune_then_resume(tmp_path, images_dir):
     assert proc.poll() is None, "tune finished before it could be killed; make the model slower"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = json.loads(report_path.read_text())
+    killed = read_checkpoint(out)              # everything recorded before the kill, journal included
     done_before = {c["id"]: c["results"] for c in killed["candidates"] if c["results"]}
     assert len(done_before) >= 2 and killed["status"]["state"] == "running"
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -2,36 +2,50 @@
 a FarmEvaluator, keep a report per campaign, and resume running campaigns after a restart.
 
 Each model's tune works in `data/work/<work key>`, a folder named by everything that decides its
-results, so the Tuner's own report.json checkpoint makes an identical resubmission (or a resumed
-campaign) skip what is done; campaigns sharing a key run one after the other."""
+results, so the Tuner's own checkpoint (report.json and its journal) makes an identical
+resubmission (or a resumed campaign) skip what is done; campaigns sharing a key run one after the
+other. Every campaign's heavy work (preparing, calibrating, ranking, building) runs in the
+manager's one build pool: processes with a memory limit and a timeout (`coordinator serve
+--build-workers/--build-memory-mb/--build-timeout-s`), so a memory bomb fails its campaign, not
+the coordinator. A running tune's report.json is materialised on a throttle, and at once when
+GetReport asks for it."""
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from pathlib import Path
 
+from coordinator.buildpool import BuildLimits, BuildPool
 from coordinator.farm.evaluator import CampaignCancelled, CampaignStopped, FarmContext, FarmEvaluator
 from coordinator.farm.spec import CampaignSpec, FileRef, ModelEntry, TensorRefs, spec_from_wire
 from coordinator.farm.states import FINISHED, CampaignState
+from coordinator.tuner.state import ReportPolicy
 from shared.atomic import atomic_output, link_or_copy
 from shared.errors import FailedPrecondition, NotFound, QfarmError
 
 log = logging.getLogger(__name__)
 
 SHARED_DIRS = ("prepared", "candidates", "cache")   # the Tuner's build folders under its --out
+MESSAGE_EVERY_S = 0.5       # a campaign's "n/m results" line is stored at most this often
 
 
 class CampaignManager:
-    def __init__(self, ctx: FarmContext, data_dir: Path):
+    def __init__(self, ctx: FarmContext, data_dir: Path, build: BuildLimits = BuildLimits(),
+                 report_policy: ReportPolicy = ReportPolicy()):
         self.ctx = ctx
         self.data_dir = Path(data_dir)
+        self.build = build
+        self.report_policy = report_policy       # when a running tune's report.json is rewritten whole
+        self._pool: BuildPool | None = None
         self._threads: dict[str, threading.Thread] = {}
         self._cancelled: dict[str, threading.Event] = {}
         self._key_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._tuners: dict[Path, object] = {}     # work dir -> its running Tuner (reports on request)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -43,10 +57,22 @@ class CampaignManager:
             self._launch(row.campaign_id)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Ask every campaign thread to pause at its next check, and wait for them (bounded)."""
+        """Ask every campaign thread to pause at its next check, and wait for them (bounded); the
+        build workers are stopped (a running build is killed: it is rebuilt on resume)."""
         self.ctx.stop.set()
+        with self._guard:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
         for thread in list(self._threads.values()):
             thread.join(timeout)
+
+    def pool(self) -> BuildPool:
+        """The build workers every campaign shares, started with the first campaign."""
+        with self._guard:
+            if self._pool is None:
+                self._pool = BuildPool(self.build, self.data_dir / "tmp" / "build")
+            return self._pool
 
     def submit(self, spec_json: str) -> str:
         spec = spec_from_wire(spec_json)
@@ -105,7 +131,11 @@ class CampaignManager:
                     if path.is_file():
                         files.append((prefix + path.name, path.read_bytes()))
                 continue
-            partial = self.work_dir(spec, model) / "report.json"
+            work = self.work_dir(spec, model)
+            tuner = self._tuners.get(work)
+            if tuner is not None:
+                tuner.materialise()             # up to date: results since the last throttled write too
+            partial = work / "report.json"
             if partial.is_file():
                 files.append((prefix + "report.json", partial.read_bytes()))
         if not files:
@@ -161,6 +191,9 @@ class CampaignManager:
         except CampaignStopped:
             log.info("campaign %s paused by shutdown; it resumes on the next start", campaign_id)
         except QfarmError as exc:
+            if self.ctx.stop.is_set():     # e.g. its build was killed by the shutdown: not the campaign's fault
+                log.info("campaign %s interrupted by shutdown (%s); it resumes on the next start", campaign_id, exc)
+                return
             self._fail(campaign_id, str(exc))
         except Exception as exc:  # a bug must fail the campaign visibly, never kill the thread silently
             if self.ctx.stop.is_set():
@@ -169,6 +202,8 @@ class CampaignManager:
                 return
             log.exception("campaign %s crashed", campaign_id)
             self._fail(campaign_id, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._threads.pop(campaign_id, None)     # wait() on a finished campaign reads its state
 
     def _fail(self, campaign_id: str, reason: str) -> None:
         if self._set(campaign_id, CampaignState.FAILED, reason):
@@ -176,7 +211,6 @@ class CampaignManager:
         self.ctx.scheduler.cancel_unwanted(campaign_id)
 
     def _run_model(self, campaign_id: str, spec: CampaignSpec, model: ModelEntry) -> None:
-        from coordinator.plots import write_plots
         from coordinator.report import write_report
         from coordinator.tune import Tuner, TuneEvents
 
@@ -190,24 +224,34 @@ class CampaignManager:
             config = self._tune_config(spec, model, work)
             done = [0]
             planned = [0]
+            shown = [0.0]
 
             def on_plan(total: int) -> None:
                 planned[0] += total * len(spec.devices)
 
             def on_result(cid: str, device: str, result: dict) -> None:
                 done[0] += 1
-                self._message(campaign_id, f"{label} {done[0]}/{planned[0]} results")
+                now = time.monotonic()
+                if now - shown[0] >= MESSAGE_EVERY_S or done[0] >= planned[0]:   # a line per result costs a write
+                    shown[0] = now
+                    self._message(campaign_id, f"{label} {done[0]}/{planned[0]} results")
 
             evaluator = FarmEvaluator(self.ctx, campaign_id, spec.devices, spec.device_timeout_s,
                                       on_status=lambda m: self._message(campaign_id, f"{label} {m}"),
                                       cancelled=cancelled)
             events = TuneEvents(on_stage=lambda stage: self._message(campaign_id, f"{label} {stage}"),
                                 on_plan=on_plan, on_result=on_result)
-            report = Tuner(config, evaluator, events).run()
+            tuner = Tuner(config, evaluator, events, pool=self.pool(), report_policy=self.report_policy)
+            self._tuners[work] = tuner
+            try:
+                report = tuner.run()
+            finally:
+                self._tuners.pop(work, None)
         with atomic_output(self.report_dir(campaign_id, model)) as staging:
             staging.mkdir()
             write_report(staging / "report.json", report)
-            write_plots(report, staging)
+            self.pool().call("coordinator.plots:plots_task", str(staging / "report.json"), str(staging),
+                             what=f"the plots of {model.name}")
 
     def _share_builds(self, work: Path) -> None:
         """Prepared models, candidate files and calibration ranges are named by content, so every

@@ -11,8 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from coordinator.arguments import (add_coordinator_argument, add_limit_arguments, limits_from_args,
-                                   preprocess_from_args, settings_from_args, tune_option_values)
+from coordinator.arguments import (add_build_arguments, add_coordinator_argument, add_limit_arguments,
+                                   build_limits_from_args, limits_from_args, preprocess_from_args,
+                                   report_policy_from_args, settings_from_args, tune_option_values)
 from coordinator.farm.describe import runtime_text, slots_text
 from shared.errors import InvalidArgument, NotFound
 
@@ -41,6 +42,7 @@ def add_serve(sub) -> None:
 
     add_server_arguments(p)
     add_limit_arguments(p)
+    add_build_arguments(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -65,7 +67,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     security = server_security_from_args(args)
     server, port = build_server(ServerConfig(data_dir=args.data_dir, host=args.host, port=args.port, policy=policy,
                                              max_workers=args.max_workers, limits=limits_from_args(args),
-                                             security=security))
+                                             security=security, build=build_limits_from_args(args),
+                                             report=report_policy_from_args(args)))
     stop = threading.Event()
 
     def on_signal(signum, frame):
@@ -80,8 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         atomic_write_text(args.port_file, f"{port}\n")
     tokens = "no token" if security.role_tokens is None else \
         "separate agent and client tokens" if security.separate_roles else "one farm token"
-    log.info("coordinator listening on %s:%d (%s, %s), data in %s", args.host, port,
-             "TLS" if security.tls else "plaintext", tokens, args.data_dir)
+    log.info("coordinator listening on %s:%d (%s, %s), data in %s; %s", args.host, port,
+             "TLS" if security.tls else "plaintext", tokens, args.data_dir, build_limits_from_args(args).describe())
     stop.wait()
     if dashboard is not None:
         dashboard.stop()

@@ -3,9 +3,13 @@ come back from agents. Same interface as coordinator.evaluators.LocalEvaluator, 
 the same code path locally and on the farm.
 
 Building and evaluating overlap: `evaluate` pulls one candidate from the (lazy) iterable, which
-builds it, queues its jobs, hands back whatever results are already in, and only then pulls the
-next, so agents measure candidate k while the coordinator builds k+1. Jobs are keyed by
-(candidate, device, data), so a result already in the store is reused, never measured twice."""
+hands back candidates as the build pool finishes them (the next ones keep building meanwhile),
+queues its jobs, hands back whatever results are already in, and only then pulls the next, so
+agents measure candidate k while the build workers build k+1 and beyond. Jobs are keyed by
+(candidate, device, data), so a result already in the store is reused, never measured twice.
+
+Results are read from the store with a cursor (the results stored since the last look), so
+handling one result costs the same whatever the number of jobs still waiting."""
 from __future__ import annotations
 
 import hashlib
@@ -106,8 +110,11 @@ class FarmEvaluator:
         self._fp32: dict[str, job_pb2.Artifact] = {}
         self._base: job_pb2.Artifact | None = None
         self._data: dict[str, tuple[str, job_pb2.EvalData]] = {}
+        self._last_data: tuple[object, tuple[str, job_pb2.EvalData]] | None = None   # hashing data is O(data)
         self._waiting_since: dict[str, float] = {}
         self._last_message = ""
+        self._cursor: int | None = None         # the last result row read from the store
+        self._ready: dict[str, ResultRow] = {}  # results of pending jobs, read but not yet handed back
 
     # -- Evaluator interface ------------------------------------------------------------------
     def reference(self, model: Path, model_sha256: str, data) -> dict[str, DeviceResult]:
@@ -115,6 +122,7 @@ class FarmEvaluator:
         self._check_stop()
         self._base = self.ctx.register_file(model, "model", Path(model).name)
         key, evaldata = self._eval_data(data)
+        self._start_cursor()
         pending: dict[str, tuple[str, str]] = {}
         for device in self.devices:
             job = job_pb2.Job(job_id=f"fp32-{model_sha256[:16]}@{device}/{key}", device=device, reference=True)
@@ -124,6 +132,7 @@ class FarmEvaluator:
             job.data.CopyFrom(evaldata)
             self.ctx.scheduler.submit(job, "reference", PRIORITY_REFERENCE, self.campaign_id)
             pending[job.job_id] = (job.candidate.id, device)
+        self._take_stored(pending)
         metrics: dict[str, DeviceResult] = {}
         self._status(f"measuring the FP32 reference on {', '.join(self.devices)}")
         while pending:
@@ -146,6 +155,7 @@ class FarmEvaluator:
         if len(self._fp32) != len(self.devices) or self._base is None:
             raise EvaluationError("reference() must run before evaluate()", step="evaluate")
         key, evaldata = self._eval_data(data)
+        self._start_cursor()
         source = iter(candidates)
         exhausted = False
         pending: dict[str, tuple[str, str]] = {}
@@ -156,25 +166,35 @@ class FarmEvaluator:
                 if cand is None:
                     exhausted = True
                 else:
-                    pending.update(self._submit(cand, key, evaldata))
+                    submitted = self._submit(cand, key, evaldata)
+                    pending.update(submitted)
+                    self._take_stored(submitted)
             for job_id, row in self._collect(pending, block=exhausted):
                 cid, device = pending.pop(job_id)
                 yield cid, device, row.result()
 
     # -- helpers ------------------------------------------------------------------------------
     def _eval_data(self, data) -> tuple[str, job_pb2.EvalData]:
-        """The inputs/labels artifacts and the data key that enters every job id (memoised)."""
+        """The inputs/labels artifacts and the data key that enters every job id (memoised: the same
+        data object, as every batch of a tune passes, is not hashed again)."""
+        if self._last_data is not None and self._last_data[0] is data:
+            return self._last_data[1]
         digest = f"{data.digest()}|{data.latency_runs}|{data.task}|{data.metric or ''}"
         if digest in self._data:
+            self._last_data = (data, self._data[digest])
             return self._data[digest]
         evaldata = job_pb2.EvalData(latency_runs=data.latency_runs, task=data.task, metric=data.metric or "")
-        evaldata.inputs.CopyFrom(self.ctx.register_bytes(npz_bytes(data.feeds), "inputs", "eval inputs"))
+        if data.source is not None and data.source.is_file():   # a build worker wrote npz_bytes(feeds): no copy
+            evaldata.inputs.CopyFrom(self.ctx.register_file(data.source, "inputs", "eval inputs"))
+        else:
+            evaldata.inputs.CopyFrom(self.ctx.register_bytes(npz_bytes(data.feeds), "inputs", "eval inputs"))
         if data.labels is not None:
             evaldata.labels.CopyFrom(self.ctx.register_bytes(npy_bytes(np.asarray(data.labels, np.int64)),
                                                              "labels", "eval labels"))
         text = f"{evaldata.inputs.sha256}|{evaldata.labels.sha256}|{data.latency_runs}|{data.task}|{data.metric or ''}"
         key = hashlib.sha256(text.encode()).hexdigest()[:12]
         self._data[digest] = (key, evaldata)
+        self._last_data = (data, (key, evaldata))
         return key, evaldata
 
     def _submit(self, cand, key: str, evaldata: job_pb2.EvalData) -> dict[str, tuple[str, str]]:
@@ -196,15 +216,32 @@ class FarmEvaluator:
             pending[job.job_id] = (cand.id, device)
         return pending
 
+    def _start_cursor(self) -> None:
+        """Read results from here on (before the first job is submitted: nothing is missed)."""
+        if self._cursor is None:
+            with self.ctx.store.transaction() as c:
+                self._cursor = c.last_result_rowid()
+
+    def _take_stored(self, jobs: dict[str, tuple[str, str]]) -> None:
+        """Results the store already holds for just-submitted jobs (measured for another campaign,
+        or before a restart): the cursor has gone past them."""
+        self._ready.update(self.ctx.scheduler.results(list(jobs)))
+
     def _collect(self, pending: dict[str, tuple[str, str]], block: bool) -> list[tuple[str, ResultRow]]:
         """Results of pending jobs that are in; when `block`, wait until at least one is."""
         sched = self.ctx.scheduler
         while True:
             self._check_stop()
             seen = sched.version()
-            rows = sched.results(list(pending))
-            if rows or not block or not pending:
-                return sorted(rows.items())
+            while True:
+                with self.ctx.store.transaction() as c:
+                    self._cursor, rows = c.results_after(self._cursor)
+                self._ready.update((row.job_id, row) for row in rows if row.job_id in pending)
+                if not rows:
+                    break
+            found = {job_id: self._ready.pop(job_id) for job_id in [j for j in self._ready if j in pending]}
+            if found or not block or not pending:
+                return sorted(found.items())
             self._check_devices({device for _, device in pending.values()})
             sched.wait_change(seen, self.ctx.poll_s)
 

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from coordinator.buildpool import BuildLimits
+from coordinator.tuner.state import ReportPolicy
 from coordinator.farm.admission import check_campaign
 from coordinator.farm.campaign import CampaignManager
 from coordinator.farm.candidate_cap import BoundedScheduler
@@ -116,6 +118,8 @@ class ServerConfig:
     max_workers: int = 2                   # threads for store transactions (one connection: more only contend)
     limits: Limits = DEFAULT_LIMITS         # message, artifact, model, campaign and concurrency bounds
     security: ServerSecurity = ServerSecurity()   # role tokens and TLS; none: loopback only
+    build: BuildLimits = BuildLimits()      # the build workers' count, memory and time limits
+    report: ReportPolicy = ReportPolicy()   # how often a running campaign's report.json is rewritten whole
     clock: Callable[[], float] = field(default=time.time, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,7 +163,7 @@ class Coordinator:
         self.scheduler = BoundedScheduler(self.store, config.policy, config.clock, config.limits)
         self.artifacts = ArtifactStore(data_dir / "artifacts")
         self.ctx = FarmContext(self.store, self.scheduler, self.artifacts, threading.Event())
-        self.campaigns = CampaignManager(self.ctx, data_dir)
+        self.campaigns = CampaignManager(self.ctx, data_dir, config.build, config.report)
         self.stats = Stats()
         self.waiters = LeaseWaiters()
         self.presence = Presence()

@@ -302,6 +302,19 @@ class Tx:
             out.update({r["job_id"]: ResultRow(**dict(r)) for r in rows})
         return out
 
+    def last_result_rowid(self) -> int:
+        return self._c.execute("SELECT COALESCE(MAX(rowid), 0) FROM results").fetchone()[0]
+
+    def results_after(self, rowid: int, limit: int = 1000) -> tuple[int, list[ResultRow]]:
+        """Results stored after `rowid`, in arrival order, and the rowid to continue from: a reader
+        keeping this cursor reads each result once, whatever the number of jobs it waits on
+        (results are never deleted, so rowids only grow)."""
+        rows = self._c.execute("SELECT rowid, * FROM results WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                               (rowid, limit)).fetchall()
+        if not rows:
+            return rowid, []
+        return rows[-1]["rowid"], [ResultRow(**{k: r[k] for k in r.keys() if k != "rowid"}) for r in rows]
+
     # ---------------------------------------------------------------- artifacts
     def put_artifact(self, sha256: str, size_bytes: int, kind: str, name: str, now: float) -> None:
         self._c.execute("INSERT OR IGNORE INTO artifacts (sha256, size_bytes, kind, name, created_at) "

@@ -7,13 +7,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
-from coordinator.quantize import build_candidate, quantizable_nodes, spec_for
+from coordinator.prepare import PreparedModel
+from coordinator.quantize import build_candidate, ensure_calibration, quantizable_nodes, spec_for
 from coordinator.tuner.catalog import RANKING_METHODS
+from coordinator.tuner.config import TuneConfig
 from coordinator.tuner.run import TuneRun
 from shared.atomic import atomic_write_text
-from shared.feeds import Feeds, num_samples, take
+from shared.feeds import Feeds, load_npz, num_samples, take
 from shared.feeds import digest as feeds_digest
 from shared.settings import QuantSettings
 
@@ -25,7 +28,9 @@ RANKING_CACHE_VERSION = "1"   # bump when the ranking's measurement changes
 def rank(run: TuneRun, record: bool = True) -> list[str]:
     """Quantizable nodes under the current recipe (run.settings), most damaged first. `record`: it
     is the report's `ranking` (the primary device's), resumed when present; another device class's
-    recipe only reads the content-keyed cache."""
+    recipe only reads the content-keyed cache. The measurement runs in a build worker (it runs both
+    models over the calibration batch with every activation kept: a hostile model's memory is that
+    worker's)."""
     cfg, ws, report = run.config, run.ws, run.state.report
     chosen = run.settings
     if record and report.get("ranking") and report.get("ranking_method") == cfg.ranking_method \
@@ -34,39 +39,51 @@ def rank(run: TuneRun, record: bool = True) -> list[str]:
     qdq_settings = chosen if (chosen.is_static and chosen.format == "qdq") else \
         QuantSettings(per_channel=chosen.per_channel, reduce_range=chosen.reduce_range,
                       calibration_images=chosen.calibration_images, recipe=chosen.recipe)
-    calibration = ws.calibration if ws.calibration is not None else take(ws.eval_inputs.feeds, 0, cfg.n_calibration)
-    key = hashlib.sha256("|".join([ws.prepared.sha256, chosen.canonical(), qdq_settings.canonical(),
+    if ws.calibration_file is not None:
+        data, count = ws.calibration_file, None
+    else:
+        data, count = ws.eval_file, cfg.n_calibration
+    rows = run.builder.pool.call("coordinator.tuner.rank:ranking_rows", cfg, ws.prepared, ws.calibration_digest,
+                                 chosen, qdq_settings, data, count,
+                                 what=f"the sensitivity ranking of {ws.prepared.source.name}")
+    if record:
+        run.state.set_sections({"ranking": rows, "ranking_method": cfg.ranking_method,
+                                "ranking_settings": chosen.canonical()})
+    return [r["node"] for r in rows]
+
+
+def ranking_rows(cfg: TuneConfig, prepared: PreparedModel, calibration_digest: str, chosen: QuantSettings,
+                 qdq_settings: QuantSettings, data_file: Path, count: int | None) -> list[dict]:
+    """In a build worker: the ranking rows, from the content-keyed cache or measured (and cached).
+    `data_file`: the calibration feeds (.npz), or the evaluation feeds of which the first `count`."""
+    calibration = load_npz(data_file)
+    if count is not None:
+        calibration = take(calibration, 0, count)
+    key = hashlib.sha256("|".join([prepared.sha256, chosen.canonical(), qdq_settings.canonical(),
                                    feeds_digest(calibration),
                                    str(cfg.ranking_images), cfg.ranking_method, RANKING_CACHE_VERSION])
                          .encode()).hexdigest()[:20]
     cached = cfg.out / "cache" / f"ranking-{key}.json"
-    rows = None
     if cached.is_file():
         try:
-            rows = json.loads(cached.read_text())
+            return json.loads(cached.read_text())
         except ValueError as exc:   # a torn or edited cache file is measured again, not trusted
             log.warning("ignoring unreadable ranking cache %s: %s", cached, exc)
-    if rows is None:
-        rows = measure_ranking(run, chosen, qdq_settings, calibration)
-        atomic_write_text(cached, json.dumps(rows))
-    if record:
-        report["ranking"] = rows
-        report["ranking_method"] = cfg.ranking_method
-        report["ranking_settings"] = chosen.canonical()
-        run.state.save()
-    return [r["node"] for r in rows]
+    rows = measure_ranking(cfg, prepared, calibration_digest, chosen, qdq_settings, calibration)
+    atomic_write_text(cached, json.dumps(rows))
+    return rows
 
 
-def measure_ranking(run: TuneRun, chosen: QuantSettings, qdq_settings: QuantSettings,
-                    calibration: Feeds) -> list[dict]:
+def measure_ranking(cfg: TuneConfig, prepared: PreparedModel, calibration_digest: str, chosen: QuantSettings,
+                    qdq_settings: QuantSettings, calibration: Feeds) -> list[dict]:
     from coordinator.sensitivity import score_all
 
-    cfg, ws = run.config, run.ws
-    spec = spec_for(ws.prepared, qdq_settings, (), calibration_digest=ws.calibration_digest)
-    full_qdq = build_candidate(ws.prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
+    spec = spec_for(prepared, qdq_settings, (), calibration_digest=calibration_digest)
+    ensure_calibration(prepared, spec, calibration, cfg.out / "cache")    # built from cached ranges, like any build
+    full_qdq = build_candidate(prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
     feeds = [take(calibration, i, i + 1) for i in range(min(cfg.ranking_images, num_samples(calibration)))]
-    by_method = score_all(ws.prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
-    allowed = set(quantizable_nodes(ws.prepared, chosen))
+    by_method = score_all(prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
+    allowed = set(quantizable_nodes(prepared, chosen))
     primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]
     others = {m: {s.node: s for s in ranked} for m, ranked in by_method.items()}
     rows = []

@@ -1,6 +1,6 @@
 """What every phase of a tune works with, passed explicitly: the config, the workspace, the
-evaluator, the report state, the budget and the progress callbacks; and the one way candidates
-get built, measured and recorded (`TuneRun.evaluate`)."""
+evaluator, the report state, the budget, the candidate builder and the progress callbacks; and
+the one way candidates get built, measured and recorded (`TuneRun.evaluate`)."""
 from __future__ import annotations
 
 import time
@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping
 
 from coordinator.evaluators import Evaluator
-from coordinator.quantize import BuiltCandidate, CandidateSpec, build_candidate, spec_for
+from coordinator.quantize import BuiltCandidate, CandidateSpec, spec_for
+from coordinator.tuner.builder import CandidateBuilder
 from coordinator.tuner.config import TuneConfig
 from coordinator.tuner.state import ReportState
 from coordinator.tuner.workspace import Workspace
@@ -63,6 +64,7 @@ class TuneRun:
     budget: Budget
     events: TuneEvents
     settings: QuantSettings            # the probe phase may switch to a better recipe
+    builder: CandidateBuilder          # builds in the build pool, ahead of the evaluator
     evaluations: int = 0               # results recorded by this run (not resumed ones)
     resumed: int = 0                   # proposed candidates already in the report
 
@@ -81,8 +83,9 @@ class TuneRun:
         return self.state.meets_target(result, device)
 
     def evaluate(self, specs: list[CandidateSpec]) -> None:
-        """Build each candidate (lazily, so agents measure one while the next is built), measure it
-        on every device and record the results; a build failure is recorded as a `build` crash."""
+        """Build the candidates in the build pool, ahead of need (the evaluator queues each one's
+        jobs as soon as it is built, while the next ones build), measure each on every device and
+        record the results; a build failure is recorded as a `build` crash."""
         self.events.on_plan(len(specs))
         for cid, device, result in self.evaluator.evaluate(self._built(specs), self.ws.eval_inputs):
             if self.state.record(cid, device, result):
@@ -90,17 +93,18 @@ class TuneRun:
             self.events.on_result(cid, device, result)
 
     def _built(self, specs: list[CandidateSpec]) -> Iterator[BuiltCandidate]:
-        for spec in specs:
-            if self.budget.out_of_time():
-                return
-            try:
-                cand = build_candidate(self.ws.prepared, spec, self.config.out / "candidates", self.ws.calibration,
-                                       self.config.out / "cache")
-            except ModelError as exc:
-                failure = DeviceResult.failure(CrashCause(CrashKind.BUILD, str(exc)))
-                self.state.record_build_failure(spec, failure)
-                for device in self.evaluator.devices:
-                    self.events.on_result(spec.id, device, failure)
-                continue
-            self.state.add_built(cand, self.config.out)
-            yield cand
+        builds = self.builder.build_ahead(specs)
+        try:
+            for spec, outcome in builds:
+                if self.budget.out_of_time():
+                    return
+                if isinstance(outcome, ModelError):
+                    failure = DeviceResult.failure(CrashCause(CrashKind.BUILD, str(outcome)))
+                    self.state.record_build_failure(spec, failure)
+                    for device in self.evaluator.devices:
+                        self.events.on_result(spec.id, device, failure)
+                    continue
+                self.state.add_built(outcome, self.config.out)
+                yield outcome
+        finally:
+            builds.close()
