@@ -198,7 +198,8 @@ def test_a_bad_input_shape_on_the_command_line_is_one_line(dense, tmp_path):
 
 
 DENSE_TUNE = ["--labels", "none", "--input-size", str(SIZE), "--calibration", "8", "--eval", "16", "--latency-runs",
-              "2", "--ranking-images", "4", "--max-candidates", "2", "--threads", "1"]
+              "2", "--ranking-images", "4", "--max-candidates", "2", "--threads", "1",
+              "--no-reduce-range"]            # a pinned recipe: no recipe probe, the sweep's two candidates only
 
 
 def test_a_dense_model_with_dynamic_hw_tunes_end_to_end(dense, tmp_path, images_dir):
