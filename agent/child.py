@@ -44,7 +44,7 @@ def run(request: dict) -> DeviceResult:
         labels = np.load(request["labels"]) if request.get("labels") else None
         if request["reference"]:
             start = time.perf_counter()
-            outputs = run_outputs(runner, model, feeds)
+            outputs = run_outputs(runner, model, feeds, spec.layout)
             with atomic_output(out / "fp32.npz") as tmp:
                 tmp.write_bytes(npz_bytes(outputs))
             return reference_result(runner, model, outputs, feeds, labels, spec, start)

@@ -37,6 +37,7 @@ from shared.atomic import atomic_output
 from shared.auth import AgentIdentity, Credentials
 from shared.errors import InvalidArgument, QfarmError
 from shared.evaluate import EvalSpec
+from shared.feeds import BATCHED
 from shared.latency import DEFAULT_LATENCY_LOCK, check_lock_path
 from shared.metrics import check_metric_path
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
@@ -516,7 +517,7 @@ class Agent:
                 f"--allow-metric {metric}, with that module importable there)")), size)
         try:
             spec = EvalSpec(latency_runs=job.data.latency_runs, task=job.data.task or "auto", metric=metric,
-                            latency_lock=self.config.latency_lock)
+                            latency_lock=self.config.latency_lock, layout=job.data.data_layout or BATCHED)
         except InvalidArgument as exc:      # a job this agent cannot measure as asked: its result says why
             return DeviceResult.failure(CrashCause(CrashKind.ERROR, exc.args[0]), size)
         job_dir.mkdir(parents=True, exist_ok=True)

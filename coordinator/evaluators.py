@@ -14,8 +14,8 @@ from coordinator.quantize import BuiltCandidate
 from shared.atomic import atomic_output
 from shared.errors import EvaluationError
 from shared.evaluate import EvalSpec, evaluate_model, reference_result
+from shared.feeds import BATCHED, check_layout, load_npz, npz_bytes, num_samples
 from shared.feeds import digest as feeds_digest
-from shared.feeds import load_npz, npz_bytes, num_samples
 from shared.latency import DEFAULT_LATENCY_LOCK
 from shared.metrics import MetricError
 from shared.results import CrashCause, CrashKind, DeviceResult
@@ -32,21 +32,23 @@ class EvalInputs:
     task: str = "auto"
     metric: str | None = None
     source: Path | None = None             # the feeds' npz_bytes on disk, when a build worker wrote them
+    layout: str = BATCHED                  # batched rows or whole feeds (shared/feeds.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "feeds", {name: np.asarray(a) for name, a in self.feeds.items()})
         num_samples(self.feeds, "evaluation inputs")
+        check_layout(self.layout)
 
     @property
     def num_samples(self) -> int:
         return num_samples(self.feeds)
 
     def spec(self, latency_lock: Path | None = None) -> EvalSpec:
-        return EvalSpec(self.latency_runs, self.task, self.metric, latency_lock)
+        return EvalSpec(self.latency_runs, self.task, self.metric, latency_lock, self.layout)
 
     def digest(self) -> str:
-        """The samples and labels (not what is measured on them)."""
-        h = hashlib.sha256(feeds_digest(self.feeds).encode())
+        """The samples (as laid out) and labels (not what is measured on them)."""
+        h = hashlib.sha256(feeds_digest(self.feeds, self.layout).encode())
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
         return h.hexdigest()
@@ -88,7 +90,7 @@ class LocalEvaluator:
         if path.exists():
             outputs = load_npz(path)
         else:
-            outputs = run_outputs(self.runner, model, data.feeds)
+            outputs = run_outputs(self.runner, model, data.feeds, data.layout)
             with atomic_output(path) as tmp:
                 tmp.write_bytes(npz_bytes(outputs))
         self._reference, self._fp32_model = outputs, Path(model)

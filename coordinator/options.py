@@ -153,6 +153,12 @@ def _tasks() -> Sequence[str]:
     return TASKS
 
 
+def _data_layouts() -> Sequence[str]:
+    from coordinator.tensor_data import DATA_LAYOUTS
+
+    return DATA_LAYOUTS
+
+
 def _objectives() -> Sequence[str]:
     from coordinator.pareto import OBJECTIVES
 
@@ -178,6 +184,11 @@ OPTIONS: tuple[Option, ...] = (
            "fix a model input's dynamic dimensions, NAME:DIMS (repeatable; e.g. x:1x3x640x640); by default the "
            "data's sizes are used and the batch stays dynamic", ("--input-shape",), "data.input_shapes",
            metavar="NAME:DIMS"),
+    Option("data_layout", "choice", "auto",
+           "what one sample of a tensor dataset (--data) is: batched (a row of each input's batch, stacked "
+           "along its first dim) or whole-feed (one complete feed, every input exactly as the model takes it: "
+           "0-d scalars, a batch on another axis; run one inference per sample); auto: batched when the files "
+           "read so, else whole-feed", ("--data-layout",), "data.data_layout", _data_layouts),
     Option("task", "choice", "auto",
            "which fidelity metrics apply (auto: classification when the first output is (N, C) scores, dense "
            "when an output has spatial dims, else generic); every task gets SQNR and cosine per output",

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from coordinator.prepare import PreparedModel, sha256_file
 from shared.atomic import link_or_copy, publish
 from shared.errors import InvalidArgument, ModelError
-from shared.feeds import Feeds, load_npz, num_samples, take
+from shared.feeds import BATCHED, Feeds, feed_at, load_npz, num_samples, take
 from shared.feeds import digest as feeds_digest
 from shared.settings import CALIBRATION_FREE_RECIPES, REFINE_RECIPES, QuantSettings
 
@@ -81,17 +81,18 @@ def validate_node_names(prepared: PreparedModel, names: Iterable[str], what: str
 
 class FeedsReader:
     """onnxruntime CalibrationDataReader over in-memory feeds ({input name: (N, ...)}), one sample
-    (a feed dict of every input) per call."""
+    (a feed dict of every input: a batch of one, or one whole feed) per call."""
 
-    def __init__(self, feeds: Feeds):
+    def __init__(self, feeds: Feeds, layout: str = BATCHED):
         self.feeds = dict(feeds)
+        self.layout = layout
         self._count = num_samples(self.feeds, "calibration data")
         self._pos = 0
 
     def get_next(self):
         if self._pos >= self._count:
             return None
-        item = take(self.feeds, self._pos, self._pos + 1)
+        item = feed_at(self.feeds, self._pos, self.layout)
         self._pos += 1
         return item
 
@@ -119,8 +120,9 @@ def _ort_enums(settings: QuantSettings):
 
 
 def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration: Feeds | None,
-                    cache_dir: Path, extra_options: dict | None = None) -> BuiltCandidate:
-    """Quantize `prepared` per `spec` into out_dir/<id>.onnx (reused when already built)."""
+                    cache_dir: Path, extra_options: dict | None = None, layout: str = BATCHED) -> BuiltCandidate:
+    """Quantize `prepared` per `spec` into out_dir/<id>.onnx (reused when already built);
+    `layout` says what one calibration sample is (shared/feeds.py)."""
     if spec.model_sha256 != prepared.sha256:
         raise ModelError(f"candidate {spec.id} was made for model {spec.model_sha256[:12]}, "
                          f"not {prepared.sha256[:12]}", step="quantize")
@@ -131,25 +133,25 @@ def build_candidate(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path,
     if not target.exists():
         with tempfile.TemporaryDirectory(prefix="qfarm-q-", dir=out_dir) as tmp:
             staged = Path(tmp) / "candidate.onnx"
-            _quantize(prepared, spec, staged, calibration, cache_dir, extra_options or {})
+            _quantize(prepared, spec, staged, calibration, cache_dir, extra_options or {}, layout=layout)
             publish(staged, target)
     return BuiltCandidate(spec=spec, path=target, sha256=sha256_file(target), size_bytes=target.stat().st_size)
 
 
 def calibration_cache_path(prepared: PreparedModel, settings: QuantSettings, calibration: Feeds,
-                           cache_dir: Path) -> Path:
+                           cache_dir: Path, layout: str = BATCHED) -> Path:
     h = hashlib.sha256()
     h.update(prepared.sha256.encode())
     h.update(settings.calibrate.encode())
     model_recipes = {k: v for k, v in settings.recipe.items() if k not in CALIBRATION_FREE_RECIPES}
     h.update(json.dumps(model_recipes, sort_keys=True).encode())
-    h.update(feeds_digest(calibration).encode())
+    h.update(feeds_digest(calibration, layout).encode())
     cache_dir.mkdir(parents=True, exist_ok=True)
     return cache_dir / f"calibration-{h.hexdigest()[:20]}.json"
 
 
 def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibration: Feeds | None,
-              cache_dir: Path, extra_options: dict, refine: bool = True) -> None:
+              cache_dir: Path, extra_options: dict, refine: bool = True, layout: str = BATCHED) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
 
     settings = spec.settings
@@ -183,13 +185,13 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
             options.update(ladder)
             options["UseQDQContribOps"] = True
         quantize_static(
-            str(source), str(out), FeedsReader(calibration), quant_format=fmt,
+            str(source), str(out), FeedsReader(calibration, layout), quant_format=fmt,
             per_channel=settings.per_channel, reduce_range=settings.reduce_range, activation_type=act,
             weight_type=wt, nodes_to_exclude=excluded, calibrate_method=method,
             extra_options=options,
-            calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir))
+            calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir, layout))
         if refine:
-            _refine(prepared, settings, out, calibration)
+            _refine(prepared, settings, out, calibration, layout)
     except ModelError:
         raise
     except Exception as exc:  # the quantizer raises plain exceptions; name the candidate and the cause
@@ -212,7 +214,8 @@ def _with_float_prefix(prepared: PreparedModel, settings: QuantSettings, exclude
     return sorted(set(excluded) | set(prefix))
 
 
-def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibration: Feeds | None) -> None:
+def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibration: Feeds | None,
+            layout: str = BATCHED) -> None:
     """Recipes that edit the integers of the built model (learned rounding, bias correction)."""
     switches = {name: settings.recipe.get(name) == "on" for name in REFINE_RECIPES}
     if not any(switches.values()):
@@ -225,7 +228,7 @@ def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibra
         raise ModelError(f"recipe {', '.join(k for k, v in switches.items() if v)} needs static QDQ quantization "
                          f"(got mode={settings.mode}, format={settings.format})", step="quantize")
     model, report = refine_quantized(onnx.load(str(prepared.path)), onnx.load(str(out)),
-                                     calibration_feeds(calibration), **switches)
+                                     calibration_feeds(calibration, layout), **switches)
     log.info("refined %d layers (%d learned, %d biases corrected) in %.1f CPU s", report.layers,
              len(report.learned), report.bias_corrected, report.cpu_seconds)
     onnx.save(model, str(out))
@@ -260,26 +263,29 @@ def built_fields(cand: BuiltCandidate) -> dict:
 
 
 def build_task(prepared: PreparedModel, spec: CandidateSpec, out_dir: Path, calibration_file: Path | None,
-               cache_dir: Path) -> dict:
-    """`build_candidate` with the calibration batch read from its .npy file."""
-    return built_fields(build_candidate(prepared, spec, out_dir, _batch(calibration_file), cache_dir))
+               cache_dir: Path, layout: str = BATCHED) -> dict:
+    """`build_candidate` with the calibration feeds read from their .npz file (`layout`: what one
+    of their samples is)."""
+    return built_fields(build_candidate(prepared, spec, out_dir, _batch(calibration_file), cache_dir, layout=layout))
 
 
-def calibrate_task(prepared: PreparedModel, spec: CandidateSpec, calibration_file: Path, cache_dir: Path) -> dict:
-    return {"cache": str(ensure_calibration(prepared, spec, _batch(calibration_file), cache_dir))}
+def calibrate_task(prepared: PreparedModel, spec: CandidateSpec, calibration_file: Path, cache_dir: Path,
+                   layout: str = BATCHED) -> dict:
+    return {"cache": str(ensure_calibration(prepared, spec, _batch(calibration_file), cache_dir, layout))}
 
 
 def ensure_calibration(prepared: PreparedModel, spec: CandidateSpec, calibration: Feeds,
-                       cache_dir: Path) -> Path:
+                       cache_dir: Path, layout: str = BATCHED) -> Path:
     """Compute and cache the calibration ranges `spec` needs (once per model, batch and
     `calibration_key`), so every candidate is then built from the same cached ranges, whichever
     process builds it and whether or not it came first. The model quantized on the way is discarded."""
-    cache = calibration_cache_path(prepared, spec.settings, calibration, cache_dir)
+    cache = calibration_cache_path(prepared, spec.settings, calibration, cache_dir, layout)
     if not cache.is_file():
         plain = CandidateSpec(spec.model_sha256, spec.settings, (), (), spec.calibration_digest)
         with tempfile.TemporaryDirectory(prefix="qfarm-cal-", dir=cache_dir) as tmp:
             try:
-                _quantize(prepared, plain, Path(tmp) / "calibrating.onnx", calibration, cache_dir, {}, refine=False)
+                _quantize(prepared, plain, Path(tmp) / "calibrating.onnx", calibration, cache_dir, {}, refine=False,
+                          layout=layout)
             except ModelError:
                 if not cache.is_file():    # the ranges are saved before quantizing: a later failure is a build's
                     raise

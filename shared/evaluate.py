@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from shared.errors import InvalidArgument
-from shared.feeds import Feeds, num_samples
+from shared.feeds import BATCHED, Feeds, check_layout, num_samples
 from shared.latency import LatencyStats, interleaved_latency
 from shared.metrics import TASKS, Fidelity, check_metric_path, fidelity, load_metric, user_metrics
 from shared.results import DeviceResult, ResultStatus
@@ -27,8 +27,10 @@ class EvalSpec:
     task: str = "auto"                     # which fidelity metrics apply (shared.metrics)
     metric: str | None = None              # user metric module:function, run where the outputs are
     latency_lock: Path | None = None       # host-wide timing lock file (None: no lock)
+    layout: str = BATCHED                  # what one sample of the feeds is (shared/feeds.py)
 
     def __post_init__(self) -> None:
+        check_layout(self.layout)
         if not isinstance(self.latency_runs, int) or self.latency_runs < 0:
             raise InvalidArgument(f"latency runs {self.latency_runs!r} must be an integer >= 0")
         if self.task not in TASKS:
@@ -40,22 +42,24 @@ class EvalSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"latency_runs": self.latency_runs, "task": self.task, "metric": self.metric,
-                "latency_lock": None if self.latency_lock is None else str(self.latency_lock)}
+                "latency_lock": None if self.latency_lock is None else str(self.latency_lock), "layout": self.layout}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EvalSpec":
         return cls(latency_runs=int(data["latency_runs"]), task=data.get("task") or "auto",
-                   metric=data.get("metric") or None, latency_lock=data.get("latency_lock") or None)
+                   metric=data.get("metric") or None, latency_lock=data.get("latency_lock") or None,
+                   layout=data.get("layout") or BATCHED)
 
 
 def evaluate_model(runner: Runner, model: Path, fp32_model: Path, feeds: Feeds,
                    reference: Mapping[str, np.ndarray], labels: np.ndarray | None, spec: EvalSpec) -> DeviceResult:
     """A candidate against FP32's `reference` outputs; `fp32_model` is timed alongside it."""
     start = time.perf_counter()
-    outputs = run_outputs(runner, model, feeds)
+    outputs = run_outputs(runner, model, feeds, spec.layout)
     fid = fidelity(reference, outputs, spec.task, labels)
     users = _user_metrics(spec, reference, outputs)
-    latency = interleaved_latency(runner, fp32_model, model, feeds, spec.latency_runs, lock=spec.latency_lock)
+    latency = interleaved_latency(runner, fp32_model, model, feeds, spec.latency_runs, lock=spec.latency_lock,
+                                  layout=spec.layout)
     return _result(runner, model, feeds, fid, users, latency, start)
 
 
@@ -67,7 +71,8 @@ def reference_result(runner: Runner, model: Path, outputs: Mapping[str, np.ndarr
     noise this device measures with."""
     fid = fidelity(outputs, outputs, spec.task, labels)
     users = _user_metrics(spec, outputs, outputs)
-    latency = interleaved_latency(runner, model, model, feeds, spec.latency_runs, lock=spec.latency_lock)
+    latency = interleaved_latency(runner, model, model, feeds, spec.latency_runs, lock=spec.latency_lock,
+                                  layout=spec.layout)
     return _result(runner, model, feeds, fid, users, latency, started)
 
 

@@ -2,8 +2,16 @@
 leading axis is the sample axis (any dtype: float images, int64 token ids, bool masks, audio
 frames); every input has the same number of samples. Outputs come back the same way, one array
 per output name. This module holds the few operations every side needs on them: count, slice,
-hash, and a deterministic .npz form (the same arrays always give the same bytes, so an input set
-is one content-addressed artifact on the farm)."""
+hash, the feed of one inference, and a deterministic .npz form (the same arrays always give the
+same bytes, so an input set is one content-addressed artifact on the farm).
+
+What one sample is depends on the feeds' layout:
+
+* `batched` (the default): a sample is one row of each input's batch, the input's first
+  dimension; runners stack samples into batches (`take(feeds, i, i + 1)` is one batch-1 feed);
+* `whole-feed`: a sample is one complete feed, each input exactly as the model takes it (a 0-d
+  scalar, a state with its batch on axis 1, ...); `feeds[name][i]` is input `name` of inference
+  i, so runners run one inference per sample and stack the outputs along a new sample axis."""
 from __future__ import annotations
 
 import hashlib
@@ -14,11 +22,21 @@ from typing import Mapping
 
 import numpy as np
 
-from shared.errors import DataError
+from shared.errors import DataError, InvalidArgument
 
 Feeds = Mapping[str, np.ndarray]
 
 _EPOCH = (1980, 1, 1, 0, 0, 0)          # zip entries carry a time: a fixed one keeps the bytes stable
+
+BATCHED = "batched"
+WHOLE_FEED = "whole-feed"
+LAYOUTS = (BATCHED, WHOLE_FEED)
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise InvalidArgument(f"data layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    return layout
 
 
 def num_samples(feeds: Feeds, what: str = "feeds") -> int:
@@ -45,11 +63,34 @@ def select(feeds: Feeds, indices) -> dict[str, np.ndarray]:
     return {name: np.asarray(array)[list(indices)] for name, array in feeds.items()}
 
 
-def digest(feeds: Feeds) -> str:
-    """Content hash: names, dtypes, shapes and bytes, in name order."""
+def feed_at(feeds: Feeds, index: int, layout: str = BATCHED) -> dict[str, np.ndarray]:
+    """The feed of inference `index`: a batch of one sample ({name: (1, ...)}) when batched, the
+    sample's arrays exactly as stored when whole-feed (a 0-d input stays a 0-d array)."""
+    if check_layout(layout) == BATCHED:
+        return take(feeds, index, index + 1)
+    return {name: np.asarray(array[index]) for name, array in feeds.items()}
+
+
+def sample_feeds(feeds: Feeds, layout: str = BATCHED, limit: int | None = None,
+                 what: str = "feeds") -> list[dict[str, np.ndarray]]:
+    """One feed per sample (at most `limit`), as calibration and the sensitivity pass consume them."""
+    count = num_samples(feeds, what)
+    return [feed_at(feeds, i, layout) for i in range(count if limit is None else min(limit, count))]
+
+
+def contiguous(array) -> np.ndarray:
+    """A C-contiguous array of the same shape (np.ascontiguousarray turns a 0-d array into 1-d)."""
+    return np.require(np.asarray(array), requirements="C")
+
+
+def digest(feeds: Feeds, layout: str = BATCHED) -> str:
+    """Content hash: names, dtypes, shapes and bytes, in name order (and the layout, when not the
+    default: the same arrays are other inferences whole-feed)."""
     h = hashlib.sha256()
+    if check_layout(layout) != BATCHED:
+        h.update(f"layout|{layout}|".encode())
     for name in sorted(feeds):
-        array = np.ascontiguousarray(feeds[name])
+        array = contiguous(feeds[name])
         h.update(f"{name}|{array.dtype.str}|{list(array.shape)}|".encode())
         h.update(array.tobytes())
     return h.hexdigest()
@@ -61,7 +102,7 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
         for name in sorted(arrays):
             member = io.BytesIO()
-            np.lib.format.write_array(member, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            np.lib.format.write_array(member, contiguous(arrays[name]), allow_pickle=False)
             archive.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH), member.getvalue())
     return buf.getvalue()
 

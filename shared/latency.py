@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from shared.errors import EvaluationError, InvalidArgument
-from shared.feeds import Feeds, take
+from shared.feeds import BATCHED, Feeds, feed_at
 from shared.runners.base import Runner, Timer, timers_of
 
 DEFAULT_LATENCY_LOCK = Path(tempfile.gettempdir()) / "qfarm-latency.lock"
@@ -92,13 +92,15 @@ def _times(timer: Timer, n: int, which: str) -> list[float]:
 
 
 def interleaved_latency(runner: Runner, fp32_model: Path, model: Path, sample: Feeds, runs: int, *,
-                        warmup: int = WARMUP_RUNS, seed: int = 0, lock: Path | None = None) -> LatencyStats | None:
-    """Time `model` against `fp32_model` in `runs` pairs (None when runs is 0); see the module doc."""
+                        warmup: int = WARMUP_RUNS, seed: int = 0, lock: Path | None = None,
+                        layout: str = BATCHED) -> LatencyStats | None:
+    """Time `model` against `fp32_model` in `runs` pairs (None when runs is 0) on the first sample
+    of `sample`: batch 1, or its one whole feed (`layout`); see the module doc."""
     if runs <= 0:
         return None
-    one = take(sample, 0, 1)
+    one = feed_at(sample, 0, layout)
     rng = np.random.default_rng(seed)
-    with timers_of(runner, [Path(fp32_model), Path(model)], one) as (fp32_timer, timer):
+    with timers_of(runner, [Path(fp32_model), Path(model)], one, layout) as (fp32_timer, timer):
         with host_lock(lock):
             for _ in range(warmup):
                 _times(fp32_timer, 1, "FP32")

@@ -213,11 +213,10 @@ def _class_map_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- tasks -------------------------------------------------------------------------------------
 def effective_shape(array: np.ndarray) -> tuple[int, ...]:
-    """The shape without trailing singleton dims after the sample axis ((N, 1000, 1, 1) -> (N, 1000))."""
-    shape = list(np.shape(array))
-    while len(shape) > 1 and shape[-1] == 1:
-        shape.pop()
-    return tuple(shape)
+    """The shape without singleton dims after the sample axis ((N, 1000, 1, 1) -> (N, 1000); whole
+    feeds stacked with the model's batch of one, (N, 1, 1000) -> (N, 1000))."""
+    shape = tuple(np.shape(array))
+    return shape[:1] + tuple(d for d in shape[1:] if d != 1)
 
 
 def is_class_scores(array: np.ndarray) -> bool:

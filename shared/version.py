@@ -5,10 +5,11 @@ from __future__ import annotations
 from importlib import metadata
 
 #: the wire protocol this build speaks (protos/qfarm/v1); bump on an incompatible change of meaning
-#: (2: .npz input sets and reference outputs, the FP32 model in candidate jobs, interleaved latency)
-PROTOCOL_VERSION = 2
+#: (2: .npz input sets and reference outputs, the FP32 model in candidate jobs, interleaved latency;
+#: 3: whole-feed evaluation data, EvalData.data_layout, which an older agent would run as batches)
+PROTOCOL_VERSION = 3
 #: protocols a coordinator of this build accepts from agents
-COMPATIBLE_PROTOCOLS = frozenset({2})
+COMPATIBLE_PROTOCOLS = frozenset({3})
 #: what an agent that predates versioned registration (it sends 0) speaks
 UNVERSIONED_PROTOCOL = 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from coordinator import options
@@ -12,6 +13,7 @@ from coordinator.farm.commands import spec_from_tune_args
 from coordinator.farm.spec import spec_from_local, spec_from_wire
 from coordinator.tune import TuneConfig
 from shared.errors import InvalidArgument
+from shared.feeds import save_npz
 from tests.farm_support import IMAGES
 from tests.models import make_classifier
 
@@ -46,11 +48,19 @@ def _flag_args(option: options.Option, value) -> list[str]:
     return [option.flags[0], *map(str, value if isinstance(value, tuple) else (value,))]
 
 
+#: options that apply to tensor datasets only: reached with --data instead of --images
+TENSOR_ONLY = ("data_layout",)
+
+
 @pytest.mark.parametrize("option", options.OPTIONS, ids=lambda o: o.name)
 def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option, tmp_path):
     model = make_classifier(tmp_path / "m.onnx")
     value = _other_value(option)
-    base = ["tune", str(model), "--images", str(IMAGES), "--out", str(tmp_path / "o"), "--labels", "synset"]
+    tensors = option.name in TENSOR_ONLY
+    if tensors:
+        save_npz(tmp_path / "samples.npz", {"input": np.zeros((4, 3, 32, 32), np.float32)})
+    data = ["--data", str(tmp_path / "samples.npz")] if tensors else ["--images", str(IMAGES), "--labels", "synset"]
+    base = ["tune", str(model), *data, "--out", str(tmp_path / "o")]
     args = build_parser().parse_args(base + _flag_args(option, value) + ["--coordinator", "127.0.0.1:1",
                                                                         "--devices", "cpu"])
     if not option.spec:                    # a flag of the command only (where it looks), never sent
@@ -59,7 +69,8 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
         return
     from_flag = spec_from_tune_args(args)
     assert getattr(from_flag, option.name) == value
-    section = {"data": {"images": str(IMAGES)}, "strategy": {}}
+    section = {"data": {"tensors": str(tmp_path / "samples.npz")} if tensors else {"images": str(IMAGES)},
+               "strategy": {}}
     raw = {"devices": ["cpu"], "models": [{"path": str(model)}], **section}
     (raw[option.section] if option.section else raw)[option.key] = list(value) if isinstance(value, tuple) else value
     from_spec = spec_from_local(raw, "test", tmp_path)
@@ -68,7 +79,8 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
     assert getattr(wire, option.name) == value and wire.wire_json() == from_spec.wire_json()
     if option.tune:
         assert getattr(tune_config_from_args(args), option.name) == value
-        assert getattr(TuneConfig(model, IMAGES, tmp_path, **wire.tune_options()), option.name) == value
+        source = {"images": None, "data": tmp_path / "samples.npz"} if tensors else {"images": IMAGES}
+        assert getattr(TuneConfig(model, out=tmp_path, **source, **wire.tune_options()), option.name) == value
     else:       # the campaign's own option: not part of what decides results
         (raw[option.section] if option.section else raw).pop(option.key)
         default = spec_from_local(raw, "test", tmp_path)
@@ -86,7 +98,8 @@ def test_an_option_reaches_the_tune_the_same_way_from_flag_spec_and_wire(option,
     ("input_shape", ("x:1x0x8x8",), "'x:1x0x8x8': dimension 0 must be a positive integer"),
     ("input_shape", ("x1x3",), "'x1x3' is not NAME:DIMS with dimensions joined by 'x'"),
     ("input_shape", ("x:1x3", "x:1x4"), "names input 'x' twice ('x:1x3' and 'x:1x4')"),
-    ("input_shape", tuple(f"x{i}:1" for i in range(257)), "names 257 input shapes; at most 256")])
+    ("input_shape", tuple(f"x{i}:1" for i in range(257)), "names 257 input shapes; at most 256"),
+    ("data_layout", "rows", "'rows' is not one of auto, batched, whole-feed")])
 def test_a_bad_value_is_named_by_flag_and_by_spec_key(name, bad, needle, tmp_path):
     option = options.BY_NAME[name]
     with pytest.raises(InvalidArgument) as info:

@@ -222,8 +222,9 @@ class TvmRunner:
 
     # -- compile -------------------------------------------------------------------------------
     @_hook_errors_as_is
-    def compile(self, model: Path, batch: int, sample: Feeds) -> CompiledLibrary:
-        """The cached library for `batch` rows of each input of `sample`, compiling it on a miss."""
+    def compile(self, model: Path, batch: int | None, sample: Feeds) -> CompiledLibrary:
+        """The cached library for `batch` rows of each input of `sample` (batch None: `sample` is one
+        whole feed, compiled for its exact shapes), compiling it on a miss."""
         proto, sha = self._load(Path(model))
         missing = unsupported_ops(proto)
         if missing:
@@ -299,13 +300,52 @@ class TvmRunner:
 
         return self._with_session([lib], work, f"run {model.name}")
 
+    @_hook_errors_as_is
+    def run_feed(self, model: Path, feed: Feeds) -> dict[str, np.ndarray]:
+        """One inference on a whole feed (runner protocol 3), compiled for the feed's exact shapes."""
+        model = Path(model)
+        lib = self.compile(model, None, feed)
+        arrays = self._ordered(model, feed)
+        names = [o.name for o in self._load(model)[0].graph.output]
+
+        def work(remote: _Remote, attempt: int) -> dict[str, np.ndarray]:
+            import tvm
+
+            remote.vm.set_input("main", *[tvm.runtime.tensor(a, remote.device) for a in arrays])
+            remote.vm.invoke_stateful("main")
+            outs = _outputs(remote.vm)
+            if len(outs) != len(names):
+                raise EvaluationError(f"{model.name} returned {len(outs)} outputs on the device; "
+                                      f"the model has {len(names)}")
+            return {name: np.asarray(o.numpy()) for name, o in zip(names, outs)}
+
+        return self._with_session([lib], work, f"run {model.name}")
+
     @contextlib.contextmanager
     def timers(self, models: Sequence[Path], sample: Feeds) -> Iterator[list[Timer]]:
         """One timer per model, all in one session on one device: each call times `n` batch-1 runs
         with TVM's time_evaluator on the device. Libraries are compiled (or taken from the cache)
         before the first call; a session lost between calls is reopened and the call repeated."""
         models = [Path(m) for m in models]
-        built = [self.compile(m, self._batch_for(m, 1), sample) for m in models]
+
+        def arrays_for(model: Path) -> list[np.ndarray]:
+            return [_pad(a[:1], self._batch_for(model, 1)) for a in self._ordered(model, sample)]
+
+        with self._device_timers(models, [self.compile(m, self._batch_for(m, 1), sample) for m in models],
+                                 arrays_for) as timers:
+            yield timers
+
+    @contextlib.contextmanager
+    def feed_timers(self, models: Sequence[Path], feed: Feeds) -> Iterator[list[Timer]]:
+        """The same for one whole feed, run exactly as given."""
+        models = [Path(m) for m in models]
+        with self._device_timers(models, [self.compile(m, None, feed) for m in models],
+                                 lambda model: self._ordered(model, feed)) as timers:
+            yield timers
+
+    @contextlib.contextmanager
+    def _device_timers(self, models: list[Path], built: list[CompiledLibrary],
+                       arrays_for: Callable[[Path], list[np.ndarray]]) -> Iterator[list[Timer]]:
         # one module per distinct library: loading the same library twice in one session kills the
         # RPC server (FP32 timed against itself shares one VM)
         libs = list({lib.path: lib for lib in built}.values())
@@ -314,8 +354,7 @@ class TvmRunner:
         what = f"timing {', '.join(m.name for m in models)}"
 
         def timer_for(index: int) -> Timer:
-            batch = self._batch_for(models[index], 1)
-            arrays = [_pad(a[:1], batch) for a in self._ordered(models[index], sample)]
+            arrays = arrays_for(models[index])
 
             @_hook_errors_as_is
             def timed(n: int) -> list[float]:

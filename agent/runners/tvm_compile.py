@@ -137,6 +137,17 @@ class InputSpec:
                                 f"(model dims {list(self.dims)}, data shape {list(shape)})")
         return shape
 
+    def bind_whole(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The static shape to compile for one whole feed: exactly `shape`, checked against every fixed dim."""
+        if len(shape) != len(self.dims):
+            raise DataError(f"input {self.name!r} has {len(self.dims)} dims {list(self.dims)}; "
+                            f"the feed gives shape {list(shape)}")
+        for i, (want, got) in enumerate(zip(self.dims, shape)):
+            if isinstance(want, int) and want != got:
+                raise DataError(f"input {self.name!r} dim {i} is {want}, the feed has {got} "
+                                f"(model dims {list(self.dims)}, feed shape {list(shape)})")
+        return tuple(shape)
+
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     """The model's fed inputs (graph inputs that are not initializers), in graph order."""
@@ -158,9 +169,10 @@ class BoundInput:
     dtype: str
 
 
-def bind_inputs(specs: list[InputSpec], batch: int, sample: Mapping[str, np.ndarray]) -> tuple[BoundInput, ...]:
-    """Each input's static shape and dtype for `batch` rows of `sample` (arrays with a sample axis);
-    data for an input the model lacks, a missing input or another dtype is a DataError naming it."""
+def bind_inputs(specs: list[InputSpec], batch: int | None, sample: Mapping[str, np.ndarray]) -> tuple[BoundInput, ...]:
+    """Each input's static shape and dtype for `batch` rows of `sample` (arrays with a sample axis),
+    or, with `batch` None, for `sample` as one whole feed (its arrays' own shapes); data for an input
+    the model lacks, a missing input or another dtype is a DataError naming it."""
     names = [s.name for s in specs]
     missing = [n for n in names if n not in sample]
     extra = [n for n in sample if n not in names]
@@ -173,7 +185,8 @@ def bind_inputs(specs: list[InputSpec], batch: int, sample: Mapping[str, np.ndar
         array = np.asarray(sample[spec.name])
         if array.dtype.name != spec.dtype:
             raise DataError(f"input {spec.name!r} is {spec.dtype}; the data is {array.dtype.name}")
-        bound.append(BoundInput(spec.name, spec.bind(batch, tuple(array.shape[1:])), spec.dtype))
+        shape = spec.bind_whole(array.shape) if batch is None else spec.bind(batch, tuple(array.shape[1:]))
+        bound.append(BoundInput(spec.name, shape, spec.dtype))
     return tuple(bound)
 
 

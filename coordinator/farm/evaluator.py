@@ -27,7 +27,7 @@ from coordinator.farm.states import ALIVE
 from coordinator.farm.store import ResultRow, Store
 from shared.artifacts import ArtifactStore, sha256_file
 from shared.errors import EvaluationError, QfarmError
-from shared.feeds import npz_bytes
+from shared.feeds import BATCHED, npz_bytes
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import DeviceResult
 from shared.settings import QuantSettings
@@ -183,7 +183,8 @@ class FarmEvaluator:
         if digest in self._data:
             self._last_data = (data, self._data[digest])
             return self._data[digest]
-        evaldata = job_pb2.EvalData(latency_runs=data.latency_runs, task=data.task, metric=data.metric or "")
+        evaldata = job_pb2.EvalData(latency_runs=data.latency_runs, task=data.task, metric=data.metric or "",
+                                    data_layout="" if data.layout == BATCHED else data.layout)
         if data.source is not None and data.source.is_file():   # a build worker wrote npz_bytes(feeds): no copy
             evaldata.inputs.CopyFrom(self.ctx.register_file(data.source, "inputs", "eval inputs"))
         else:
@@ -192,6 +193,8 @@ class FarmEvaluator:
             evaldata.labels.CopyFrom(self.ctx.register_bytes(npy_bytes(np.asarray(data.labels, np.int64)),
                                                              "labels", "eval labels"))
         text = f"{evaldata.inputs.sha256}|{evaldata.labels.sha256}|{data.latency_runs}|{data.task}|{data.metric or ''}"
+        if data.layout != BATCHED:           # the same arrays are other inferences whole-feed
+            text += f"|{data.layout}"
         key = hashlib.sha256(text.encode()).hexdigest()[:12]
         self._data[digest] = (key, evaldata)
         self._last_data = (data, (key, evaldata))

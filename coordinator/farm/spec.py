@@ -218,6 +218,8 @@ def parse_spec(raw: Mapping[str, Any], source: str, model_file: FileResolver, im
     options = parse_spec_values(raw, {"data": data, "strategy": strategy}, errors.add)
     if "probe_recipes" not in strategy and "reduce_range" not in quant:   # no recipe pinned: measure the pair
         options["probe_recipes"] = AUTO_PROBES
+    if options["data_layout"] != "auto" and data.get("tensors") is None:
+        errors.add("data.data_layout", "applies to a tensor dataset (data.tensors), not to images")
     errors.raise_if_any()
     return CampaignSpec(name=name, devices=devices, models=tuple(models), images=images or (),
                         calibration_images=cal_images, preprocess=preprocess, quantization=quant, tensors=tensors,

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 
 from shared.errors import InvalidArgument, ModelError
-from shared.feeds import Feeds, num_samples, take
+from shared.feeds import BATCHED, Feeds, sample_feeds
 
 from .adaround import apply_adaround
 from .bias_correction import apply_bias_correction, correctable
@@ -60,7 +60,7 @@ def refine_quantized(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, f
     return out, RefineReport(len(layers), learned, skipped, corrected, time.process_time() - started)
 
 
-def calibration_feeds(calibration: Feeds) -> list[dict[str, np.ndarray]]:
-    """One feed per calibration sample ({input: (1, ...)} for every input), as the statistics
-    pass consumes them."""
-    return [take(calibration, i, i + 1) for i in range(num_samples(calibration, "calibration data"))]
+def calibration_feeds(calibration: Feeds, layout: str = BATCHED) -> list[dict[str, np.ndarray]]:
+    """One feed per calibration sample ({input: (1, ...)} for every input, or one whole feed), as
+    the statistics pass consumes them."""
+    return sample_feeds(calibration, layout, what="calibration data")

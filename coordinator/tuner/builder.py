@@ -45,7 +45,7 @@ class CandidateBuilder:
         if key not in self._calibration:
             try:
                 self.pool.call("coordinator.quantize:calibrate_task", self.ws.prepared, spec, self.ws.calibration_file,
-                               self.cache_dir, what=f"calibration of {self.ws.prepared.source.name} "
+                               self.cache_dir, self.ws.layout, what=f"calibration of {self.ws.prepared.source.name} "
                                                     f"({spec.settings.calibrate})")
                 self._calibration[key] = None
             except BuildCrashed:
@@ -75,7 +75,7 @@ class CandidateBuilder:
                 failure = failed[spec.id]
                 running.append((spec, failure if failure is not None else self.pool.submit(
                     "coordinator.quantize:build_task", self.ws.prepared, spec, self.out_dir, self.ws.calibration_file,
-                    self.cache_dir, what=f"building candidate {spec.id}")))
+                    self.cache_dir, self.ws.layout, what=f"building candidate {spec.id}")))
 
         fill()
         try:

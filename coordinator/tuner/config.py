@@ -33,6 +33,8 @@ class TuneConfig:
             raise InvalidArgument("--calibration-data goes with --data (for --images use --calibration-images)")
         if self.images is None and self.calibration_images is not None:
             raise InvalidArgument("--calibration-images goes with --images (for --data use --calibration-data)")
+        if self.data is None and self.data_layout != "auto":
+            raise InvalidArgument(f"--data-layout {self.data_layout} applies to a tensor dataset (--data), not to images")
         if self.max_top1_drop is not None and (self.labels == "none" or self.data is not None):
             raise InvalidArgument("--max-top1-drop needs labelled images (--images with --labels synset)")
 

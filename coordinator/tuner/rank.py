@@ -16,7 +16,7 @@ from coordinator.tuner.catalog import RANKING_METHODS
 from coordinator.tuner.config import TuneConfig
 from coordinator.tuner.run import TuneRun
 from shared.atomic import atomic_write_text
-from shared.feeds import Feeds, load_npz, num_samples, take
+from shared.feeds import BATCHED, Feeds, load_npz, sample_feeds, take
 from shared.feeds import digest as feeds_digest
 from shared.settings import QuantSettings
 
@@ -44,7 +44,7 @@ def rank(run: TuneRun, record: bool = True) -> list[str]:
     else:
         data, count = ws.eval_file, cfg.n_calibration
     rows = run.builder.pool.call("coordinator.tuner.rank:ranking_rows", cfg, ws.prepared, ws.calibration_digest,
-                                 chosen, qdq_settings, data, count,
+                                 chosen, qdq_settings, data, count, ws.layout,
                                  what=f"the sensitivity ranking of {ws.prepared.source.name}")
     if record:
         run.state.set_sections({"ranking": rows, "ranking_method": cfg.ranking_method,
@@ -53,14 +53,15 @@ def rank(run: TuneRun, record: bool = True) -> list[str]:
 
 
 def ranking_rows(cfg: TuneConfig, prepared: PreparedModel, calibration_digest: str, chosen: QuantSettings,
-                 qdq_settings: QuantSettings, data_file: Path, count: int | None) -> list[dict]:
+                 qdq_settings: QuantSettings, data_file: Path, count: int | None, layout: str = BATCHED) -> list[dict]:
     """In a build worker: the ranking rows, from the content-keyed cache or measured (and cached).
-    `data_file`: the calibration feeds (.npz), or the evaluation feeds of which the first `count`."""
+    `data_file`: the calibration feeds (.npz), or the evaluation feeds of which the first `count`;
+    `layout`: what one of their samples is (shared/feeds.py)."""
     calibration = load_npz(data_file)
     if count is not None:
         calibration = take(calibration, 0, count)
     key = hashlib.sha256("|".join([prepared.sha256, chosen.canonical(), qdq_settings.canonical(),
-                                   feeds_digest(calibration),
+                                   feeds_digest(calibration, layout),
                                    str(cfg.ranking_images), cfg.ranking_method, RANKING_CACHE_VERSION])
                          .encode()).hexdigest()[:20]
     cached = cfg.out / "cache" / f"ranking-{key}.json"
@@ -69,19 +70,19 @@ def ranking_rows(cfg: TuneConfig, prepared: PreparedModel, calibration_digest: s
             return json.loads(cached.read_text())
         except ValueError as exc:   # a torn or edited cache file is measured again, not trusted
             log.warning("ignoring unreadable ranking cache %s: %s", cached, exc)
-    rows = measure_ranking(cfg, prepared, calibration_digest, chosen, qdq_settings, calibration)
+    rows = measure_ranking(cfg, prepared, calibration_digest, chosen, qdq_settings, calibration, layout)
     atomic_write_text(cached, json.dumps(rows))
     return rows
 
 
 def measure_ranking(cfg: TuneConfig, prepared: PreparedModel, calibration_digest: str, chosen: QuantSettings,
-                    qdq_settings: QuantSettings, calibration: Feeds) -> list[dict]:
+                    qdq_settings: QuantSettings, calibration: Feeds, layout: str = BATCHED) -> list[dict]:
     from coordinator.sensitivity import score_all
 
     spec = spec_for(prepared, qdq_settings, (), calibration_digest=calibration_digest)
-    ensure_calibration(prepared, spec, calibration, cfg.out / "cache")    # built from cached ranges, like any build
-    full_qdq = build_candidate(prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache")
-    feeds = [take(calibration, i, i + 1) for i in range(min(cfg.ranking_images, num_samples(calibration)))]
+    ensure_calibration(prepared, spec, calibration, cfg.out / "cache", layout)   # from cached ranges, like any build
+    full_qdq = build_candidate(prepared, spec, cfg.out / "candidates", calibration, cfg.out / "cache", layout=layout)
+    feeds = sample_feeds(calibration, layout, cfg.ranking_images)
     by_method = score_all(prepared.path, full_qdq.path, feeds)  # one measurement pass, both methods
     allowed = set(quantizable_nodes(prepared, chosen))
     primary = [s for s in by_method[cfg.ranking_method] if s.node in allowed]

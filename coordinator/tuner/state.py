@@ -375,7 +375,7 @@ def _new_report(config: TuneConfig, ws: Workspace, devices: tuple[str, ...]) -> 
                  "calibration": num_samples(ws.calibration) if ws.calibration is not None else 0,
                  "eval": ws.eval_inputs.num_samples,
                  "preprocess": cfg.preprocess.to_dict() if cfg.images is not None else None, "task": cfg.task,
-                 "metric": cfg.metric},
+                 "metric": cfg.metric, "data_layout": ws.layout if cfg.data is not None else None},
         "devices": list(devices),
         "ranking": [],
         "candidates": [],

@@ -27,7 +27,7 @@ from coordinator.evaluators import EvalInputs
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.tuner.config import TuneConfig
 from shared.atomic import atomic_output
-from shared.feeds import Feeds, load_npz, npz_bytes
+from shared.feeds import BATCHED, Feeds, load_npz, npz_bytes
 from shared.feeds import digest as feeds_digest
 from shared.settings import QuantSettings
 
@@ -47,6 +47,7 @@ class Workspace:
     excludes: tuple[str, ...] = ()          # --exclude and the recipe's keep_float presets: always float
     calibration_file: Path | None = None    # the calibration feeds as .npz (what build workers read)
     eval_file: Path | None = None           # the evaluation feeds as .npz (the farm's inputs artifact)
+    layout: str = BATCHED                   # what one sample of the calibration and evaluation feeds is
 
 
 def apply_model_recipes(prepared: PreparedModel, settings: QuantSettings, work_dir: Path) -> PreparedModel:
@@ -95,19 +96,21 @@ def load_workspace(config: TuneConfig) -> Workspace:
         from coordinator import tensor_data
 
         def data_shapes(inputs):
-            return tensor_data.data_shapes(config.data, inputs)
+            return tensor_data.data_shapes(config.data, inputs, config.data_layout)
     else:
         data_shapes = data_mod.image_input_shapes(config.preprocess, Path(config.model).name)
     prepared = prepare_model(config.model, config.out / "prepared", input_shapes=config.input_shape,
                              data_shapes=data_shapes)
     prepared = apply_model_recipes(prepared, config.settings, config.out / "prepared")
     n_cal = config.settings.calibration_images if config.settings.is_static else config.n_calibration
+    layout = BATCHED
     if config.data is not None:
         from coordinator import tensor_data
 
-        dataset = tensor_data.list_tensors(config.data, prepared.inputs)
+        dataset = tensor_data.list_tensors(config.data, prepared.inputs, config.data_layout)
+        layout = dataset.layout             # calibration data is read the same way as the evaluation data
         cal_set = None if config.calibration_data is None else \
-            tensor_data.list_tensors(config.calibration_data, prepared.inputs)
+            tensor_data.list_tensors(config.calibration_data, prepared.inputs, layout)
         calib, evals = data_mod.split(dataset, n_cal, config.n_eval, config.seed, cal_set, noun="samples")
         calibration = tensor_data.load_feeds(calib) if config.settings.is_static else None
         feeds, labels, preprocess = tensor_data.load_feeds(evals), None, None
@@ -119,7 +122,7 @@ def load_workspace(config: TuneConfig) -> Workspace:
         calibration = {name: data_mod.load_batch(calib, config.preprocess)} if config.settings.is_static else None
         feeds, labels = {name: data_mod.load_batch(evals, config.preprocess)}, data_mod.labels_array(evals)
         preprocess = config.preprocess.to_dict()
-    eval_inputs = EvalInputs(feeds, labels, config.latency_runs, config.task, config.metric)
+    eval_inputs = EvalInputs(feeds, labels, config.latency_runs, config.task, config.metric, layout=layout)
     identity = {
         "model_sha256": prepared.sha256,
         "settings": config.settings.canonical(),
@@ -128,7 +131,8 @@ def load_workspace(config: TuneConfig) -> Workspace:
         "calibration_digest": calib.digest(),
         "measures": {"task": config.task, "metric": config.metric},
     }
-    return Workspace(prepared, calibration, eval_inputs, calib.digest(), identity, fixed_excludes(prepared, config))
+    return Workspace(prepared, calibration, eval_inputs, calib.digest(), identity, fixed_excludes(prepared, config),
+                     layout=layout)
 
 
 # -- in a build worker, and back ----------------------------------------------------------------
@@ -179,6 +183,7 @@ def workspace_files(config: TuneConfig) -> dict[str, Any]:
         "eval_labels": None if labels is None else str(labels),
         "latency_runs": ws.eval_inputs.latency_runs, "task": ws.eval_inputs.task, "metric": ws.eval_inputs.metric,
         "calibration_digest": ws.calibration_digest, "identity": ws.identity, "excludes": list(ws.excludes),
+        "layout": ws.layout,
     }
 
 
@@ -188,11 +193,11 @@ def workspace_from_files(answer: dict[str, Any]) -> Workspace:
     eval_file = Path(answer["eval_inputs"])
     labels = None if answer["eval_labels"] is None else np.array(load_npz(Path(answer["eval_labels"]))["labels"])
     eval_inputs = EvalInputs(map_npz(eval_file), labels, answer["latency_runs"], answer["task"], answer["metric"],
-                             source=eval_file)
+                             source=eval_file, layout=answer["layout"])
     return Workspace(_typed(PreparedModel, answer["prepared"]),
                      None if calibration is None else map_npz(calibration), eval_inputs,
                      answer["calibration_digest"], answer["identity"], tuple(answer["excludes"]),
-                     calibration_file=calibration, eval_file=eval_file)
+                     calibration_file=calibration, eval_file=eval_file, layout=answer["layout"])
 
 
 def open_workspace(config: TuneConfig, pool: "BuildPool") -> Workspace:

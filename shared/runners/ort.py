@@ -14,7 +14,7 @@ import onnxruntime as ort
 
 from shared.errors import DataError, EvaluationError, InvalidArgument
 from shared.feeds import Feeds, num_samples, take
-from shared.runners.base import RunnerInfo, Timer, UnsupportedModel
+from shared.runners.base import Outputs, RunnerInfo, Timer, UnsupportedModel
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -113,17 +113,37 @@ class OrtRunner:
             raise EvaluationError(f"onnxruntime failed running the model: {str(exc).splitlines()[0]}") from exc
         return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
+    def run_feed(self, model: Path, feed: Feeds) -> Outputs:
+        """One inference on a whole feed, exactly as given (whole-feed datasets)."""
+        sess = self.session(model)
+        check_feed_names(sess, feed)
+        try:
+            outs = sess.run(None, {name: np.asarray(array) for name, array in feed.items()})
+        except Exception as exc:
+            raise EvaluationError(f"onnxruntime failed running the model: {str(exc).splitlines()[0]}") from exc
+        return {o.name: np.asarray(out) for o, out in zip(sess.get_outputs(), outs)}
+
     @contextmanager
     def timers(self, models: Sequence[Path], sample: Feeds) -> Iterator[list[Timer]]:
         """One fresh session per model, same options, each timing `sess.run` on the batch-1 sample."""
+        def feed_for(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
+            batch, fixed = self.batch_size(sess)
+            return pad_batch(take(sample, 0, 1), batch) if fixed else take(sample, 0, 1)
+
+        yield self._timers(models, sample, feed_for)
+
+    @contextmanager
+    def feed_timers(self, models: Sequence[Path], feed: Feeds) -> Iterator[list[Timer]]:
+        """The same for one whole feed, run exactly as given."""
+        yield self._timers(models, feed, lambda sess: {name: np.asarray(a) for name, a in feed.items()})
+
+    def _timers(self, models: Sequence[Path], feed: Feeds, feed_for) -> list[Timer]:
         sessions = [self._new_session(Path(m)) for m in models]
         timers = []
         for sess in sessions:
-            check_feed_names(sess, sample)
-            batch, fixed = self.batch_size(sess)
-            feed = pad_batch(take(sample, 0, 1), batch) if fixed else take(sample, 0, 1)
-            timers.append(_session_timer(sess, feed))
-        yield timers
+            check_feed_names(sess, feed)
+            timers.append(_session_timer(sess, feed_for(sess)))
+        return timers
 
 
 def _session_timer(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Timer:

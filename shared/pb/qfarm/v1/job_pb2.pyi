@@ -118,20 +118,22 @@ class Candidate(_message.Message):
     def __init__(self, id: _Optional[str] = ..., base_model: _Optional[_Union[Artifact, _Mapping]] = ..., model: _Optional[_Union[Artifact, _Mapping]] = ..., settings: _Optional[_Union[QuantSettings, _Mapping]] = ..., excluded_nodes: _Optional[_Iterable[str]] = ..., int16_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EvalData(_message.Message):
-    __slots__ = ("inputs", "labels", "input_name", "latency_runs", "task", "metric")
+    __slots__ = ("inputs", "labels", "input_name", "latency_runs", "task", "metric", "data_layout")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     INPUT_NAME_FIELD_NUMBER: _ClassVar[int]
     LATENCY_RUNS_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
+    DATA_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     inputs: Artifact
     labels: Artifact
     input_name: str
     latency_runs: int
     task: str
     metric: str
-    def __init__(self, inputs: _Optional[_Union[Artifact, _Mapping]] = ..., labels: _Optional[_Union[Artifact, _Mapping]] = ..., input_name: _Optional[str] = ..., latency_runs: _Optional[int] = ..., task: _Optional[str] = ..., metric: _Optional[str] = ...) -> None: ...
+    data_layout: str
+    def __init__(self, inputs: _Optional[_Union[Artifact, _Mapping]] = ..., labels: _Optional[_Union[Artifact, _Mapping]] = ..., input_name: _Optional[str] = ..., latency_runs: _Optional[int] = ..., task: _Optional[str] = ..., metric: _Optional[str] = ..., data_layout: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "attempt", "device", "candidate", "data", "fp32_outputs", "reference", "fp32_model")
