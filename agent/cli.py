@@ -19,6 +19,7 @@ from pathlib import Path
 from shared.auth import Role, add_client_arguments, credentials_from_args
 from shared.errors import InvalidArgument, QfarmError
 from shared.latency import add_lock_arguments
+from shared.runners.ort_flags import add_ort_optimizer_argument
 
 log = logging.getLogger("agent")
 
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                           f"(default {TVM_MAX_JOBS}), one per free device of the key")
     reg.add_argument("--threads", type=int, default=1, help="runtime threads per job (0 = runtime default)")
     reg.add_argument("--optimization", default="all", help="ORT graph optimization: disable|basic|extended|all")
+    add_ort_optimizer_argument(reg)
     reg.add_argument("--work-dir", type=Path, default=None, help="artifact cache and job files "
                      "(default ~/.cache/qfarm/agent-<device>)")
     reg.add_argument("--job-timeout", type=float, default=1800.0, help="seconds before a job counts as hung")
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                     raise InvalidArgument(f"{', '.join(given)} only apply to --runtime tvm", step="agent")
             config = AgentConfig(device=args.device, coordinator=args.coordinator, work_dir=work_dir,
                                  runtime=RuntimeOptions(runtime=args.runtime, threads=args.threads,
-                                                        optimization=args.optimization, extra=extra),
+                                                        optimization=args.optimization, extra=extra,
+                                                        disabled_optimizers=tuple(args.ort_disable_optimizers)),
                                  slots=1 if slots is None else slots, job_timeout_s=args.job_timeout,
                                  name=args.name, credentials=credentials_from_args(args, role=Role.AGENT),
                                  job_memory_mb=args.job_memory_mb, drain_timeout_s=args.drain_timeout,

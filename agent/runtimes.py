@@ -28,6 +28,7 @@ class RuntimeOptions:
     threads: int = 1                     # intra-op threads per job (0 = the runtime's default)
     optimization: str = "all"            # ORT graph optimization level
     extra: Mapping[str, str] = field(default_factory=dict)   # runtime-specific (TVM target, tracker, ...)
+    disabled_optimizers: tuple[str, ...] = ()   # ORT graph optimizers this device runs without
 
     def __post_init__(self) -> None:
         if self.runtime not in FACTORIES and not is_function_path(self.runtime):
@@ -36,15 +37,22 @@ class RuntimeOptions:
         if not isinstance(self.threads, int) or self.threads < 0:
             raise InvalidArgument(f"--threads {self.threads!r} must be an integer >= 0", step="agent")
         object.__setattr__(self, "extra", MappingProxyType(dict(self.extra)))
+        if self.disabled_optimizers:
+            from shared.runners.ort import check_optimizer_names
+
+            if self.runtime != "ort":
+                raise InvalidArgument(f"--ort-disable-optimizers applies to --runtime ort, not {self.runtime!r}",
+                                      step="agent")
+            object.__setattr__(self, "disabled_optimizers", check_optimizer_names(self.disabled_optimizers))
 
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "threads": self.threads, "optimization": self.optimization,
-                "extra": dict(self.extra)}
+                "extra": dict(self.extra), "disabled_optimizers": list(self.disabled_optimizers)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RuntimeOptions":
         return cls(runtime=data["runtime"], threads=int(data["threads"]), optimization=data["optimization"],
-                   extra=dict(data.get("extra", {})))
+                   extra=dict(data.get("extra", {})), disabled_optimizers=tuple(data.get("disabled_optimizers", ())))
 
 
 def make_runner(options: RuntimeOptions) -> Runner:
@@ -59,6 +67,14 @@ def make_runner(options: RuntimeOptions) -> Runner:
 
 
 def ort_runner(options: RuntimeOptions) -> Runner:
-    from shared.runners.ort import OrtConfig, OrtRunner
+    from shared.runners.ort import OrtRunner
 
-    return OrtRunner(OrtConfig(optimization=options.optimization, intra_op_threads=options.threads))
+    return OrtRunner(ort_config(options))
+
+
+def ort_config(options: RuntimeOptions):
+    """The onnxruntime session options an agent's RuntimeOptions stand for."""
+    from shared.runners.ort import OrtConfig
+
+    return OrtConfig(optimization=options.optimization, intra_op_threads=options.threads,
+                     disabled_optimizers=options.disabled_optimizers)

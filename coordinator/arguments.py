@@ -46,6 +46,11 @@ def add_quant_arguments(p: argparse.ArgumentParser) -> None:
                    help="cross-layer equalisation before quantizing (relu6: also through ReLU6 clips)")
     p.add_argument("--keep-float", nargs="+", default=[], choices=RECIPES["keep_float"],
                    help="node presets always kept in float")
+    p.add_argument("--float-islands", choices=RECIPES["float_islands"], default="pinned",
+                   help="layers kept in float between quantized ones: pinned (default) gives each its own "
+                        "per-channel DequantizeLinear so onnxruntime's CPU EP cannot quantize it again; plain "
+                        "leaves the quantizer's graph (on onnxruntime it then runs in int8 unless the device "
+                        "disables WeightBiasQuantization)")
     p.add_argument("--calibrate", choices=CALIBRATIONS, default=d.calibrate)
     p.add_argument("--activation-type", choices=ACTIVATION_TYPES, default=d.activation_type)
     p.add_argument("--weight-type", choices=WEIGHT_TYPES, default=d.weight_type)
@@ -80,6 +85,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict[str, str]:
         recipe["cle"] = args.cle
     if args.keep_float:
         recipe["keep_float"] = ",".join(sorted(set(args.keep_float)))
+    if args.float_islands != "pinned":
+        recipe["float_islands"] = args.float_islands
     return recipe
 
 

@@ -28,6 +28,9 @@ def add_tune(sub) -> None:
     p.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="node names always kept in float")
     options.add_arguments(p)                             # every tuner option: coordinator/options.py
     p.add_argument("--ort-optimization", choices=("disable", "basic", "extended", "all"), default="all")
+    from shared.runners.ort_flags import add_ort_optimizer_argument
+
+    add_ort_optimizer_argument(p)                        # a runtime option of this process's onnxruntime
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: all cores)")
     from shared.latency import add_lock_arguments
 
@@ -60,6 +63,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from coordinator.tune import Tuner
 
     if args.coordinator:  # farm mode: the same tune as a campaign on the coordinator's agents
+        if args.ort_disable_optimizers:
+            raise InvalidArgument("--ort-disable-optimizers sets the onnxruntime of this process; on the farm each "
+                                  "device runs as its agent was started (agent register --ort-disable-optimizers "
+                                  f"{' '.join(args.ort_disable_optimizers)})", step="tune")
         from coordinator.farm.commands import cmd_tune_farm
 
         return cmd_tune_farm(args)
@@ -74,7 +81,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     config = tune_config_from_args(args)
     if config.metric is not None:
         load_metric(config.metric)                       # importable here, or one line before anything runs
-    runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads))
+    runner = OrtRunner(OrtConfig(optimization=args.ort_optimization, intra_op_threads=args.threads,
+                                 disabled_optimizers=tuple(args.ort_disable_optimizers)))
     evaluator = LocalEvaluator(runner, args.out / "cache", latency_lock=check_lock_path(args.latency_lock))
     with BuildPool(build_limits_from_args(args)) as pool, divert_third_party(args.out) as diverted, \
             Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -134,6 +134,10 @@ def print_summary(report: Mapping, report_path, page=None, notes=()) -> None:
                   + (f" — {escape(policy['verdict'])}" if policy.get("verdict") else ""))
         if policy.get("reason"):
             out.print(f"  policy: {escape(policy['reason'])}")
+        if entry.get("measured_with"):
+            what = f"{entry['recommended']} on {device} was" if entry.get("recommended") else \
+                f"the candidates on {device} were"
+            out.print(f"  {what} measured with {escape(entry['measured_with'])}")
         target = entry.get("target")
         out.print(f"  {escape(target['line'])}" if target else "  no target set (--max-drop, --max-top1-drop, "
                   "--min-sqnr-db, ...): the recommendation is the front's trade-off")

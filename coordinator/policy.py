@@ -29,6 +29,7 @@ from coordinator.measures import (FASTER, NOISE_MARGIN, SLOWER, UNMEASURED, desc
 from coordinator.pareto import effective_objectives, pareto
 from coordinator.tuner.catalog import PREFERENCES
 from coordinator.tuner.targets import Targets
+from shared.results import runtime_summary
 
 __all__ = ["PREFERENCES", "Policy", "comparison", "decide", "decide_report", "device_results"]
 #: a candidate whose top-1 agreement differs by more than this between two device classes is flagged
@@ -132,7 +133,8 @@ def objectives_for(results: Mapping[str, Mapping], objectives: Sequence[str]) ->
 def decide(device: str, model: str, results: Mapping[str, Mapping], fp32: Mapping, objectives: Sequence[str],
            targets: Targets, policy: Policy) -> dict[str, Any]:
     """The report's `pareto.per_device[<device>]`: fronts, best per objective, the recommended
-    candidate (or None), the target summary and the policy with its reason and verdict."""
+    candidate (or None), the target summary, the policy with its reason and verdict, and how the
+    device ran what was decided on (`measured_with`: its runtime and session options)."""
     ok = {cid: r for cid, r in results.items() if is_ok(r)}
     used, note = objectives_for(ok, objectives)
     front = pareto(ok, used)
@@ -180,11 +182,19 @@ def decide(device: str, model: str, results: Mapping[str, Mapping], fp32: Mappin
     if not measured and ok:
         reason.append("latency not measured: the never-slower rule could not be applied")
     entry["recommended"] = recommended
+    entry["measured_with"] = measured_with(results, recommended)
     entry["policy"] = {**policy.to_report(), "reason": "; ".join(reason),
                        "verdict": _verdict(device, model, ok, measured, pays, recommended, policy)}
     entry["target"] = _target_summary(device, targets, ok, meeting, choosable, recommended, fp32_top1) \
         if targets.any else None
     return entry
+
+
+def measured_with(results: Mapping[str, Mapping], recommended: str | None) -> str | None:
+    """The runtime and session options the device measured with (the recommended candidate's, else
+    any result's): a decision holds for those options (e.g. float layers on onnxruntime's CPU EP)."""
+    chosen = [results[recommended]] if recommended in results else list(results.values())
+    return next((text for r in chosen if (text := runtime_summary(r.get("runtime"))) is not None), None)
 
 
 def _balanced(policy: Policy, result: Mapping, fp32_size: float) -> str:

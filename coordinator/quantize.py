@@ -2,7 +2,8 @@
 
 Calibration is computed once per (model, calibration set, method) and cached: excluding nodes
 does not change the FP32 activations, so every candidate of a campaign reuses the same ranges
-(the seed tool recalibrated for every candidate)."""
+(the seed tool recalibrated for every candidate). Nodes kept in float between quantized ones are
+pinned float (coordinator/recipes/float_islands.py) unless the recipe says float_islands=plain."""
 from __future__ import annotations
 
 import difflib
@@ -58,6 +59,10 @@ def candidate_id(model_sha256: str, excluded: Iterable[str], settings: QuantSett
     payload = {"model": model_sha256, "exclude": sorted(set(excluded)), "settings": json.loads(settings.canonical())}
     if settings.mode == "static":
         payload["calibration"] = calibration_digest
+    if pins_float_islands(settings, excluded):   # only then, so ids of candidates without islands stay stable
+        from coordinator.recipes.float_islands import PIN_MARK
+
+        payload["float_islands"] = PIN_MARK
     int16 = sorted(set(int16_nodes))
     if int16:  # only present when used, so ids of plain candidates stay stable
         payload["int16"] = int16
@@ -77,6 +82,13 @@ def validate_node_names(prepared: PreparedModel, names: Iterable[str], what: str
                                   f"(it has {prepared.num_nodes} nodes; tensor names are not node names){hint}",
                                   step="quantize")
     return tuple(result)
+
+
+def pins_float_islands(settings: QuantSettings, excluded: Iterable[str]) -> bool:
+    """Whether a candidate's float nodes get pinned float (static QDQ or QOperator, some node kept
+    in float by the candidate or its keep_float presets, float_islands not "plain")."""
+    return (settings.is_static and settings.recipe.get("float_islands", "pinned") == "pinned"
+            and (bool(tuple(excluded)) or bool(settings.recipe.get("keep_float"))))
 
 
 class FeedsReader:
@@ -192,6 +204,8 @@ def _quantize(prepared: PreparedModel, spec: CandidateSpec, out: Path, calibrati
             calibration_cache_path=calibration_cache_path(prepared, settings, calibration, cache_dir, layout))
         if refine:
             _refine(prepared, settings, out, calibration, layout)
+        if refine and pins_float_islands(settings, spec.excluded_nodes):   # as the candidate id says
+            _pin_islands(excluded, out)
     except ModelError:
         raise
     except Exception as exc:  # the quantizer raises plain exceptions; name the candidate and the cause
@@ -212,6 +226,20 @@ def _with_float_prefix(prepared: PreparedModel, settings: QuantSettings, exclude
 
     prefix = input_prefix(onnx.load(str(prepared.path)), int(count))
     return sorted(set(excluded) | set(prefix))
+
+
+def _pin_islands(excluded: Sequence[str], out: Path) -> None:
+    """Keep the candidate's float nodes float where onnxruntime runs them (recipes/float_islands.py)."""
+    import onnx
+
+    from coordinator.recipes.float_islands import pin_float_islands
+
+    model, report = pin_float_islands(onnx.load(str(out)), excluded)
+    for node, why in report.unpinned:
+        log.warning("float node %s is not pinned (%s): onnxruntime's CPU EP may quantize it again unless "
+                    "WeightBiasQuantization is disabled", node, why)
+    if report.pinned:
+        onnx.save(model, str(out))
 
 
 def _refine(prepared: PreparedModel, settings: QuantSettings, out: Path, calibration: Feeds | None,

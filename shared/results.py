@@ -331,3 +331,11 @@ def runtime_message(info: RunnerInfo):
     for f in dataclasses.fields(info):
         _to_message(message, f.name, getattr(info, f.name))
     return message
+
+
+def runtime_summary(runtime: Any) -> str | None:
+    """How a device ran a model, in one line ("onnxruntime 1.32.0 graph_optimization=all threads=1
+    disabled_optimizers=WeightBiasQuantization"), from a report's `runtime` dict; None without one."""
+    if not isinstance(runtime, Mapping) or not runtime.get("runtime"):
+        return None
+    return " ".join(str(runtime[k]) for k in ("runtime", "version", "options") if runtime.get(k))

@@ -22,14 +22,18 @@ RECIPES = {
     "adaround": ("off", "on"),                # learned weight rounding (QDQ static only)
     "bias_correction": ("off", "on"),         # per-channel bias absorbs the rounding's mean shift
     "float_prefix": ("off", "1", "2", "3", "4"),  # first k compute layers from the input stay float
+    # float layers between QDQ nodes: "pinned" (default) keeps them float under onnxruntime's optimizers,
+    # "plain" leaves the quantizer's DQ -> float layer -> Q, which onnxruntime's CPU EP re-quantizes
+    "float_islands": ("pinned", "plain"),
 }
 #: recipes that only edit the integers of the built model
 REFINE_RECIPES = ("adaround", "bias_correction")
 #: recipes the calibrated ranges do not depend on (they act on the built model or on which nodes
 #: are quantized, and excluding nodes does not change FP32 activations)
-CALIBRATION_FREE_RECIPES = (*REFINE_RECIPES, "float_prefix")
-#: recipe switches whose "off" is the same as leaving them out (so candidate ids stay stable)
-_OFF_IS_ABSENT = ("cle", "adaround", "bias_correction", "float_prefix")
+CALIBRATION_FREE_RECIPES = (*REFINE_RECIPES, "float_prefix", "float_islands")
+#: recipe switches whose default value is the same as leaving them out (so candidate ids stay stable)
+_DEFAULT_IS_ABSENT = {"cle": "off", "adaround": "off", "bias_correction": "off", "float_prefix": "off",
+                      "float_islands": "pinned"}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -78,7 +82,7 @@ class QuantSettings:
                 if item not in RECIPES[key]:
                     raise InvalidArgument(f"recipe {key}={item!r} is not one of {', '.join(RECIPES[key])}",
                                           step="settings")
-        recipe = {k: v for k, v in recipe.items() if not (k in _OFF_IS_ABSENT and v == "off")}
+        recipe = {k: v for k, v in recipe.items() if _DEFAULT_IS_ABSENT.get(k) != v}
         object.__setattr__(self, "recipe", MappingProxyType(dict(sorted(recipe.items()))))
 
     def __hash__(self) -> int:  # recipe is a read-only mapping; hash the canonical text instead

@@ -10,6 +10,7 @@ import pytest
 from coordinator.data import Preprocess, list_images, load_batch, split
 from coordinator.prepare import prepare_model
 from coordinator.quantize import build_candidate, spec_for
+from coordinator.recipes.float_islands import has_float_weights, runtime_graph
 from coordinator.recipes.float_prefix import input_prefix
 from shared.errors import InvalidArgument
 from shared.settings import QuantSettings
@@ -29,22 +30,6 @@ def test_prefix_counts_compute_layers_from_the_input(tmp_path):
         input_prefix(model, "2")
 
 
-def _session_graph(path, level, tmp_path) -> onnx.ModelProto:
-    """The graph onnxruntime actually runs at `level`."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return onnx.load(str(tmp_path / "optimized.onnx"))
-
-
-def _weight_is_float(graph: onnx.ModelProto, node_name: str) -> bool:
-    made_by = {out: n for n in graph.graph.node for out in n.output}
-    node = next(n for n in graph.graph.node if n.name == node_name)
-    producer = made_by.get(node.input[1])
-    return producer is None or producer.op_type != "DequantizeLinear"
-
-
 @pytest.fixture()
 def prepared(tmp_path, images_dir):
     prep = prepare_model(make_classifier(tmp_path / "m.onnx"), tmp_path / "prep")
@@ -56,23 +41,25 @@ def test_prefix_layers_stay_float_where_onnxruntime_runs_them(prepared, tmp_path
     settings = FAST.replace(recipe={"float_prefix": "2"})
     built = build_candidate(prep, spec_for(prep, settings, ()), tmp_path / "c", calibration, tmp_path / "k")
     assert built.id != spec_for(prep, FAST, ()).id
-    graph = _session_graph(built.path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, tmp_path)
-    assert _weight_is_float(graph, "conv0") and _weight_is_float(graph, "conv1")
-    assert not _weight_is_float(graph, "conv2")
+    graph = runtime_graph(built.path)
+    assert has_float_weights(graph, "conv0") and has_float_weights(graph, "conv1")
+    assert not has_float_weights(graph, "conv2")
 
 
 def test_onnxruntime_requantizes_a_float_layer_between_qdq_nodes(prepared, tmp_path):
-    """The reason for a prefix: excluding conv1 alone leaves DQ -> Conv(float) -> Q, and
+    """Why float islands are pinned (coordinator/recipes/float_islands.py): excluding conv1 alone,
+    as the quantizer leaves it (float_islands=plain), gives DQ -> Conv(float) -> Q, and
     onnxruntime's WeightBiasQuantization quantizes its weights again at load time (1.32, CPU EP,
     ORT_ENABLE_BASIC and up). If this starts failing, onnxruntime changed and mid-network float
-    layers may be float again: re-measure notes/recipes.md."""
+    layers may be float again without pinning: re-measure bench/float_islands.py."""
     prep, calibration = prepared
-    built = build_candidate(prep, spec_for(prep, FAST, ("conv1",)), tmp_path / "c", calibration, tmp_path / "k")
-    assert _weight_is_float(onnx.load(str(built.path)), "conv1")          # float in the file
-    unoptimized = _session_graph(built.path, ort.GraphOptimizationLevel.ORT_DISABLE_ALL, tmp_path)
-    assert _weight_is_float(unoptimized, "conv1")
-    optimized = _session_graph(built.path, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, tmp_path)
-    assert not _weight_is_float(optimized, "conv1")                       # not float where it runs
+    plain = FAST.replace(recipe={"float_islands": "plain"})
+    built = build_candidate(prep, spec_for(prep, plain, ("conv1",)), tmp_path / "c", calibration, tmp_path / "k")
+    assert has_float_weights(onnx.load(str(built.path)), "conv1")          # float in the file
+    unoptimized = runtime_graph(built.path, "disable")
+    assert has_float_weights(unoptimized, "conv1")
+    optimized = runtime_graph(built.path)
+    assert not has_float_weights(optimized, "conv1")                       # not float where it runs
     x = calibration["input"][:2]
     outputs = []
     for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_BASIC):

@@ -1,13 +1,10 @@
 """Keep the first k compute layers (counted from the graph input) in float.
 
-Why a prefix and not "the k most sensitive layers": onnxruntime's CPU EP re-quantizes the weights
-of a float Conv/Gemm that sits between a DequantizeLinear and a QuantizeLinear when it loads the
-model (the WeightBiasQuantization optimizer, ORT_ENABLE_BASIC and up), so a layer excluded in the
-middle of a QDQ model is not float at run time; for a depthwise conv it even ends up per-tensor
-(EfficientNet-Lite0: output SQNR 19.6 dB at ORT_DISABLE_ALL, 10.0 dB at BASIC/ALL, measured).
 Layers fed by the graph input, and the chain after them while it stays float, have no
-DequantizeLinear before them and stay float. There they remove the quantization of the input
-image and of the first, highest-resolution activations, which the rest of the network amplifies
+DequantizeLinear before them, so they stay float on every runtime as the quantizer leaves them
+(a layer kept float in the middle of a QDQ model is quantized again by onnxruntime's CPU EP
+unless pinned: coordinator/recipes/float_islands.py). There they remove the quantization of the
+input image and of the first, highest-resolution activations, which the rest of the network amplifies
 (measured: +1.3 dB output SQNR and 97.5 -> 99.0 % top-1 agreement with 2 layers, at no measured
 latency cost on an AVX512-VNNI CPU)."""
 from __future__ import annotations

@@ -1,8 +1,14 @@
-"""ONNX Runtime runner. The graph optimization level is part of the device: on CPUs without VNNI
-the fused int8 kernels (ORT_ENABLE_ALL) saturate differently from ORT_DISABLE_ALL, so the same
-file gives a different accuracy; it is recorded in RunnerInfo.options."""
+"""ONNX Runtime runner. The session options are part of the device and recorded in
+RunnerInfo.options: on CPUs without VNNI the fused int8 kernels (ORT_ENABLE_ALL) saturate
+differently from ORT_DISABLE_ALL, so the same file gives a different accuracy; and from
+ORT_ENABLE_BASIC up, the CPU EP's `WeightBiasQuantization` optimizer quantizes again (per tensor)
+the float weights of a Conv/ConvTranspose/Gemm that sits between a DequantizeLinear and a
+QuantizeLinear, so a layer kept in float in the middle of a QDQ model runs in int8 unless that
+optimizer is disabled (`disabled_optimizers`, onnxruntime's own session argument) or the
+candidate pins its float islands (coordinator/recipes/float_islands.py)."""
 from __future__ import annotations
 
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +28,26 @@ OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
+#: what keeps a layer excluded from quantization in float between QDQ nodes (see the module doc)
+FLOAT_ISLAND_OPTIMIZERS = ("WeightBiasQuantization",)
+MAX_DISABLED_OPTIMIZERS = 64
+_OPTIMIZER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
+
+
+def check_optimizer_names(names, flag: str = "--ort-disable-optimizers") -> tuple[str, ...]:
+    """Sorted, unique optimizer names (onnxruntime's graph transformer and rewrite rule names, e.g.
+    WeightBiasQuantization). onnxruntime ignores names it does not know, so only the spelling can
+    be checked here: a name that is not an identifier is refused."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise InvalidArgument(f"{flag} {names!r} must be a list of optimizer names")
+    names = tuple(sorted(set(names)))
+    if len(names) > MAX_DISABLED_OPTIMIZERS:
+        raise InvalidArgument(f"{flag} names {len(names)} optimizers; at most {MAX_DISABLED_OPTIMIZERS}")
+    for name in names:
+        if not _OPTIMIZER_NAME.match(name):
+            raise InvalidArgument(f"{flag} {name[:80]!r} is not an onnxruntime optimizer name (letters, digits and "
+                                  "_, starting with a letter, at most 128; e.g. WeightBiasQuantization)")
+    return names
 
 
 @dataclass(frozen=True)
@@ -30,8 +56,10 @@ class OrtConfig:
     intra_op_threads: int = 0          # 0 = onnxruntime's default (all cores)
     batch_size: int = 32
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    disabled_optimizers: tuple[str, ...] = ()   # onnxruntime graph optimizers this device runs without
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "disabled_optimizers", check_optimizer_names(self.disabled_optimizers))
         if self.optimization not in OPT_LEVELS:
             raise InvalidArgument(f"ORT optimization {self.optimization!r} is not one of {', '.join(OPT_LEVELS)}")
         if self.batch_size < 1:
@@ -46,9 +74,11 @@ class OrtRunner:
         self._cached: tuple[tuple[str, int, int], ort.InferenceSession] | None = None
 
     def info(self) -> RunnerInfo:
+        disabled = self.config.disabled_optimizers
         return RunnerInfo(
             runtime="onnxruntime", version=ort.__version__, providers=self.config.providers,
-            options=f"graph_optimization={self.config.optimization} threads={self.config.intra_op_threads}")
+            options=f"graph_optimization={self.config.optimization} threads={self.config.intra_op_threads}"
+                    + (f" disabled_optimizers={','.join(disabled)}" if disabled else ""))
 
     def session(self, model: Path) -> ort.InferenceSession:
         """One session per file, reused while the file is unchanged."""
@@ -70,7 +100,8 @@ class OrtRunner:
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         try:
-            return ort.InferenceSession(str(model), sess_options=opts, providers=list(self.config.providers))
+            return ort.InferenceSession(str(model), sess_options=opts, providers=list(self.config.providers),
+                                        disabled_optimizers=list(self.config.disabled_optimizers))
         except Exception as exc:  # ORT raises plain RuntimeError/Fail subclasses for unloadable models
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if "NOT_IMPLEMENTED" in str(exc) or "Could not find an implementation" in str(exc):
