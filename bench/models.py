@@ -46,18 +46,21 @@ def search_flags(meta: dict) -> list[str]:
     return SEARCH if meta["task"] == "classification" else SEARCH_NO_TOP1
 
 
-def tensor_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str] | None:
-    """Models fed from npz: silero_vad through its batch-major form (bench/batch_major.py)."""
-    if meta["name"] != "silero_vad":
-        return None
-    import batch_major
+#: models fed from the zoo's npz files, with their --data-layout: the text-line classifier's
+#: preprocessing is no image-folder convention (batched rows, x [N, 1, 3, 48, 192]); Silero VAD as
+#: shipped takes whole feeds (sr a 0-d int64, state [2, 1, 128] with its batch on axis 1)
+TENSOR_MODELS = {"ppocr_textline_cls": "batched", "silero_vad": "whole-feed", "silero_vad_seq": "whole-feed"}
 
-    folder = zoo / "silero_vad" / "batch_major"
-    if not (folder / "model.onnx").exists():
-        batch_major.write(zoo)
-    return [str(ROOT / ".venv" / "bin" / "coordinator"), "tune", str(folder / "model.onnx"), "--out", str(out),
-            "--data", str(folder / "eval.npz"), "--calibration-data", str(folder / "calibration.npz"),
-            "--calibration", str(N_CAL), "--eval", str(N_EVAL)] + search_flags(meta) + extra
+
+def tensor_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str] | None:
+    """Models fed from their zoo npz (calibration.npz / eval.npz, disjoint recordings or photos)."""
+    layout = TENSOR_MODELS.get(meta["name"])
+    if layout is None:
+        return None
+    data = zoo / meta["name"] / "data"
+    return [str(ROOT / ".venv" / "bin" / "coordinator"), "tune", str(zoo / meta["name"] / "model.onnx"),
+            "--out", str(out), "--data", str(data / "eval.npz"), "--calibration-data", str(data / "calibration.npz"),
+            "--data-layout", layout, "--calibration", str(N_CAL), "--eval", str(N_EVAL)] + search_flags(meta) + extra
 
 
 def tune_command(meta: dict, zoo: Path, out: Path, extra: list[str]) -> list[str]:
@@ -149,9 +152,9 @@ def row_from_report(report: dict) -> dict:
 
 def run_one(meta: dict, args) -> dict:
     out = args.out / meta["name"]
-    if not (args.zoo / meta["name"] / "data" / "images").is_dir() and meta["name"] != "silero_vad":
+    if not (args.zoo / meta["name"] / "data" / "images").is_dir() and meta["name"] not in TENSOR_MODELS:
         return {"name": meta["name"], "task": meta["task"], "wall_s": 0.0,
-                "error": "no image folder in the zoo data (npz only): `coordinator tune` takes --images only"}
+                "error": "no image folder in the zoo data and no tensor layout known for it"}
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cmd = tune_command(meta, args.zoo, out, args.extra)

@@ -133,9 +133,6 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
              Source(RAPIDOCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
                     license="Apache-2.0"),
              "textlines", classes=("0", "180"), labels="rotation",
-             unsupported="its preprocessing (aspect-kept resize to 48x<=192, zero padding) is no image-folder "
-                         "convention: npz only, and bench/models.py feeds npz to silero_vad only so far (prepare "
-                         "takes x [-1,3,?,?]: H/W fixed from the data, onnx shape inference after symbolic fails)",
              notes="PP-OCR mobile v2.0 text-line direction classifier (MobileNetV3-small); data: text-line "
                    "crops cut by the FP32 PP-OCRv4 detector from ImageNet-sample photos, each fed upright "
                    "and rotated 180 degrees; preprocessing " + PPOCR_BGR + ", resize to height 48 keeping "
@@ -159,7 +156,6 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in [
     ZooModel("silero_vad_seq", "generic",
              Source(SILERO, "silero_vad/data/silero_vad_16k_sequence.onnx", license=SILERO_LICENSE),
              "vad_blocks",
-             unsupported="audio model: 3 float inputs (input [T,576], h, c [1,1,128]) with an LSTM; needs npz",
              threshold=0.5,
              notes="Silero VAD v6 sequence export (no If nodes; one LSTM over T consecutive frames); each "
                    "sample is a block of 32 frames (1.02 s) with the h/c state the FP32 model produced "
