@@ -88,7 +88,7 @@ def float_at_runtime(path: Path, nodes: tuple[str, ...], disabled: tuple[str, ..
     if not nodes:
         return 0
     graph = runtime_graph(path, "basic", disabled)
-    present = {n.name for n in graph.node}
+    present = {n.name for n in graph.graph.node}
     return sum(has_float_weights(graph, name) for name in nodes if name in present)
 
 
