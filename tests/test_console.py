@@ -34,8 +34,10 @@ def test_a_non_tty_tune_prints_stage_and_batch_lines_and_files_library_warnings(
     [summary] = [line for line in stdout if "messages from other libraries" in line]
     assert int(re.match(r"(\d+) messages", summary).group(1)) == len(logged)
     assert str(out / "third-party.log") in summary
-    # the whole run: stage and batch lines, the front table, a few summary lines; nothing per candidate
-    assert len(stdout) <= 25
+    # the whole run: stage and batch lines, the front table, a few summary lines (what the device measured
+    # with among them; the policy's verdict wraps onto a second line or not, by the measured ratios);
+    # nothing per candidate
+    assert len(stdout) <= 27
 
 
 def test_waiting_on_the_farm_prints_stages_and_finished_batches_only():
