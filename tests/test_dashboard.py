@@ -101,7 +101,8 @@ def test_a_browser_watches_a_campaign_progress_and_its_report_fill_in(browser, f
         report = client_report(client, campaign, tmp)
         for device in ("cpu-a", "npu-x"):
             recommended = report["pareto"]["per_device"][device]["recommended"]
-            assert page.locator(f"article.card[data-device='{device}']").get_attribute("data-recommended") == recommended
+            shown = page.locator(f"article.card[data-device='{device}']").get_attribute("data-recommended")
+            assert (shown or None) == recommended           # "" when nothing pays on that device
         page.goto(dashboard.url)
         assert page.locator("#agents tbody tr").count() == 2
         screenshot(page, tmp / "dashboard-overview.png")

@@ -122,7 +122,8 @@ def test_the_page_makes_no_network_request_and_is_screenshotted(opened, campaign
 def test_hostile_names_render_as_text(browser, tmp_path):
     """A node named <script>, a device named like an <img onerror>, crash stderr with markup."""
     out = tmp_path / "out"
-    assert local_tune(hostile_model(tmp_path / "hostile.onnx"), out) == 0
+    # a pinned recipe: a probed recipe keeping the first layers float could leave the hostile node out of the ranking
+    assert local_tune(hostile_model(tmp_path / "hostile.onnx"), out, "--no-reduce-range") == 0
     report = json.loads((out / "report.json").read_text())
     device = '<img src=x onerror="alert(2)">'
     for cand in report["candidates"]:

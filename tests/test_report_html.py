@@ -20,7 +20,7 @@ from tests.report_support import HOSTILE_NODE, hostile_model, local_tune
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("tune")
-    assert local_tune(hostile_model(tmp / "hostile.onnx"), tmp / "out") == 0
+    assert local_tune(hostile_model(tmp / "hostile.onnx"), tmp / "out", "--no-reduce-range") == 0
     return tmp / "out"
 
 
