@@ -13,6 +13,7 @@ A crash cause travels and is reported as text ("signal:SIGSEGV", "oom", "lost:5 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from dataclasses import dataclass, field
@@ -221,8 +222,17 @@ class DeviceResult:
 
 
 _FIELDS = dataclasses.fields(DeviceResult)
-_TYPES = {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-          for name, hint in typing.get_type_hints(DeviceResult).items()}
+
+
+@functools.cache
+def _field_types(kind: type) -> dict[str, type]:
+    """A dataclass's field types, Optional unwrapped; once per class (typing.get_type_hints is
+    slow, and results are converted on the coordinator's hot path, once per reported result)."""
+    return {name: next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+            for name, hint in typing.get_type_hints(kind).items()}
+
+
+_TYPES = _field_types(DeviceResult)
 FP32_REPORT_KEYS = ("status", "top1_accuracy", "size_bytes", "latency_ms_p50", "latency_ms_p90", "num_images",
                     "runtime", "fp32_latency_ms_p50", "latency_ratio_vs_fp32", "latency_ratio_p10", "latency_ratio_p90",
                     "task")
@@ -311,15 +321,13 @@ def _from_message(value: Any, kind: type, descriptor) -> Any:
 
 def _dataclass_from_message(message, kind: type) -> Any:
     """A nested dataclass; an `optional` field that was not set stays None."""
-    hints = typing.get_type_hints(kind)
+    types = _field_types(kind)
     values = {}
     for f in dataclasses.fields(kind):
         descriptor = message.DESCRIPTOR.fields_by_name[f.name]
         if descriptor.has_presence and descriptor.message_type is None and not message.HasField(f.name):
             continue
-        hint = hints[f.name]
-        kind_of = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
-        values[f.name] = _from_message(getattr(message, f.name), kind_of, descriptor)
+        values[f.name] = _from_message(getattr(message, f.name), types[f.name], descriptor)
     return kind(**values)
 
 

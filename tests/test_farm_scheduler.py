@@ -5,7 +5,7 @@ import pytest
 
 from coordinator.farm.scheduler import LeasePolicy, Scheduler
 from coordinator.farm.states import AgentState, JobState
-from coordinator.farm.store import Store
+from coordinator.farm.store import Store, Tx
 from shared.auth import AgentIdentity
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from shared.pb.qfarm.v1 import job_pb2
@@ -231,3 +231,83 @@ def test_job_lost_max_attempts_times_becomes_a_crash_result(farm):
     assert (row.status, result.attempt) == ("crash", POLICY.max_attempts)
     assert result.crash_cause.startswith(f"lost:{POLICY.max_attempts} leases ended without a result")
     assert job_row(store, "killer").state == JobState.DONE
+
+
+class _Recording:
+    """A connection that remembers the statements a Tx runs through it."""
+
+    def __init__(self, conn):
+        self.conn, self.seen = conn, []
+
+    def execute(self, sql, params=()):
+        self.seen.append((sql, params))
+        return self.conn.execute(sql, params)
+
+
+def test_the_hot_job_queries_read_an_index_and_never_sort_the_queue(farm):
+    """A lease reads the head of its class's queue and the tick reads only the expired leases,
+    whatever the number of jobs queued or done: no table scan, no sort of the queue."""
+    sched, clock, store = farm
+    for i in range(60):
+        sched.submit(make_job(f"j{i:02d}"), "candidate", i % 3, "camp")
+    agent = sched.register("cpu-a", "agent-a", b"", 1)
+    [job] = sched.lease(agent, 1)
+    sched.report(agent, result_for(job))
+    sched.lease(agent, 1)
+    with store.transaction() as c:
+        recording = _Recording(c.execute("SELECT 1").connection)
+        tx = Tx(recording)
+        assert [j.job_id for j in tx.queued_jobs("cpu-a", 2)] == ["j08", "j11"]   # priority 2, in arrival order
+        assert [j.job_id for j in tx.leased_jobs()] == ["j05"]                     # j02 is done
+        assert tx.expired_leases(clock.now) == [] and [j.job_id for j in tx.expired_leases(clock.now + 9)] == ["j05"]
+        assert tx.holds_lease(agent.agent_id)
+        for sql, params in recording.seen:
+            plan = " / ".join(row[3] for row in recording.conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+            assert "SCAN" not in plan and "TEMP B-TREE" not in plan, (sql, plan)
+
+
+def test_leases_follow_priority_then_arrival_over_a_long_queue(farm):
+    sched, clock, store = farm
+    priorities = [(i * 7) % 4 for i in range(40)]
+    for i, priority in enumerate(priorities):
+        sched.submit(make_job(f"j{i:02d}"), "candidate", priority, "camp")
+    agent = sched.register("cpu-a", "agent-a", b"", 1)
+    order = []
+    for _ in priorities:
+        [job] = sched.lease(agent, 1)
+        order.append(job.job_id)
+        sched.report(agent, result_for(job))
+    assert order == [f"j{i:02d}" for i in sorted(range(40), key=lambda i: (-priorities[i], i))]
+
+
+def test_an_older_database_gets_the_current_indexes(tmp_path):
+    data = tmp_path / "data"
+    Store(data).close()
+    import sqlite3
+
+    with sqlite3.connect(data / "qfarm.sqlite3") as db:            # as the first release left it
+        db.execute("DROP INDEX jobs_queue_order")
+        db.execute("DROP INDEX jobs_leased")
+        db.execute("CREATE INDEX jobs_queue ON jobs(device, state, priority)")
+    store = Store(data)
+    with store.transaction() as c:
+        names = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    store.close()
+    assert {"jobs_queue_order", "jobs_leased"} <= names and "jobs_queue" not in names
+
+
+def test_the_tick_writes_what_was_heard_in_memory_and_revives_a_missing_agent(farm):
+    sched, clock, store = farm
+    quiet, missing, gone = (sched.register("cpu-a", name, b"", 1) for name in ("quiet", "missing", "gone"))
+    clock.now += POLICY.missing_after_s + 1
+    sched.tick({quiet.agent_id: clock.now - 1})               # heard in memory a second ago: alive
+    assert agent_state(store, quiet) == AgentState.IDLE and agent_state(store, missing) == AgentState.MISSING
+    clock.now += POLICY.evict_after_s
+    sched.tick({quiet.agent_id: clock.now, missing.agent_id: clock.now - 1})
+    assert agent_state(store, missing) == AgentState.IDLE and agent_state(store, gone) == AgentState.EVICTED
+    with store.transaction() as c:
+        before = c.agent(quiet.agent_id).last_heartbeat
+    sched.tick({quiet.agent_id: before - 5, gone.agent_id: clock.now, "no-such-agent": clock.now})
+    with store.transaction() as c:
+        assert c.agent(quiet.agent_id).last_heartbeat == before        # a late report never moves time back
+        assert c.agent(gone.agent_id).state == AgentState.EVICTED      # an evicted agent is not revived

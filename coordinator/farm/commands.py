@@ -4,6 +4,7 @@ coordinator/cli.py registers them; each is a thin layer over server.py / client.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import math
 import signal
@@ -79,6 +80,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     dashboard = start_dashboard(args, server.coordinator, security)   # a bad --http-port fails before serving
     server.start()
+    # What the imports and start-up made lives as long as the process: out of the collector's sight,
+    # a full collection (which stops every call the event loop has) scans only what serving made.
+    gc.freeze()
     if args.port_file:
         atomic_write_text(args.port_file, f"{port}\n")
     tokens = "no token" if security.role_tokens is None else \

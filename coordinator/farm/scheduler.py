@@ -369,14 +369,13 @@ class Scheduler:
         now = self.clock()
         missing, evicted, requeued, devices = [], [], [], set()
         with self.store.transaction() as c:
-            for agent_id, at in (heard or {}).items():
-                row = c.find_agent(agent_id)
-                if row is not None and is_alive(row.state):
-                    c.touch_agent(agent_id, max(at, row.last_heartbeat))
-                    if row.state == AgentState.MISSING:
-                        c.set_agent_state(agent_id, AgentState.IDLE, "heartbeat resumed")
-                        self._refresh_busy(c, agent_id)
-            for agent in c.agents(ALIVE):
+            if heard:
+                c.touch_agents(heard, ALIVE)
+                for row in c.agents((AgentState.MISSING,)):
+                    if row.agent_id in heard:
+                        c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed")
+                        self._refresh_busy(c, row.agent_id)
+            for agent in c.agents(ALIVE, heard_before=now - self.policy.missing_after_s):   # the late ones only
                 age = now - agent.last_heartbeat
                 if age > self.policy.evict_after_s:
                     if agent.state != AgentState.MISSING:
@@ -389,13 +388,12 @@ class Scheduler:
                 elif age > self.policy.missing_after_s and agent.state != AgentState.MISSING:
                     c.set_agent_state(agent.agent_id, AgentState.MISSING, f"no heartbeat for {age:.1f}s")
                     missing.append(agent.agent_id)
-            for job in c.leased_jobs():
-                if job.lease_deadline is not None and job.lease_deadline < now:
-                    self._requeue(c, job, now, "lease expired")
-                    if job.agent_id and self._is_known_live(c, job.agent_id):
-                        self._refresh_busy(c, job.agent_id)
-                    requeued.append(job.job_id)
-                    devices.add(job.device)
+            for job in c.expired_leases(now):
+                self._requeue(c, job, now, "lease expired")
+                if job.agent_id and self._is_known_live(c, job.agent_id):
+                    self._refresh_busy(c, job.agent_id)
+                requeued.append(job.job_id)
+                devices.add(job.device)
             c.forget_agents((AgentState.EVICTED, AgentState.GONE), now - FORGET_AGENTS_AFTER_S)
         if missing or evicted or requeued:
             log.info("tick: missing %s, evicted %s, re-queued %s", missing, evicted, requeued)
@@ -472,8 +470,9 @@ class Scheduler:
         agent = c.agent(agent_id)
         if agent.state not in ON_TIME:
             return
-        busy = bool(c.jobs_of_agent(agent_id))
-        c.set_agent_state(agent_id, AgentState.BUSY if busy else AgentState.IDLE)
+        target = AgentState.BUSY if c.holds_lease(agent_id) else AgentState.IDLE
+        if agent.state != target:
+            c.set_agent_state(agent_id, target)
 
 
 def job_artifacts(job: job_pb2.Job) -> set[str]:

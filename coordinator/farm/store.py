@@ -11,13 +11,17 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from coordinator.farm.states import FINISHED, AgentState, CampaignState, JobState, require_transition
 from shared.errors import NotFound
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import DeviceResult
 
+# Indexes follow the hot queries: `jobs_queue_order` is the queue in lease order (priority first,
+# then arrival), so a lease reads the head of its class's queue instead of sorting all of it (the
+# former `jobs_queue` lacked the DESC); `jobs_leased` holds only the leased jobs, so the clock's
+# tick reads the leases that ran out, not every job ever run.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS agents (
     agent_id TEXT PRIMARY KEY, name TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL,
@@ -43,7 +47,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_deadline REAL, priority INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL,
     holder TEXT
 );
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(device, state, priority);
+DROP INDEX IF EXISTS jobs_queue;
+CREATE INDEX IF NOT EXISTS jobs_queue_order ON jobs(device, state, priority DESC);
+CREATE INDEX IF NOT EXISTS jobs_leased ON jobs(state) WHERE state = '{leased}';
 CREATE INDEX IF NOT EXISTS jobs_by_agent ON jobs(agent_id, state);
 CREATE TABLE IF NOT EXISTS campaign_jobs (
     campaign_id TEXT NOT NULL, job_id TEXT NOT NULL, PRIMARY KEY (campaign_id, job_id)
@@ -52,7 +58,7 @@ CREATE TABLE IF NOT EXISTS results (
     job_id TEXT PRIMARY KEY, attempt INTEGER NOT NULL, agent_id TEXT NOT NULL, status TEXT NOT NULL,
     payload BLOB NOT NULL, fp32_sha256 TEXT NOT NULL DEFAULT '', received_at REAL NOT NULL
 );
-"""
+""".replace("{leased}", JobState.LEASED.value)
 # columns added after the first release, added to an older database when it is opened
 ADDED_COLUMNS = (("agents", "secret_hash", "TEXT NOT NULL DEFAULT ''"), ("jobs", "holder", "TEXT"))
 
@@ -202,7 +208,9 @@ class Tx:
             raise NotFound(f"agent {agent_id!r} is not registered: register again", step="agent")
         return row
 
-    def agents(self, states: Sequence[AgentState] | None = None, device: str | None = None) -> list[AgentRow]:
+    def agents(self, states: Sequence[AgentState] | None = None, device: str | None = None,
+               heard_before: float | None = None) -> list[AgentRow]:
+        """Agents in `states`, of `device`, last heard before `heard_before` (each: None for any)."""
         sql, params = "SELECT * FROM agents WHERE 1=1", []
         if states is not None:
             sql += f" AND state IN ({','.join('?' * len(states))})"
@@ -210,6 +218,9 @@ class Tx:
         if device is not None:
             sql += " AND device = ?"
             params.append(device)
+        if heard_before is not None:
+            sql += " AND last_heartbeat < ?"
+            params.append(heard_before)
         return [_agent(r) for r in self._c.execute(sql + " ORDER BY registered_at", params)]
 
     def set_agent_state(self, agent_id: str, target: AgentState, reason: str = "") -> AgentState:
@@ -227,6 +238,14 @@ class Tx:
         if free_slots is not None:
             self._c.execute("UPDATE agents SET free_slots = ?, busy_slots = ? WHERE agent_id = ?",
                             (free_slots, busy_slots or 0, agent_id))
+
+    def touch_agents(self, heard: Mapping[str, float], states: Sequence[AgentState]) -> None:
+        """Record when agents in `states` were last heard (agent id -> time), never moving a time back:
+        one statement for all of them (the clock's tick writes what presence.py recorded)."""
+        marks = ",".join("?" * len(states))
+        self._c.executemany(f"UPDATE agents SET last_heartbeat = MAX(last_heartbeat, ?) WHERE agent_id = ? "
+                            f"AND state IN ({marks})", [(at, agent_id, *(s.value for s in states))
+                                                         for agent_id, at in heard.items()])
 
     # ---------------------------------------------------------------- jobs
     def job(self, job_id: str) -> JobRow | None:
@@ -273,14 +292,25 @@ class Tx:
             (device, JobState.QUEUED.value, limit))
         return [_job(r) for r in rows]
 
+    def holds_lease(self, agent_id: str) -> bool:
+        """Whether the agent holds any lease (what `jobs_of_agent` would list, without reading it)."""
+        return self._c.execute("SELECT 1 FROM jobs WHERE agent_id = ? AND state = ? LIMIT 1",
+                               (agent_id, JobState.LEASED.value)).fetchone() is not None
+
     def jobs_of_agent(self, agent_id: str) -> list[JobRow]:
         rows = self._c.execute("SELECT * FROM jobs WHERE agent_id = ? AND state = ? ORDER BY rowid",
                                (agent_id, JobState.LEASED.value))
         return [_job(r) for r in rows]
 
+    # both through the partial index `jobs_leased` (the state is in the text, as in the index's)
     def leased_jobs(self) -> list[JobRow]:
-        return [_job(r) for r in self._c.execute("SELECT * FROM jobs WHERE state = ? ORDER BY rowid",
-                                                  (JobState.LEASED.value,))]
+        return [_job(r) for r in self._c.execute(f"SELECT * FROM jobs WHERE state = '{JobState.LEASED.value}' "
+                                                  "ORDER BY rowid")]
+
+    def expired_leases(self, now: float) -> list[JobRow]:
+        """Leased jobs whose lease deadline is before `now`."""
+        return [_job(r) for r in self._c.execute(f"SELECT * FROM jobs WHERE state = '{JobState.LEASED.value}' "
+                                                  "AND lease_deadline < ? ORDER BY rowid", (now,))]
 
     # ---------------------------------------------------------------- results
     def result(self, job_id: str) -> ResultRow | None:
