@@ -10,7 +10,8 @@ device's own accuracy, fidelity, size and speed (README "Recommendation policy")
    ratio (each is 1.0 for FP32 itself, so halving the file and halving the time count the same),
    up to the measurement noise: among the candidates within 0.05 of the best score (0.01 of FP32's
    size for `size`), the most faithful (top-1 agreement, then SQNR) wins.
-4. With a target that nothing eligible meets: the closest to it, i.e. the most faithful candidate not
+4. With a target that nothing eligible meets: the closest to it (fewest targets missed, smallest
+   shortfall in the targeted metrics: an IoU target is approached by IoU), then the most faithful candidate not
    slower than FP32 (agreement, then SQNR; ties by the preference).
 5. Without a target, the trade-off of the Pareto front (of the candidates not slower than FP32)
    closest to the ideal point, the preferred objective weighted twice.
@@ -164,10 +165,11 @@ def decide(device: str, model: str, results: Mapping[str, Mapping], fp32: Mappin
         reason.append(f"prefer {policy.prefer}: {how} (within {policy.tolerance:g} of the best: the most faithful)"
                       f" among {len(choosable)} candidate(s) meeting the target and not slower than FP32")
     elif eligible and targets.any:
-        recommended = max(eligible, key=lambda cid: (fidelity_key(ok[cid]),
+        recommended = max(eligible, key=lambda cid: (targets.closeness(ok[cid], fp32_top1), fidelity_key(ok[cid]),
                                                      tuple(-x for x in policy.key(ok[cid], fp32_size)), cid))
-        reason.append(f"nothing not slower than FP32 meets the target: the closest to it (top-1 agreement, then "
-                      f"SQNR; ties by prefer {policy.prefer}) among {len(eligible)} candidate(s) not slower than FP32")
+        reason.append(f"nothing not slower than FP32 meets the target: the closest to it (fewest targets missed, "
+                      f"smallest shortfall in their metrics, then top-1 agreement, then SQNR; ties by prefer "
+                      f"{policy.prefer}) among {len(eligible)} candidate(s) not slower than FP32")
     elif eligible:
         recommended = pareto(eligible, used, policy.weights(used)).recommended
         reason.append(f"prefer {policy.prefer}: the trade-off of the front closest to the ideal point over "
@@ -247,7 +249,7 @@ def _target_summary(device: str, targets: Targets, ok: Mapping[str, Mapping], me
         summary["line"] = (f"target not met on {device} by a recommendable candidate: {len(meeting)} meet it, "
                            "but quantization does not pay there")
     elif ok:
-        closest = max(ok, key=lambda cid: (fidelity_key(ok[cid]), cid))
+        closest = max(ok, key=lambda cid: (targets.closeness(ok[cid], fp32_top1), fidelity_key(ok[cid]), cid))
         summary["line"] = (f"target not met on {device}: closest {closest} ("
                            f"{', '.join(targets.misses(ok[closest], fp32_top1))}); the best-so-far front is kept")
     else:

@@ -115,6 +115,21 @@ def test_with_a_target_the_preference_decides_among_candidates_meeting_it(prefer
         assert "(0.30 + 0.55)" in entry["policy"]["reason"]
 
 
+def test_a_target_nothing_meets_is_approached_in_its_own_metric():
+    """With an IoU floor nobody reaches, the closest is the highest IoU, not the highest SQNR (a VAD
+    whose decisions flip while its raw output stays close)."""
+    results = {"sqnr": r(agree=None, ratio=0.75, sqnr=19.4, iou=0.634),
+               "decisions": r(agree=None, ratio=0.90, sqnr=7.0, iou=0.90)}
+    entry = decide_on(results, Targets(min_iou=0.95))
+    assert entry["recommended"] == "decisions" and not entry["target"]["met"]
+    assert "closest decisions (IoU 0.900 < 0.950)" in entry["target"]["line"]
+    both = Targets(min_iou=0.95, min_sqnr_db=10.0)        # fewer targets missed first
+    assert decide_on(results, both)["recommended"] == "sqnr"
+    assert both.closeness(results["decisions"], None) < both.closeness(results["sqnr"], None) < (0, 0.0)
+    assert Targets(min_iou=0.6).closeness(results["sqnr"], None) == (0, 0.0)
+    assert Targets(min_iou=0.6).closeness({"status": "crash"}, None) < both.closeness(results["decisions"], None)
+
+
 def test_within_the_noise_of_the_best_score_fidelity_decides():
     results = {"faster": r(agree=0.990, size=300, ratio=0.50, sqnr=19.0),      # 0.80
                "faithful": r(agree=0.990, size=300, ratio=0.53, sqnr=24.9),    # 0.83: within 0.05

@@ -72,7 +72,8 @@ def progress(run: TuneRun, device: str, pool: set[str]) -> tuple:
     starting points and its proposals, so a resumed search replays the same progress); higher is
     better, and only a strictly higher value resets the plateau. A candidate meeting the target and
     not slower than FP32 ranks above every other, by the preference; before one exists, the most
-    faithful candidate not slower than FP32 (agreement, then SQNR) measures progress."""
+    faithful candidate not slower than FP32 measures progress: the closest to the targets in their own
+    metrics (tuner/targets.py `closeness`), then agreement, then SQNR."""
     state = run.state
     view = [r for cid, r in device_results(state.report, device).items() if cid in pool and state.policy.eligible(r)]
     if not view:
@@ -81,7 +82,8 @@ def progress(run: TuneRun, device: str, pool: set[str]) -> tuple:
     if feasible:
         size = float(state.report["fp32"].get(device, {}).get("size_bytes") or 0)
         return (1, *max(tuple(-x for x in state.policy.key(r, size)) for r in feasible))
-    return (0, *max(fidelity_key(r) for r in view))
+    fp32_top1 = state.fp32_top1(device)
+    return (0, *max((*state.targets.closeness(r, fp32_top1), *fidelity_key(r)) for r in view))
 
 
 def full_int8(run: TuneRun, device: str) -> dict | None:

@@ -67,3 +67,32 @@ class Targets:
 
     def meets(self, result: Mapping, fp32_top1: float | None) -> bool:
         return not self.misses(result, fp32_top1)
+
+    def closeness(self, result: Mapping, fp32_top1: float | None) -> tuple[int, float]:
+        """How close `result` comes to the targets, higher is closer: fewer targets missed first,
+        then the smaller summed shortfall, each in the target's own metric (agreement, top-1,
+        cosine and IoU as fractions, SQNR with 1 dB counted like 1 point). A target on IoU is
+        approached by IoU, not by agreement or SQNR; (0, 0.0) is met."""
+        if result.get("status") != "ok":
+            return (-len(fields(self)) - 1, -float("inf"))
+        shortfalls = []
+        if self.max_agreement_drop is not None:
+            shortfalls.append(_short(result.get("top1_agreement"), 1.0 - self.max_agreement_drop))
+        if self.max_top1_drop is not None:
+            floor = None if fp32_top1 is None else fp32_top1 - self.max_top1_drop
+            shortfalls.append(_short(result.get("top1_accuracy"), floor))
+        for name, (key, _) in FLOORS.items():
+            floor = getattr(self, name)
+            if floor is not None:
+                scale = 100.0 if name == "min_sqnr_db" else 1.0
+                shortfalls.append(_short(result.get(key), floor, scale))
+        missed = [x for x in shortfalls if x > EPSILON]
+        return (-len(missed), -sum(missed))
+
+
+def _short(value: Any, floor: float | None, scale: float = 1.0) -> float:
+    """How far `value` is below `floor` (0 when it is not), in units of `scale`; a metric not
+    measured is as far as it can be."""
+    if floor is None or not isinstance(value, (int, float)) or value != value:
+        return float("inf")
+    return max(0.0, (floor - float(value)) / scale)
