@@ -128,6 +128,8 @@ def test_a_target_nothing_meets_is_approached_in_its_own_metric():
     assert both.closeness(results["decisions"], None) < both.closeness(results["sqnr"], None) < (0, 0.0)
     assert Targets(min_iou=0.6).closeness(results["sqnr"], None) == (0, 0.0)
     assert Targets(min_iou=0.6).closeness({"status": "crash"}, None) < both.closeness(results["decisions"], None)
+    recipe, why = choose_recipe(results, FP32, Targets(min_iou=0.95), Policy())    # the probe judges the same way
+    assert recipe == "decisions" and why.startswith("closest to the target")
 
 
 def test_within_the_noise_of_the_best_score_fidelity_decides():

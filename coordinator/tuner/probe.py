@@ -47,9 +47,12 @@ def choose_recipe(measured: Mapping[str, Mapping], fp32: Mapping, targets: Targe
         chosen = policy.choose({n: ok[n] for n in meeting}, float(fp32.get("size_bytes") or 0))
         return chosen, f"meets the target and is not slower than FP32; prefer {policy.prefer} among {sorted(meeting)}"
     pool = eligible or ok
-    chosen = max(pool, key=lambda n: (fidelity_key(ok[n]), -(latency_ratio(ok[n]) or 1.0), -ok[n]["size_bytes"], n))
+    fp32_top1 = fp32.get("top1_accuracy")
+    chosen = max(pool, key=lambda n: (targets.closeness(ok[n], fp32_top1), fidelity_key(ok[n]),
+                                      -(latency_ratio(ok[n]) or 1.0), -ok[n]["size_bytes"], n))
     if eligible:
-        what = "most faithful (agreement, then SQNR) of the recipes not slower than FP32"
+        what = ("closest to the target (in its own metrics), then most faithful (agreement, then SQNR), "
+                if targets.any else "most faithful (agreement, then SQNR) ") + "of the recipes not slower than FP32"
         return chosen, what + (" (none meets the target)" if targets.any else "")
     return chosen, "every recipe is slower than FP32 here; the most faithful is kept"
 
