@@ -198,3 +198,15 @@ def test_the_live_summary_shows_a_model_not_started_yet_as_waiting(farm, reports
     assert live.rows[0].href == f"/campaigns/{campaign}/report?model=tiny-a"
     assert [c.text for c in live.table().rows[1].cells if c.cls == "waiting"] == ["waiting", "waiting"]
     assert live.notes == ["tiny-b: no report yet"]
+
+
+def test_reports_of_odd_shapes_render_what_they_have():
+    odd = {"devices": "cpu-a", "candidates": {"x": 1}, "pareto": {"per_device": {"cpu-a": {"recommended": 7}}},
+           "status": {"state": "running"}}
+    summary = fleet([("odd", odd, "odd/report.html"), ("old", {"devices": ["cpu-a"], "candidates": []}, "")])
+    assert summary.devices == ["cpu-a"]
+    odd_pick, old_pick = (r.picks["cpu-a"] for r in summary.rows)
+    assert odd_pick.decided and odd_pick.ship == "none — no recommendation" and old_pick.ship == "waiting"
+    assert summary.notes == ["odd: running, not done: its picks may still change",
+                             "old: unknown, not done: its picks may still change"]
+    assert "none — no recommendation" in render_fleet(summary, "odd")

@@ -14,12 +14,12 @@ from typing import Any, Mapping, Sequence
 from coordinator.html.metrics import KNOWN_BY_KEY, fmt
 from coordinator.html.tables import Cell, Column, Row, Table, text
 from coordinator.measures import FASTER, SLOWER, UNMEASURED, WITHIN_NOISE, latency_ratio, speed, sqnr
+from coordinator.policy import DOES_NOT_PAY, NOTHING_MEASURED, PAYS
 
 INDEX_FILE = "index.html"
 #: the verdict's opening words that explain a missing recommendation in a few words
-_SHORT_VERDICTS = (("quantization does not pay", "quantization does not pay"),
-                   ("nothing measured", "nothing measured yet"),
-                   ("quantization pays", "no eligible candidate"))
+_SHORT_VERDICTS = ((DOES_NOT_PAY, DOES_NOT_PAY), (NOTHING_MEASURED, "nothing measured yet"),
+                   (PAYS, "no eligible candidate"))
 
 _SPEED = {FASTER: "faster than FP32 beyond the noise", SLOWER: "slower than FP32 beyond the noise",
           WITHIN_NOISE: "as fast as FP32 within the noise", UNMEASURED: "latency not measured"}
@@ -27,6 +27,10 @@ _SPEED = {FASTER: "faster than FP32 beyond the noise", SLOWER: "slower than FP32
 
 def _map(value: Any) -> Mapping:
     return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
 
 
 def _num(value: Any) -> float | None:
@@ -55,7 +59,7 @@ class Pick:
 
     @property
     def pays(self) -> bool:
-        return not self.verdict.startswith("quantization does not pay")
+        return not self.verdict.startswith(DOES_NOT_PAY)
 
     @property
     def ships(self) -> bool:
@@ -170,7 +174,7 @@ def pick(report: Mapping, device: str) -> Pick:
                 reason=str(policy.get("reason") or decision.get("reason") or ""),
                 target_met=target.get("met") if isinstance(target.get("met"), bool) else None,
                 target_line=str(target.get("line") or ""))
-    candidate = next((c for c in report.get("candidates") or [] if isinstance(c, Mapping) and c.get("id") == rec),
+    candidate = next((c for c in _list(report.get("candidates")) if isinstance(c, Mapping) and c.get("id") == rec),
                      None) if rec else None
     result = _map(_map(_map(candidate).get("results")).get(device))
     if not result:
@@ -190,7 +194,7 @@ def fleet(models: Sequence[tuple[str, Mapping | None, str]], devices: Sequence[s
     Device classes: `devices` first (the campaign's), then any other a report names."""
     seen = dict.fromkeys(devices)
     for _, report, _ in models:
-        for d in _map(report).get("devices") or []:
+        for d in _list(_map(report).get("devices")):
             if isinstance(d, str):
                 seen.setdefault(d)
     out = Fleet(list(seen), [])
@@ -201,8 +205,8 @@ def fleet(models: Sequence[tuple[str, Mapping | None, str]], devices: Sequence[s
             continue
         state = str(_map(report.get("status")).get("state") or "unknown")
         if state != "done":
-            out.notes.append(f"{name}: the campaign is {state} for this model: its picks may still change")
-        candidates = report.get("candidates") if isinstance(report.get("candidates"), list) else []
+            out.notes.append(f"{name}: {state}, not done: its picks may still change")
+        candidates = _list(report.get("candidates"))
         file = PurePath(str(_map(report.get("model")).get("path") or "")).name
         out.rows.append(ModelRow(name, href, state, file, len(candidates), {d: pick(report, d) for d in out.devices}))
     return out
