@@ -150,6 +150,32 @@ def print_summary(report: Mapping, report_path, page=None, notes=()) -> None:
     out.print(f"report: {escape(str(report_path))}" + (f"; page: {escape(str(page))}" if page else ""))
 
 
+def fleet_table(fleet) -> Table:
+    """The fleet summary (coordinator/html/fleet.py) as index.html shows it: a row per model, a
+    column per device class with the candidate to ship (or none and why), its latency ratio to FP32
+    with p10-p90, agreement / SQNR, size as a share of FP32's and whether the target was met."""
+    table = Table(title="What to ship: each model on each device class (ratio = p50 / FP32 p50 on that class)")
+    table.add_column("model")
+    for d in fleet.devices:
+        table.add_column(escape(d))
+    for row in fleet.rows:
+        cells = []
+        for d in fleet.devices:
+            p = row.picks.get(d)
+            if p is None or not p.decided:
+                cells.append("[dim]waiting[/]")
+                continue
+            ship = f"[bold]{escape(p.ship)}[/]" if p.ships else f"[yellow]{escape(p.ship)}[/]"
+            if p.recommended and not p.ships:
+                ship += " [yellow](recommended anyway: allow_slower)[/]"
+            ratio = f"[red]{p.ratio_text}[/]" if p.speed == SLOWER else p.ratio_text
+            target = {"met": "[green]target met[/]", "missed": "[red]target missed[/]"}.get(p.target_text,
+                                                                                          "no target")
+            cells.append(f"{ship}\n{ratio} | {p.fidelity_text} | size {p.size_text} | {target}")
+        table.add_row(f"{escape(row.name)}\n[dim]{escape(row.state)}[/]", *cells)
+    return table
+
+
 def progress_events(progress) -> TuneEvents:
     """Tuner callbacks that drive a rich progress bar and report failed candidates."""
     task = progress.add_task("starting", total=None)

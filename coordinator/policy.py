@@ -39,6 +39,8 @@ DIVERGENT_AGREEMENT = 0.02
 #: sizes within 1% of FP32's size are the same to `prefer size` (see Policy.tolerance)
 SIZE_TOLERANCE = 0.01
 _PREFERRED_OBJECTIVES = {"latency": ("latency", "latency_ms"), "size": ("size_bytes",), "balanced": ()}
+#: how a verdict opens (readers such as the fleet summary tell the cases apart by it)
+DOES_NOT_PAY, PAYS, NOTHING_MEASURED = "quantization does not pay", "quantization pays", "nothing measured"
 _CRITERION = {"latency": "lowest latency ratio", "size": "smallest", "balanced": "lowest size/FP32 + latency ratio"}
 
 
@@ -215,20 +217,20 @@ def _weighted(policy: Policy, used: Sequence[str]) -> str:
 def _verdict(device: str, model: str, ok: Mapping[str, Mapping], measured: list[str], pays: bool,
              recommended: str | None, policy: Policy) -> str:
     if not ok:
-        return f"nothing measured for {model} on {device} yet"
+        return f"{NOTHING_MEASURED} for {model} on {device} yet"
     if not measured:
         return f"latency not measured for {model} on {device}: speed was not part of the decision"
     fastest = min(measured, key=lambda cid: (latency_ratio(ok[cid]), cid))
     best = ok[fastest]
     if not pays:
-        text = (f"quantization does not pay for {model} on {device}: best INT8 p50 "
+        text = (f"{DOES_NOT_PAY} for {model} on {device}: best INT8 p50 "
                 f"{_ms(best.get('latency_ms_p50'))} vs FP32 {_ms(fp32_p50(best))} ({describe_ratio(best)})")
         return text + (f"; {recommended} recommended anyway (allow_slower)" if recommended else "")
     if recommended is None:
-        return f"quantization pays for {model} on {device} ({fastest} at {describe_ratio(best)}), " \
+        return f"{PAYS} for {model} on {device} ({fastest} at {describe_ratio(best)}), " \
                "but no candidate is eligible"
     rec = ok[recommended]
-    return (f"quantization pays for {model} on {device}: {recommended} at p50 {_ms(rec.get('latency_ms_p50'))} "
+    return (f"{PAYS} for {model} on {device}: {recommended} at p50 {_ms(rec.get('latency_ms_p50'))} "
             f"vs FP32 {_ms(fp32_p50(rec))} ({describe_ratio(rec)}), agreement {_pct(rec.get('top1_agreement'))}")
 
 

@@ -19,6 +19,15 @@ def images_dir() -> Path:
     return FIXTURE_IMAGES
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """One real Chromium per test module (tests/browser_support.py)."""
+    from tests.browser_support import chromium
+
+    with chromium() as b:
+        yield b
+
+
 @pytest.fixture()
 def tiny_model(tmp_path: Path) -> Path:
     return make_classifier(tmp_path / "tiny.onnx")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 from coordinator.farm.spec import CampaignSpec, spec_from_local
 from coordinator.testing import (FAST, ROOT, AgentThread, Farm, ManualClock, agent_process, coordinator,
@@ -19,12 +20,16 @@ IMAGES = ROOT / "tests" / "fixtures" / "imagenet-100"
 CURRENT = farm_pb2.AgentCapabilities(protocol_version=PROTOCOL_VERSION)
 
 
-def tiny_spec(tmp_path: Path, model: Path, devices: list[str], *, max_candidates: int = 3, eval_images: int = 16,
-              latency_runs: int = 2, device_timeout_s: float = 120.0, name: str = "tiny") -> CampaignSpec:
+def tiny_spec(tmp_path: Path, model: Path | Sequence[Path], devices: list[str], *, max_candidates: int = 3,
+              eval_images: int = 16, latency_runs: int = 2, device_timeout_s: float = 120.0,
+              name: str = "tiny", allow_slower: bool = False) -> CampaignSpec:
+    """A small campaign of one model (or of several: a list of paths, one [[models]] each).
+    allow_slower: for tests about something else than whether INT8 of a tiny model pays here."""
+    models = [model] if isinstance(model, Path) else list(model)
     raw = {"name": name, "devices": devices, "device_timeout_s": device_timeout_s,
-           "models": [{"path": str(model)}],
+           "models": [{"path": str(m)} for m in models],
            "data": {"images": str(IMAGES), "calibration": 8, "eval": eval_images, "latency_runs": latency_runs},
-           "preprocess": {"input_size": 32}, "strategy": {"max_candidates": max_candidates},
+           "preprocess": {"input_size": 32}, "strategy": {"max_candidates": max_candidates, "allow_slower": allow_slower},
            # a pinned recipe: no recipe probe, so these tests count exactly the sweep's candidates
            "quantization": {"reduce_range": True}}
     return spec_from_local(raw, "test", tmp_path)

@@ -21,7 +21,7 @@ from coordinator.dashboard.command import start_dashboard
 from coordinator.farm.client import CampaignClient
 from shared.auth import Credentials, ServerSecurity
 from shared.errors import FailedPrecondition
-from tests.browser_support import chromium, screenshot, watched_page
+from tests.browser_support import screenshot, watched_page
 from tests.farm_support import ROOT, AgentThread, stop_process, tiny_spec, wait_for
 from tests.models import make_classifier
 from tests.security_support import secured
@@ -35,12 +35,6 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli import main
-from tests.browser_support import chromium, screenshot, watched_page
+from tests.browser_support import screenshot, watched_page
 from tests.report_support import HOSTILE_NODE, farm_campaign_report, hostile_model, local_tune
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +19,7 @@ def campaign(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("campaign")
     assert farm_campaign_report(tmp, tmp / "report") == 0
     assert (tmp / "report" / "report.html").is_file()        # `coordinator report` wrote the page
+    assert not (tmp / "report" / "index.html").exists()      # one model: no fleet summary page
     return tmp / "report"
 
 

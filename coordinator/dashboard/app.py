@@ -18,7 +18,7 @@ from jinja2 import ChoiceLoader, Environment, PackageLoader, StrictUndefined
 from coordinator.dashboard import snapshot
 from coordinator.dashboard.auth import COOKIE, HttpAuth
 from coordinator.dashboard.metrics import CONTENT_TYPE, FarmMetrics
-from coordinator.html.render import qfarm_version, render_html, script
+from coordinator.html.render import qfarm_version, render_fleet, render_html, script
 from shared.errors import NotFound, QfarmError
 
 log = logging.getLogger("coordinator.dashboard")
@@ -101,20 +101,32 @@ def make_app(coord, auth: HttpAuth, metrics: FarmMetrics, refresh_s: float = 2.0
     async def campaign(request: web.Request):
         cid = request.match_info["campaign"]
         detail = await blocking(snapshot.campaign, coord, cid)
-        report = await blocking(snapshot.live_report, coord, cid)
+        reports = await blocking(snapshot.live_reports, coord, cid)
+        fleet = snapshot.campaign_fleet(cid, reports, [p.device for p in detail.summary.progress])
         running = detail.summary.state not in TERMINAL
-        return _page("campaign.html.j2", c=detail, has_report=report is not None,
+        return _page("campaign.html.j2", c=detail, has_report=any(r is not None for _, r in reports), fleet=fleet,
                      refresh=refresh_s if running else 0, title=f"campaign {detail.summary.name}")
 
     async def report_page(request: web.Request):
+        """A model's live report (?model=NAME; the only model's without it), or for a campaign of
+        several models without ?model, their fleet summary linking each one's page."""
         cid = request.match_info["campaign"]
         detail = await blocking(snapshot.campaign, coord, cid)        # 404 for an unknown campaign
-        report = await blocking(snapshot.live_report, coord, cid)
-        if report is None:
+        reports = await blocking(snapshot.live_reports, coord, cid)
+        model = request.query.get("model")
+        if all(r is None for _, r in reports) and model is None:
             raise NotFound(f"campaign {cid} has no report yet ({detail.summary.state}: {detail.summary.message})",
                            step="dashboard")
         running = detail.summary.state not in TERMINAL
-        body = await blocking(partial(render_html, report, refresh_s=max(refresh_s, 5.0) if running else 0))
+        refresh = max(refresh_s, 5.0) if running else 0
+        if model is None and len(reports) > 1:
+            fleet = snapshot.campaign_fleet(cid, reports, [p.device for p in detail.summary.progress])
+            body = await blocking(partial(render_fleet, fleet, f"qfarm fleet summary: {detail.summary.name}",
+                                          f"campaign {cid}: {len(reports)} models; state: {detail.summary.state}",
+                                          refresh))
+        else:
+            report = snapshot.model_report(reports, cid, reports[0][0] if model is None else model)
+            body = await blocking(partial(render_html, report, refresh_s=refresh))
         return web.Response(text=body, content_type="text/html", charset="utf-8",
                             headers={**HEADERS, "Content-Security-Policy": "frame-ancestors 'none'"})
 

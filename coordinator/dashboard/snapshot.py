@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import quote
 
 from google.protobuf.json_format import MessageToDict
 
 from coordinator.farm.describe import runtime_text, slots_text
+from coordinator.html.fleet import Fleet, fleet
 from coordinator.html.metrics import columns, flatten
 from coordinator.html.tables import Cell, Column, Row, Table, css_key, metric_cell, text
 from shared.errors import NotFound
@@ -157,15 +159,42 @@ def _result_dict(payload: bytes) -> dict[str, Any]:
             if fd.type != fd.TYPE_MESSAGE and fd.type != fd.TYPE_ENUM}
 
 
-def live_report(coord, campaign_id: str) -> dict | None:
-    """The campaign's report.json as it stands (the first model's, for a multi-model campaign)."""
+def live_reports(coord, campaign_id: str) -> list[tuple[str, dict | None]]:
+    """Each model of the campaign, in the order they run, with its report.json as it stands (None:
+    not started yet)."""
     import json
 
+    names = coord.campaigns.model_names(campaign_id)
     try:
-        _, files = coord.campaigns.report_files(campaign_id)
+        _, files = coord.campaigns.report_files(campaign_id, json_only=True)
     except NotFound:
-        return None
+        files = []
+    found = {}
     for path, data in files:
-        if path.endswith("report.json"):
-            return json.loads(data)
-    return None
+        folder, _, leaf = path.rpartition("/")
+        if leaf == "report.json":
+            found[folder or names[0]] = json.loads(data)      # one model: its files are at the top
+    return [(name, found.get(name)) for name in names]
+
+
+def report_href(campaign_id: str, model: str) -> str:
+    return f"/campaigns/{quote(campaign_id, safe='')}/report?model={quote(model, safe='')}"
+
+
+def campaign_fleet(campaign_id: str, reports: list[tuple[str, dict | None]], devices: list[str]) -> Fleet:
+    """The fleet summary of a campaign as it fills in; each model links to its live report page."""
+    return fleet([(name, report, report_href(campaign_id, name) if report is not None else "")
+                  for name, report in reports], devices)
+
+
+def model_report(reports: list[tuple[str, dict | None]], campaign_id: str, model: str) -> dict:
+    """One model's report; NotFound (naming the campaign's models) for a model it does not have or
+    one not started yet."""
+    by_name = dict(reports)
+    if model not in by_name:
+        raise NotFound(f"campaign {campaign_id} has no model {text(model, 120)!r}; its models: "
+                       f"{', '.join(by_name)}", step="dashboard")
+    if by_name[model] is None:
+        raise NotFound(f"model {model} of campaign {campaign_id} has no report yet: it has not started",
+                       step="dashboard")
+    return by_name[model]

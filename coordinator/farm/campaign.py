@@ -117,8 +117,15 @@ class CampaignManager:
         with self.ctx.store.transaction() as c:
             return c.campaign(campaign_id).state
 
-    def report_files(self, campaign_id: str) -> tuple[CampaignState, list[tuple[str, bytes]]]:
-        """The campaign's report.json and PNGs; while it runs, the partial report.json so far."""
+    def model_names(self, campaign_id: str) -> list[str]:
+        """The campaign's models, in the order they run (each one's report folder is named so)."""
+        with self.ctx.store.transaction() as c:
+            row = c.campaign(campaign_id)
+        return [m.name for m in spec_from_wire(row.spec_json).models]
+
+    def report_files(self, campaign_id: str, json_only: bool = False) -> tuple[CampaignState, list[tuple[str, bytes]]]:
+        """The campaign's report.json and PNGs (`json_only`: report.json alone); while it runs, the
+        partial report.json so far. Several models: each one's files under "<model name>/"."""
         with self.ctx.store.transaction() as c:
             row = c.campaign(campaign_id)
         spec = spec_from_wire(row.spec_json)
@@ -128,7 +135,7 @@ class CampaignManager:
             done = self.report_dir(campaign_id, model)
             if done.is_dir():
                 for path in sorted(done.iterdir()):
-                    if path.is_file():
+                    if path.is_file() and (not json_only or path.name == "report.json"):
                         files.append((prefix + path.name, path.read_bytes()))
                 continue
             work = self.work_dir(spec, model)

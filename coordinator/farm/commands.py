@@ -167,13 +167,38 @@ def _write_report(client, campaign_id: str, out: Path) -> None:
     from coordinator.html import write_html
 
     state, paths = client.report(campaign_id, out)
+    reports = {}
     for path in paths:
         if path.name == "report.json":
             report = json.loads(path.read_text())
             page = write_html(report, path.parent)
             print_summary(report, path, page=page)
+            reports[path.parent] = report
+    if any(folder != Path(out) for folder in reports):          # several models: one folder each
+        _write_index(client, campaign_id, out, reports)
     if state != "done":
         stdout.print(f"campaign {campaign_id} is {state}: the report is partial")
+
+
+def _write_index(client, campaign_id: str, out: Path, reports: dict[Path, dict]) -> None:
+    """out/index.html: the fleet summary of a multi-model campaign, linking each model's page; the
+    same table on the console."""
+    from urllib.parse import quote
+
+    from coordinator.console import fleet_table
+    from coordinator.console import out as stdout
+    from coordinator.html.fleet import fleet
+    from coordinator.html.render import REPORT_FILE, write_index
+
+    models = [(folder.relative_to(out).as_posix(), report, f"{quote(folder.relative_to(out).as_posix())}/{REPORT_FILE}")
+              for folder, report in reports.items()]
+    summary = fleet(models)
+    [status] = client.status(campaign_id).campaigns
+    page = write_index(summary, out, f"qfarm fleet summary: {status.name}",
+                       f"campaign {campaign_id}: {len(models)} models on {len(summary.devices)} device classes "
+                       f"({', '.join(summary.devices)}); state: {status.state}")
+    stdout.print(fleet_table(summary))
+    stdout.print(f"fleet summary: {page}")
 
 
 # ------------------------------------------------------------------------------------ status

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from coordinator.html.fleet import INDEX_FILE, Fleet
 from coordinator.html.view import build
 from shared.atomic import atomic_write_text
 
@@ -49,6 +50,21 @@ def render_html(report: Mapping[str, Any], refresh_s: float = 0) -> str:
     js, digest = script("report.js")
     return environment().get_template("report.html.j2").render(view=view, script=js, script_hash=digest,
                                                                version=qfarm_version(), refresh=refresh_s)
+
+
+def render_fleet(fleet: Fleet, title: str, subtitle: str = "", refresh_s: float = 0) -> str:
+    """The fleet summary page (index.html of a multi-model campaign; the dashboard's live one)."""
+    js, digest = script("report.js")
+    return environment().get_template("fleet.html.j2").render(fleet=fleet, title=title, subtitle=subtitle, script=js,
+                                                              script_hash=digest, version=qfarm_version(),
+                                                              refresh=refresh_s)
+
+
+def write_index(fleet: Fleet, out_dir: Path, title: str, subtitle: str = "") -> Path:
+    """Write the fleet summary as out_dir/index.html (atomically) and return its path."""
+    path = Path(out_dir) / INDEX_FILE
+    atomic_write_text(path, render_fleet(fleet, title, subtitle))
+    return path
 
 
 def write_html(report: Mapping[str, Any], out_dir: Path, name: str = REPORT_FILE) -> Path:

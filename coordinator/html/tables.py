@@ -20,6 +20,8 @@ class Cell:
     cls: str = ""
     title: str = ""
     detail: str = ""                    # long text shown folded (stderr)
+    detail_label: str = "stderr"        # what the fold is labelled
+    href: str = ""                      # the text links here (a page of this tool, never data's)
 
 
 @dataclass(frozen=True)
