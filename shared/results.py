@@ -224,6 +224,12 @@ class DeviceResult:
 _FIELDS = dataclasses.fields(DeviceResult)
 
 
+def status_of(message) -> ResultStatus:
+    """A qfarm.v1.DeviceResult's status, read as `DeviceResult.from_proto` reads it (KeyError when
+    it is no ResultStatus), without converting the rest (the coordinator's per-result path)."""
+    return _from_message(message.status, ResultStatus, message.DESCRIPTOR.fields_by_name["status"])
+
+
 @functools.cache
 def _field_types(kind: type) -> dict[str, type]:
     """A dataclass's field types, Optional unwrapped; once per class (typing.get_type_hints is

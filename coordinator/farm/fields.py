@@ -35,6 +35,8 @@ _FLOAT_TYPES = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
 
 
 def _bad_char(text: str, multiline: bool) -> str | None:
+    if text.isascii() and text.isprintable():     # the common case, exactly: ASCII 0x20-0x7e
+        return None
     for ch in text:
         if multiline and ch in "\n\t":
             continue

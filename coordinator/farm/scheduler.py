@@ -31,7 +31,7 @@ from coordinator.farm.store import AgentRow, JobRow, ResultRow, Store, Tx
 from shared.auth import AgentIdentity, hash_secret, new_agent_secret
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied, ResourceExhausted
 from shared.pb.qfarm.v1 import job_pb2
-from shared.results import CrashCause, CrashKind, DeviceResult
+from shared.results import CrashCause, CrashKind, DeviceResult, status_of
 
 log = logging.getLogger(__name__)
 
@@ -199,11 +199,11 @@ class Scheduler:
         with self.store.transaction() as c:
             row = self._live_agent(c, agent)
             c.touch_agent(row.agent_id, now, free_slots, busy_slots)
-            if row.state == AgentState.MISSING:
-                c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed")
+            state = row.state
+            if state == AgentState.MISSING:
+                state = c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed", current=state)
             cancel = self._adopt(c, row.agent_id, row.device, running, now, owners={row.agent_id})
-            self._refresh_busy(c, row.agent_id)
-            idle = not running and c.agent(row.agent_id).state == AgentState.IDLE
+            idle = self._refresh_busy(c, row.agent_id, state) == AgentState.IDLE and not running
         return cancel, row.secret_hash if idle else None
 
     def deregister(self, agent: AgentIdentity) -> None:
@@ -230,13 +230,15 @@ class Scheduler:
         with self.store.transaction() as c:
             row = self._live_agent(c, agent)
             c.touch_agent(row.agent_id, now)
-            if row.state == AgentState.MISSING:
-                c.set_agent_state(row.agent_id, AgentState.IDLE, "calls resumed")
+            state = row.state
+            if state == AgentState.MISSING:
+                state = c.set_agent_state(row.agent_id, AgentState.IDLE, "calls resumed", current=state)
             for queued in c.queued_jobs(row.device, max_jobs):
                 leased = c.set_job_state(queued.job_id, JobState.LEASED, now, agent_id=row.agent_id,
-                                         lease_deadline=now + self.policy.lease_ttl_s, attempt=queued.attempt + 1)
+                                         lease_deadline=now + self.policy.lease_ttl_s, attempt=queued.attempt + 1,
+                                         current=queued)
                 jobs.append(self.job_message(leased))
-            self._refresh_busy(c, row.agent_id)
+            self._refresh_busy(c, row.agent_id, state, holds=True if jobs else None)
         return jobs, row.device
 
     def check_artifact_access(self, agent: AgentIdentity, sha256: str) -> None:
@@ -320,7 +322,7 @@ class Scheduler:
     def report(self, agent: AgentIdentity, result: job_pb2.DeviceResult, fp32_sha256: str = "") -> ReportOutcome:
         """Record the result of a job the agent holds (its current attempt) exactly once."""
         try:
-            status = DeviceResult.from_proto(result).status
+            status = status_of(result)
         except KeyError:
             raise InvalidArgument(f"result status {result.status} of job {result.job_id!r} is not ok, crash or "
                                   f"unsupported", step="result") from None
@@ -350,9 +352,9 @@ class Scheduler:
                                           f"outputs artifact ({fp32_sha256 or 'none given'})", step="result")
             c.insert_result(ResultRow(result.job_id, result.attempt, row.agent_id, status.value,
                                       result.SerializeToString(), fp32_sha256, now))
-            c.set_job_state(result.job_id, JobState.DONE, now)
-            if self._is_known_live(c, row.agent_id):
-                self._refresh_busy(c, row.agent_id)
+            c.set_job_state(result.job_id, JobState.DONE, now, current=job)
+            if is_alive(row.state):      # read in this transaction: nothing here changed it
+                self._refresh_busy(c, row.agent_id, row.state)
             self.counters["results_accepted"] += 1
         self._notify()
         return ReportOutcome(True, False)
@@ -373,8 +375,9 @@ class Scheduler:
                 c.touch_agents(heard, ALIVE)
                 for row in c.agents((AgentState.MISSING,)):
                     if row.agent_id in heard:
-                        c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed")
-                        self._refresh_busy(c, row.agent_id)
+                        state = c.set_agent_state(row.agent_id, AgentState.IDLE, "heartbeat resumed",
+                                                  current=row.state)
+                        self._refresh_busy(c, row.agent_id, state)
             for agent in c.agents(ALIVE, heard_before=now - self.policy.missing_after_s):   # the late ones only
                 age = now - agent.last_heartbeat
                 if age > self.policy.evict_after_s:
@@ -466,13 +469,18 @@ class Scheduler:
         log.warning("job %s given up: %s", job.job_id, lost.crash_cause)
 
     @staticmethod
-    def _refresh_busy(c: Tx, agent_id: str) -> None:
-        agent = c.agent(agent_id)
-        if agent.state not in ON_TIME:
-            return
-        target = AgentState.BUSY if c.holds_lease(agent_id) else AgentState.IDLE
-        if agent.state != target:
-            c.set_agent_state(agent_id, target)
+    def _refresh_busy(c: Tx, agent_id: str, state: AgentState | None = None,
+                      holds: bool | None = None) -> AgentState:
+        """Busy while it holds a lease, idle otherwise (an agent on time only); its state after.
+        `state`, `holds`: what this transaction already knows of the agent (None: read it)."""
+        if state is None:
+            state = c.agent(agent_id).state
+        if state not in ON_TIME:
+            return state
+        if holds is None:
+            holds = c.holds_lease(agent_id)
+        target = AgentState.BUSY if holds else AgentState.IDLE
+        return c.set_agent_state(agent_id, target, current=state) if state != target else state
 
 
 def job_artifacts(job: job_pb2.Job) -> set[str]:

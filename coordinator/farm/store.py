@@ -6,6 +6,7 @@ coordinator loses nothing. One connection guarded by a lock; every change runs i
 `set_*_state`, which checks the move with `states.require_transition`."""
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -91,6 +92,7 @@ class JobRow:
     lease_deadline: float | None
     priority: int
     holder: str | None = None   # the agent that leased the current attempt (kept after the lease ends)
+    updated_at: float = 0.0     # when its state last changed
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,11 @@ class Tx:
             params.append(heard_before)
         return [_agent(r) for r in self._c.execute(sql + " ORDER BY registered_at", params)]
 
-    def set_agent_state(self, agent_id: str, target: AgentState, reason: str = "") -> AgentState:
-        current = self.agent(agent_id).state
+    def set_agent_state(self, agent_id: str, target: AgentState, reason: str = "",
+                        current: AgentState | None = None) -> AgentState:
+        """Move an agent, checked; `current`: its state as already read in this transaction."""
+        if current is None:
+            current = self.agent(agent_id).state
         if current == target:
             return current
         require_transition(current, target, what=agent_id)
@@ -234,10 +239,11 @@ class Tx:
 
     def touch_agent(self, agent_id: str, now: float, free_slots: int | None = None,
                     busy_slots: int | None = None) -> None:
-        self._c.execute("UPDATE agents SET last_heartbeat = ? WHERE agent_id = ?", (now, agent_id))
-        if free_slots is not None:
-            self._c.execute("UPDATE agents SET free_slots = ?, busy_slots = ? WHERE agent_id = ?",
-                            (free_slots, busy_slots or 0, agent_id))
+        if free_slots is None:
+            self._c.execute("UPDATE agents SET last_heartbeat = ? WHERE agent_id = ?", (now, agent_id))
+        else:
+            self._c.execute("UPDATE agents SET last_heartbeat = ?, free_slots = ?, busy_slots = ? WHERE agent_id = ?",
+                            (now, free_slots, busy_slots or 0, agent_id))
 
     def touch_agents(self, heard: Mapping[str, float], states: Sequence[AgentState]) -> None:
         """Record when agents in `states` were last heard (agent id -> time), never moving a time back:
@@ -261,26 +267,27 @@ class Tx:
             (job_id, device, kind, candidate_id, payload, JobState.QUEUED.value, priority, now, now))
 
     def set_job_state(self, job_id: str, target: JobState, now: float, *, agent_id: str | None = None,
-                      lease_deadline: float | None = None, attempt: int | None = None) -> JobRow:
+                      lease_deadline: float | None = None, attempt: int | None = None,
+                      current: JobRow | None = None) -> JobRow:
         """Move a job, checked; leased jobs carry an agent and a deadline, all others none. The
-        agent that leased the current attempt stays recorded as its `holder` after the lease ends."""
-        row = self._c.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
+        agent that leased the current attempt stays recorded as its `holder` after the lease ends.
+        `current`: the job's row as already read in this transaction (saves reading it again)."""
+        job = current if current is not None and current.job_id == job_id else self.job(job_id)
+        if job is None:
             raise NotFound(f"job {job_id!r} does not exist", step="job")
-        job = _job(row)
         require_transition(job.state, target, what=job_id)
-        self.transitions.append((job.device, job.state, target, now - row["updated_at"]))
+        self.transitions.append((job.device, job.state, target, now - job.updated_at))
         holder = job.holder
         if target == JobState.LEASED:
             holder = agent_id
         else:
             agent_id, lease_deadline = None, None
+        attempt = job.attempt if attempt is None else attempt
         self._c.execute(
             "UPDATE jobs SET state = ?, agent_id = ?, lease_deadline = ?, attempt = ?, holder = ?, updated_at = ? "
-            "WHERE job_id = ?",
-            (target.value, agent_id, lease_deadline, job.attempt if attempt is None else attempt, holder, now,
-             job_id))
-        return self.job(job_id)  # type: ignore[return-value]
+            "WHERE job_id = ?", (target.value, agent_id, lease_deadline, attempt, holder, now, job_id))
+        return dataclasses.replace(job, state=target, agent_id=agent_id, lease_deadline=lease_deadline,
+                                   attempt=attempt, holder=holder, updated_at=now)
 
     def renew_lease(self, job_id: str, agent_id: str, lease_deadline: float) -> None:
         self._c.execute("UPDATE jobs SET agent_id = ?, holder = ?, lease_deadline = ? WHERE job_id = ? AND state = ?",
@@ -445,9 +452,11 @@ def _agent(row: sqlite3.Row) -> AgentRow:
     return AgentRow(**data)
 
 
+_JOB_COLUMNS = tuple(f.name for f in dataclasses.fields(JobRow))
+
+
 def _job(row: sqlite3.Row) -> JobRow:
-    data = {k: row[k] for k in ("job_id", "device", "kind", "candidate_id", "payload", "state", "attempt",
-                                "agent_id", "lease_deadline", "priority", "holder")}
+    data = {k: row[k] for k in _JOB_COLUMNS}
     data["state"] = JobState(data["state"])
     return JobRow(**data)
 
