@@ -311,3 +311,44 @@ def test_the_tick_writes_what_was_heard_in_memory_and_revives_a_missing_agent(fa
     with store.transaction() as c:
         assert c.agent(quiet.agent_id).last_heartbeat == before        # a late report never moves time back
         assert c.agent(gone.agent_id).state == AgentState.EVICTED      # an evicted agent is not revived
+
+
+def test_a_lease_and_a_result_cost_a_bounded_number_of_statements(farm):
+    """The per-job path reads each row once: a lease 7 statements (BEGIN, the agent, the queue's
+    head, the job, the agent's state, COMMIT, and the heartbeat time), a result 9, whatever the queue."""
+    sched, clock, store = farm
+    for i in range(50):
+        sched.submit(make_job(f"j{i:02d}"), "candidate", 0, "camp")
+    agent = sched.register("cpu-a", "agent-a", b"", 1)
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    for _ in range(3):
+        seen.clear()
+        [job] = sched.lease(agent, 1)
+        leased = len(seen)
+        seen.clear()
+        assert sched.report(agent, result_for(job)).accepted
+        assert (leased, len(seen)) == (7, 9), seen
+        assert agent_state(store, agent) == AgentState.IDLE and job_row(store, job.job_id).state == JobState.DONE
+    store._conn.set_trace_callback(None)
+
+
+def test_the_checkpoint_runs_off_the_commits_and_keeps_what_they_wrote(tmp_path):
+    """Once the tick checkpoints, a commit only appends to the log (no automatic checkpoint inside
+    it); a checkpoint copies the log into the database and a fresh reader sees every commit."""
+    import sqlite3
+
+    store = Store(tmp_path / "data")
+    sched = Scheduler(store, POLICY, Clock())
+    sched.submit(make_job("first"), "candidate", 0, "camp")
+    pages, copied = store.checkpoint()
+    assert pages == copied and pages > 0
+    with store.transaction() as c:
+        assert c.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(200):
+        sched.submit(make_job(f"j{i:03d}"), "candidate", 0, "camp")
+    pages, copied = store.checkpoint()
+    assert pages == copied and pages > 0
+    with sqlite3.connect(f"file:{store.path}?mode=ro", uri=True) as db:
+        assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 201
+    store.close()

@@ -289,3 +289,33 @@ def test_idle_heartbeats_skip_the_store_yet_keep_the_agent_alive_and_the_rules_h
         with pytest.raises(grpc.RpcError) as gone:
             agent.heartbeat()
         assert gone.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_short_store_calls_run_on_the_loop_only_while_the_store_is_free(tmp_path):
+    """A heartbeat, lease or result runs right on the event loop when the store's lock is free,
+    and on the store pool when someone holds it (a tick, a campaign): the loop never waits for it."""
+    with coordinator(tmp_path / "coord") as (server, _address):
+        coord, loop = server.coordinator, server._loop
+
+        def where() -> str:
+            with coord.store.transaction():
+                return threading.current_thread().name
+
+        assert server._on_loop(coord.in_short(where), 10) == "farm-grpc"
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with coord.store.transaction():
+                held.set()
+                release.wait(10)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(10)
+        future = asyncio.run_coroutine_threadsafe(coord.in_short(where), loop)
+        ticks = asyncio.run_coroutine_threadsafe(asyncio.sleep(0.05), loop)
+        ticks.result(5)                   # the loop kept running while the call waited for the lock
+        assert not future.done()
+        release.set()
+        assert future.result(10).startswith("store")
+        holder.join(10)
