@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -263,11 +264,19 @@ class ServerSecurity:
     def roles_of(self, presented: str | bytes | None) -> frozenset[Role]:
         """The roles a presented token grants (every role when no token is required). Every role's
         token is compared, in constant time, whatever matched first."""
-        tokens = self.role_tokens
-        if tokens is None:
+        digests = self._role_digests
+        if digests is None:
             return frozenset(Role)
-        matched = [role for role, token in tokens.items() if token_matches(presented, token)]
-        return frozenset(matched)
+        if presented is None:
+            return frozenset()
+        digest = _digest(presented)       # hashed once per call, compared with each role's, constant-time
+        return frozenset([role for role, expected in digests.items() if hmac.compare_digest(digest, expected)])
+
+    @functools.cached_property
+    def _role_digests(self) -> dict[Role, bytes] | None:
+        """The SHA-256 of each role's token, computed once (token_matches hashes both sides per call)."""
+        tokens = self.role_tokens
+        return None if tokens is None else {role: _digest(token) for role, token in tokens.items()}
 
     def check_exposure(self, host: str) -> None:
         if self.role_tokens is None and not self.allow_no_auth and not is_loopback(host):
