@@ -7,7 +7,8 @@ Phases, in one run against one coordinator:
   idle      N agents that behave like real idle agents for `--seconds` (after all registered and
             a warm-up): a heartbeat every interval the coordinator asks for, a Lease long-poll
             always open. Coordinator CPU (user + sys) and % of one core, heartbeat latency p50/p99
-            from Locust's statistics, failed calls, agents the coordinator marked missing or
+            from Locust's statistics and, apart from the bench process's own load, from one more
+            agent heartbeating every 0.1 s in a process of its own (bench/load_probe.py), failed calls, agents the coordinator marked missing or
             evicted (every tick's outcome, counted in the coordinator process), their states at
             the end (GetStatus and the store).
   dispatch  for each K in `--k`: K fresh agents of their own device class; once each holds its
@@ -95,7 +96,7 @@ class Coordinator:
 
     def __init__(self, work: Path, args: argparse.Namespace):
         self.agent_token, self.client_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        tokens = {}
+        tokens = self.token_files = {}
         for role, token in (("agent", self.agent_token), ("client", self.client_token)):
             tokens[role] = work / f"{role}.token"
             tokens[role].write_text(token)
@@ -238,6 +239,21 @@ class Profiler:
         self._proc = None
 
 
+class Probe:
+    """bench/load_probe.py: one more agent heartbeating from a process of its own, timed there."""
+
+    def __init__(self, coord: Coordinator):
+        self._proc = subprocess.Popen([sys.executable, str(HERE / "load_probe.py"), "--address", coord.address,
+                                       "--token-file", str(coord.token_files["agent"])], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, cwd=ROOT)
+
+    def finish(self) -> dict:
+        out, _ = off_hub(self._proc.communicate, "", 120)
+        if self._proc.returncode:
+            raise SystemExit(f"the heartbeat probe failed (exit status {self._proc.returncode})")
+        return json.loads(out.strip().splitlines()[-1])
+
+
 # ------------------------------------------------------------------------------------ fake agents
 @dataclass
 class Swarm:
@@ -332,9 +348,11 @@ class Bench:
         registered_s = time.monotonic() - started
         gevent.sleep(args.warmup)
         ticks1 = coord.command("ticks")
+        probe = Probe(coord)
         swarm.env.stats.reset_all()
         with Window(self, "idle") as window:
             gevent.sleep(args.seconds)
+        probed = probe.finish()
         ticks2 = coord.command("ticks")
         heartbeat, polls, errors = swarm.call_stats("Heartbeat"), swarm.call_stats("Lease (empty)"), swarm.errors()
         states = Counter(a.state for a in coord.status().agents if a.device == plan.device)
@@ -343,7 +361,7 @@ class Bench:
         return {
             "agents": args.agents, "heartbeat_interval_s": args.heartbeat_interval, "lease_wait_s": args.lease_wait,
             "connections": len(swarm.connections), "registered_in_s": registered_s, **window.numbers(),
-            "heartbeat": heartbeat, "long_polls": polls, "errors": errors,
+            "heartbeat": heartbeat, "probe_heartbeat": probed, "long_polls": polls, "errors": errors,
             "missing_window": _new(ticks1, ticks2, "missing"), "evicted_window": _new(ticks1, ticks2, "evicted"),
             "missing_phase": _new(ticks0, ticks2, "missing"), "evicted_phase": _new(ticks0, ticks2, "evicted"),
             "states_at_end": dict(states), "store_states_at_end": stored,

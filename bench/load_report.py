@@ -22,6 +22,9 @@ def correctness(report: dict) -> list[str]:
             problems.append(f"idle: {idle['missing_phase']} agents marked missing, {idle['evicted_phase']} evicted")
         if set(idle["states_at_end"]) - {"idle"} or sum(idle["states_at_end"].values()) != idle["agents"]:
             problems.append(f"idle: agent states at the end {idle['states_at_end']}")
+        probe = idle.get("probe_heartbeat") or {}
+        if probe.get("failed"):
+            problems.append(f"idle: the probe's heartbeats {probe}")
         if not idle["heartbeat"]["calls"] or idle["heartbeat"]["failures"] or idle["errors"]:
             problems.append(f"idle: heartbeats {idle['heartbeat']}, errors {idle['errors']}")
     for row in report.get("dispatch", []):
@@ -99,6 +102,11 @@ def print_idle(idle: dict) -> None:
           f"{idle['bench_cpu_s']:11.2f} {hb['calls']:10d} {hb['failures']:6d} {_ms(hb.get('p50_ms')):>6} "
           f"{_ms(hb.get('p99_ms')):>6} {_ms(hb.get('max_ms')):>7} {polls['calls']:6d} {idle['missing_phase']:7d} "
           f"{idle['evicted_phase']:7d} {_load(idle['loadavg_start']):>15} {_load(idle['loadavg_end']):>15}")
+    probe = idle.get("probe_heartbeat")
+    if probe:
+        print(f"    heartbeats of one more agent timed in a process of its own (bench/load_probe.py, every 0.1 s): "
+              f"{probe['calls']} calls, {probe['failed']} failed, p50 {_ms(probe['p50_ms'])} ms, p99 "
+              f"{_ms(probe['p99_ms'])} ms, max {_ms(probe['max_ms'])} ms")
     print(f"    states at the end: GetStatus {idle['states_at_end']}, store {idle['store_states_at_end']}; errors "
           f"{idle['errors'] or 'none'}")
     print(f"    in the coordinator over the window (ms): {_pauses(idle)}")

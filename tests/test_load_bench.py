@@ -51,6 +51,8 @@ def test_idle_agents_stay_alive_and_every_heartbeat_succeeds(run):
     assert idle["heartbeat"]["calls"] >= AGENTS and idle["heartbeat"]["failures"] == 0
     assert idle["reregistered"] == 0 and idle["errors"] == {}
     assert idle["coordinator_cpu_s"] > 0 and idle["heartbeat"]["p99_ms"] is not None
+    probe = idle["probe_heartbeat"]            # one more agent, timed in a process of its own
+    assert probe["calls"] >= 1 and probe["failed"] == 0 and probe["p99_ms"] is not None
 
 
 def test_every_job_is_leased_once_and_has_exactly_one_result(run):
