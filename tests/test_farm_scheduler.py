@@ -352,3 +352,13 @@ def test_the_checkpoint_runs_off_the_commits_and_keeps_what_they_wrote(tmp_path)
     with sqlite3.connect(f"file:{store.path}?mode=ro", uri=True) as db:
         assert db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 201
     store.close()
+
+
+def test_a_sqlite_too_old_for_the_store_is_named_before_anything_is_made(tmp_path, monkeypatch):
+    import sqlite3
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.37.2")
+    with pytest.raises(FailedPrecondition, match=r"SQLite 3\.37\.2 is too old .* needs 3\.38\.0 or newer"):
+        Store(tmp_path / "data")
+    assert not (tmp_path / "data").exists()

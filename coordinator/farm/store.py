@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from coordinator.farm.states import FINISHED, AgentState, CampaignState, JobState, require_transition
-from shared.errors import NotFound
+from shared.errors import FailedPrecondition, NotFound
 from shared.pb.qfarm.v1 import job_pb2
 from shared.results import DeviceResult
 
@@ -121,10 +121,18 @@ class CampaignRow:
     updated_at: float
 
 
+#: the oldest SQLite the store's statements run on (JSON1's json_each in UPDATE ... FROM, built in since 3.38)
+MIN_SQLITE = (3, 38, 0)
+
+
 class Store:
     """Thread-safe access to the database; methods taking `c` must run inside `transaction()`."""
 
     def __init__(self, data_dir: Path):
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise FailedPrecondition(f"SQLite {sqlite3.sqlite_version} is too old for the coordinator's store: it "
+                                     f"needs {'.'.join(map(str, MIN_SQLITE))} or newer (a newer Python build or "
+                                     "system libsqlite3)", step="store")
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "qfarm.sqlite3"
