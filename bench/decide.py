@@ -1,7 +1,7 @@
 """The decision on a real model: EfficientNet-Lite0 tuned by the CLI as a user would, per configuration
 one row with what the tuner recommends and whether it meets the targets:
 
-    .venv/bin/python bench/decide.py [--model /work/cache/models/effnet_lite0.onnx]
+    .venv/bin/python bench/decide.py [--model models/effnet_lite0.onnx]
         [--images ../shared/data/imagenet-sample] [--only NAME ...] [--out bench-out/decide] [-- EXTRA FLAGS]
 
 Targets: top-1 agreement >= 99%, labelled top-1 within 0.5 pt of FP32, latency <= 0.7x FP32 on the
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from effnet import IMAGES, MODEL  # noqa: E402
 from models import row_from_report  # noqa: E402
 from zoo_baseline import cpu_flags  # noqa: E402
 
@@ -116,8 +117,8 @@ def main(argv=None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("/work/cache/models/effnet_lite0.onnx"))
-    p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample")
+    p.add_argument("--model", type=Path, default=MODEL)
+    p.add_argument("--images", type=Path, default=IMAGES)
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "decide")
     p.add_argument("--only", nargs="+", choices=list(RUNS), metavar="RUN", help=f"runs: {'; '.join(RUNS)}")
     p.add_argument("--latency-runs", type=int, default=20)

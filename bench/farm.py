@@ -16,7 +16,7 @@ a cold warm-up campaign builds every candidate (device class `warm`, 1 agent); t
 is submitted again to measure the cached re-send.
 
     python bench/farm.py --smoke                       # tiny synthetic model, ~1 minute
-    python bench/farm.py --model /work/cache/models/effnet_lite0.onnx --mean 0.498 0.498 0.498 \
+    python bench/farm.py --model models/effnet_lite0.onnx --mean 0.498 0.498 0.498 \
         --std 0.502 0.502 0.502 --candidates 8 --eval 64 --repeats 2
 """
 from __future__ import annotations

@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.effnet import IMAGES, MODEL  # noqa: E402
 from bench.interleaved import cpu_flags  # noqa: E402
 from bench.recipes import ranking  # noqa: E402
 from coordinator.preprocess import Preprocess  # noqa: E402
@@ -72,7 +73,7 @@ class Config:
 
 def model_config(name: str, zoo: Path, out: Path, images: Path) -> TuneConfig:
     if name == "effnet_lite0":
-        return TuneConfig(model=Path("/work/cache/models/effnet_lite0.onnx"), images=images, out=out,
+        return TuneConfig(model=MODEL, images=images, out=out,
                           preprocess=Preprocess(mean=(0.498,) * 3, std=(0.502,) * 3), n_calibration=64, n_eval=200,
                           settings=QuantSettings(reduce_range=False, calibration_images=64))
     data = zoo / name / "data"
@@ -218,7 +219,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--ranking-images", type=int, default=16)
     p.add_argument("--zoo", type=Path, default=ROOT / "models" / "zoo")
-    p.add_argument("--images", type=Path, default=Path("/work/shared/data/imagenet-sample"))
+    p.add_argument("--images", type=Path, default=IMAGES)
     p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "float_islands")
     args = p.parse_args(argv)
     args.out = args.out.resolve()

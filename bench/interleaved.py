@@ -2,7 +2,7 @@
 noise floor of this machine) and full-INT8 candidates of the named recipes timed interleaved with
 FP32 (per-pair ratio and its p10-p90 spread), with their fidelity (agreement, SQNR, cosine, KL).
 
-    .venv/bin/python bench/interleaved.py --model /work/cache/models/effnet_lite0.onnx \\
+    .venv/bin/python bench/interleaved.py --model models/effnet_lite0.onnx \\
         --images ../shared/data/imagenet-sample --calibration 64 --eval 200 --mean 0.498 --std 0.502
 
 Every row comes from the same process, runner and session options (onnxruntime, --threads), one

@@ -1,7 +1,7 @@
 """Recipes side by side on one real model: what each costs to build, how faithful it is to FP32
 and how fast it runs on THIS CPU, all measured in one process.
 
-    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/recipes.py --model /work/cache/models/effnet_lite0.onnx \
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/recipes.py --model models/effnet_lite0.onnx \
         --images ../shared/data/imagenet-sample --calibration 64 --eval 200
 
 Every row is one candidate built from the same prepared model and the same 64 calibration
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.interleaved import cpu_flags, cpu_seconds  # noqa: E402
+from bench.effnet import add_data_arguments  # noqa: E402
 from coordinator import data as data_mod  # noqa: E402
 from coordinator.evaluators import EvalInputs, LocalEvaluator  # noqa: E402
 from coordinator.prepare import prepare_model  # noqa: E402
@@ -90,15 +91,7 @@ def ranking(prepared, settings: QuantSettings, calibration: dict, work: Path, im
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("/work/cache/models/effnet_lite0.onnx"))
-    p.add_argument("--images", type=Path, default=Path("/work/shared/data/imagenet-sample"))
-    p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "recipes")
-    p.add_argument("--calibration", type=int, default=64)
-    p.add_argument("--eval", type=int, default=200)
-    p.add_argument("--mean", type=float, nargs=3, default=(0.498, 0.498, 0.498))
-    p.add_argument("--std", type=float, nargs=3, default=(0.502, 0.502, 0.502))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    add_data_arguments(p, ROOT / "bench-out" / "recipes")
     p.add_argument("--ranking-images", type=int, default=16)
     p.add_argument("--latency-runs", type=int, default=100, help="interleaved FP32/candidate pairs per row")
     p.add_argument("--rows", nargs="*", default=None, help="row numbers (1-based) to run; default all")

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.effnet import add_data_arguments  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
 from coordinator.evaluators import LocalEvaluator  # noqa: E402
 from coordinator.quantize import build_candidate, spec_for  # noqa: E402
@@ -143,19 +144,11 @@ def print_table(rows: list[dict], ks: list[int], fp32: dict, revert_eval: int) -
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "effnet_lite0.onnx")
-    p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample")
-    p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "sensitivity" / "sensitivity.json")
-    p.add_argument("--calibration", type=int, default=64)
-    p.add_argument("--eval", type=int, default=200)
+    add_data_arguments(p, ROOT / "bench-out" / "sensitivity" / "sensitivity.json")
     p.add_argument("--revert-eval", type=int, default=100, help="eval images the revert ranking is measured on")
     p.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4, 8, 16])
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--ranking-images", type=int, default=16)
-    p.add_argument("--mean", type=float, nargs=3, default=(0.498, 0.498, 0.498))
-    p.add_argument("--std", type=float, nargs=3, default=(0.502, 0.502, 0.502))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reuse", action="store_true", help="keep candidates built by an earlier run (timings drop)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")

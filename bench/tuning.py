@@ -19,6 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.effnet import add_data_arguments  # noqa: E402
 from coordinator.data import Preprocess  # noqa: E402
 from coordinator.evaluators import LocalEvaluator  # noqa: E402
 from coordinator.tune import Tuner, TuneConfig  # noqa: E402
@@ -83,16 +84,8 @@ def row(name: str, report: dict, seconds: float, full_int8_size: float) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=ROOT / "models" / "effnet_lite0.onnx")
-    p.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "imagenet-sample")
-    p.add_argument("--out", type=Path, default=ROOT / "bench-out" / "tuning")
-    p.add_argument("--calibration", type=int, default=64)
-    p.add_argument("--eval", type=int, default=200)
-    p.add_argument("--mean", type=float, nargs=3, default=(0.498, 0.498, 0.498))
-    p.add_argument("--std", type=float, nargs=3, default=(0.502, 0.502, 0.502))
-    p.add_argument("--threads", type=int, default=1)
+    add_data_arguments(p, ROOT / "bench-out" / "tuning")
     p.add_argument("--latency-runs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep-max", type=int, default=None, help="cap the reference sweep (default: full)")
     p.add_argument("--max-drop", type=float, default=0.03)
     p.add_argument("--max-top1-drop", type=float, default=0.005)

@@ -51,7 +51,7 @@ def test_refinement_needs_static_qdq(workspace):
 
 
 @pytest.mark.parametrize("key,value", [("adaround", "yes"), ("bias_correction", "1"), ("float_prefix", "9"),
-                                       ("float_prefix", "-1")])
+                                       ("float_prefix", "-1"), ("float_islands", "x")])
 def test_bad_switch_value_is_one_line_naming_it(key, value):
     with pytest.raises(InvalidArgument) as caught:
         QuantSettings(recipe={key: value})
