@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from coordinator.html.metrics import KNOWN_BY_KEY, fmt
+from coordinator.html.reading import as_list, as_map, as_number
 from coordinator.html.tables import Cell, Column, Row, Table, text
 from coordinator.measures import FASTER, SLOWER, UNMEASURED, WITHIN_NOISE, latency_ratio, speed, sqnr
 from coordinator.policy import DOES_NOT_PAY, NOTHING_MEASURED, PAYS
@@ -23,18 +24,6 @@ _SHORT_VERDICTS = ((DOES_NOT_PAY, DOES_NOT_PAY), (NOTHING_MEASURED, "nothing mea
 
 _SPEED = {FASTER: "faster than FP32 beyond the noise", SLOWER: "slower than FP32 beyond the noise",
           WITHIN_NOISE: "as fast as FP32 within the noise", UNMEASURED: "latency not measured"}
-
-
-def _map(value: Any) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list:
-    return value if isinstance(value, list) else []
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
@@ -164,28 +153,28 @@ def _sort(value: float | None) -> float | str:
 
 def pick(report: Mapping, device: str) -> Pick:
     """What `report` decided for `device`, with the recommended candidate's numbers there."""
-    decision = _map(_map(_map(report.get("pareto")).get("per_device")).get(device))
+    decision = as_map(as_map(as_map(report.get("pareto")).get("per_device")).get(device))
     if not decision:
         return Pick(device, False)
-    policy = _map(decision.get("policy"))
-    target = _map(decision.get("target"))
+    policy = as_map(decision.get("policy"))
+    target = as_map(decision.get("target"))
     rec = decision.get("recommended") if isinstance(decision.get("recommended"), str) else None
     base = dict(device=device, decided=True, recommended=rec, verdict=str(policy.get("verdict") or ""),
                 reason=str(policy.get("reason") or decision.get("reason") or ""),
                 target_met=target.get("met") if isinstance(target.get("met"), bool) else None,
                 target_line=str(target.get("line") or ""))
-    candidate = next((c for c in _list(report.get("candidates")) if isinstance(c, Mapping) and c.get("id") == rec),
+    candidate = next((c for c in as_list(report.get("candidates")) if isinstance(c, Mapping) and c.get("id") == rec),
                      None) if rec else None
-    result = _map(_map(_map(candidate).get("results")).get(device))
+    result = as_map(as_map(as_map(candidate).get("results")).get(device))
     if not result:
         return Pick(**base)
-    fp32 = _map(_map(report.get("fp32")).get(device))
-    size = _num(candidate.get("size_bytes")) or _num(result.get("size_bytes"))
-    full = _num(fp32.get("size_bytes")) or _num(_map(report.get("model")).get("size_bytes"))
+    fp32 = as_map(as_map(report.get("fp32")).get(device))
+    size = as_number(candidate.get("size_bytes")) or as_number(result.get("size_bytes"))
+    full = as_number(fp32.get("size_bytes")) or as_number(as_map(report.get("model")).get("size_bytes"))
     excluded = candidate.get("excluded_nodes")
     return Pick(**base, float_layers=len(excluded) if isinstance(excluded, list) else None,
-                ratio=latency_ratio(result, fp32), speed=speed(result, fp32), p10=_num(result.get("latency_ratio_p10")),
-                p90=_num(result.get("latency_ratio_p90")), agreement=_num(result.get("top1_agreement")),
+                ratio=latency_ratio(result, fp32), speed=speed(result, fp32), p10=as_number(result.get("latency_ratio_p10")),
+                p90=as_number(result.get("latency_ratio_p90")), agreement=as_number(result.get("top1_agreement")),
                 sqnr_db=sqnr(result), size_fraction=size / full if size and full else None)
 
 
@@ -194,7 +183,7 @@ def fleet(models: Sequence[tuple[str, Mapping | None, str]], devices: Sequence[s
     Device classes: `devices` first (the campaign's), then any other a report names."""
     seen = dict.fromkeys(devices)
     for _, report, _ in models:
-        for d in _list(_map(report).get("devices")):
+        for d in as_list(as_map(report).get("devices")):
             if isinstance(d, str):
                 seen.setdefault(d)
     out = Fleet(list(seen), [])
@@ -203,10 +192,10 @@ def fleet(models: Sequence[tuple[str, Mapping | None, str]], devices: Sequence[s
             out.rows.append(ModelRow(name, "", "waiting", "", 0, {}))
             out.notes.append(f"{name}: no report yet")
             continue
-        state = str(_map(report.get("status")).get("state") or "unknown")
+        state = str(as_map(report.get("status")).get("state") or "unknown")
         if state != "done":
             out.notes.append(f"{name}: {state}, not done: its picks may still change")
-        candidates = _list(report.get("candidates"))
-        file = PurePath(str(_map(report.get("model")).get("path") or "")).name
+        candidates = as_list(report.get("candidates"))
+        file = PurePath(str(as_map(report.get("model")).get("path") or "")).name
         out.rows.append(ModelRow(name, href, state, file, len(candidates), {d: pick(report, d) for d in out.devices}))
     return out

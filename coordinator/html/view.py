@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from coordinator.html import charts
 from coordinator.html.metrics import FIDELITY_KEYS, KNOWN_BY_KEY, Metric, axis_value, columns, flatten, fmt
+from coordinator.html.reading import as_map, as_number, as_strs
 from coordinator.html.tables import Cell, Column, Row, Table, css_key, facts, metric_cell, records, text
 from coordinator.report import SCHEMA_VERSION
 from shared.errors import DataError
@@ -125,26 +126,14 @@ def build(report: Any) -> ReportView:
     return _Builder(report).build()
 
 
-def _map(value: Any) -> Mapping:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _num(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _strs(value: Any) -> tuple[str, ...]:
-    return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else ()
-
-
 class _Builder:
     def __init__(self, report: Mapping):
         self.r = report
         self.notes: list[Note] = []
-        self.pareto = _map(report.get("pareto"))
-        self.per_device = _map(self.pareto.get("per_device"))
-        self.fp32 = _map(report.get("fp32"))
-        self.settings = _map(report.get("settings"))
+        self.pareto = as_map(report.get("pareto"))
+        self.per_device = as_map(self.pareto.get("per_device"))
+        self.fp32 = as_map(report.get("fp32"))
+        self.settings = as_map(report.get("settings"))
         self.candidates = self._candidates()
         self.devices = self._devices()
         self.by_id = {c.id: c for c in self.candidates}
@@ -159,12 +148,12 @@ class _Builder:
             if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
                 bad += 1
                 continue
-            results = {str(d): dict(res) for d, res in _map(raw.get("results")).items() if isinstance(res, Mapping)}
-            settings = _map(raw.get("settings"))
+            results = {str(d): dict(res) for d, res in as_map(raw.get("results")).items() if isinstance(res, Mapping)}
+            settings = as_map(raw.get("settings"))
             recipe = probe_names.get(raw["id"]) or ", ".join(
                 f"{k}={text(v)}" for k, v in settings.items() if k in base and base.get(k) != v)
-            out.append(Candidate(i, raw["id"], _strs(raw.get("excluded_nodes")), _strs(raw.get("int16_nodes")),
-                                 _num(raw.get("size_bytes")), recipe, str(raw.get("origin") or ""), results))
+            out.append(Candidate(i, raw["id"], as_strs(raw.get("excluded_nodes")), as_strs(raw.get("int16_nodes")),
+                                 as_number(raw.get("size_bytes")), recipe, str(raw.get("origin") or ""), results))
         if bad:
             self.notes.append(Note("warn", f"{bad} candidate entries are malformed (no id) and are not shown"))
         return out
@@ -172,18 +161,18 @@ class _Builder:
     def _probe_names(self) -> dict[str, str]:
         names = {}
         for section in self._probe_sections():
-            for recipe, measured in _map(section.get("measured")).items():
-                cid = _map(measured).get("candidate")
+            for recipe, measured in as_map(section.get("measured")).items():
+                cid = as_map(measured).get("candidate")
                 if isinstance(cid, str):
                     names.setdefault(cid, f"recipe {recipe}")
         return names
 
     def _probe_sections(self) -> list[Mapping]:
         """The recipe probe as one section, or one per device class (later reports)."""
-        probe = _map(self.r.get("recipe_probe"))
+        probe = as_map(self.r.get("recipe_probe"))
         if "measured" in probe:
             return [probe]
-        return [_map(v) for v in probe.values() if isinstance(v, Mapping) and "measured" in v]
+        return [as_map(v) for v in probe.values() if isinstance(v, Mapping) and "measured" in v]
 
     def _devices(self) -> list[str]:
         listed = [str(d) for d in self.r.get("devices", []) if isinstance(d, str)] \
@@ -205,7 +194,7 @@ class _Builder:
             flat = {k: v for k, v in flat.items() if k == "size_bytes"}
         if "size_bytes" not in flat and cand.size_bytes:
             flat["size_bytes"] = cand.size_bytes
-        fp32_p50 = _num(_map(self.fp32.get(device)).get("latency_ms_p50"))
+        fp32_p50 = as_number(as_map(self.fp32.get(device)).get("latency_ms_p50"))
         if "latency_ratio_vs_fp32" not in flat and fp32_p50 and "latency_ms_p50" in flat:
             flat["latency_ratio_vs_fp32"] = flat["latency_ms_p50"] / fp32_p50
         return flat
@@ -216,9 +205,9 @@ class _Builder:
     # -- sections -------------------------------------------------------------------------------
     def build(self) -> ReportView:
         self._schema_notes()
-        model = _map(self.r.get("model"))
+        model = as_map(self.r.get("model"))
         name = PurePath(str(model.get("path") or "model")).name
-        status = _map(self.r.get("status"))
+        status = as_map(self.r.get("status"))
         state = str(status.get("state") or "unknown")
         subtitle = (f"{len(self.candidates)} candidates on {len(self.devices)} device class"
                     f"{'es' if len(self.devices) != 1 else ''} ({', '.join(self.devices) or 'none'}); state: {state}")
@@ -245,7 +234,7 @@ class _Builder:
         elif version > SCHEMA_VERSION:
             self.notes.append(Note("warn", f"this report has schema_version {version}, newer than this renderer's "
                                            f"{SCHEMA_VERSION}: unknown sections are shown generically"))
-        status = _map(self.r.get("status"))
+        status = as_map(self.r.get("status"))
         state = status.get("state")
         if state != "done":
             results = sum(len(c.results) for c in self.candidates)
@@ -282,7 +271,7 @@ class _Builder:
 
     # -- per device -----------------------------------------------------------------------------
     def _device(self, index: int, device: str) -> DeviceView:
-        summary = _map(self.per_device.get(device))
+        summary = as_map(self.per_device.get(device))
         fronts = [[str(c) for c in f] for f in summary.get("fronts", []) if isinstance(f, list)] \
             if isinstance(summary.get("fronts"), list) else []
         front_of = {cid: i + 1 for i, f in enumerate(fronts) for cid in f}
@@ -290,17 +279,17 @@ class _Builder:
         measured = [c for c in self.candidates if device in c.results]
         ok = [c for c in measured if self._status(c, device) == "ok"]
         counts = f"{len(measured)} measured, {len(ok)} ok, {len(measured) - len(ok)} failed"
-        best = [(str(o), str(cid)[:10]) for o, cid in _map(summary.get("best")).items()]
+        best = [(str(o), str(cid)[:10]) for o, cid in as_map(summary.get("best")).items()]
         return DeviceView(index, device, f"device-{index}", self._recommendation(device, summary, rec),
                           self._pareto_chart(device, ok, front_of, rec), self._candidate_table(index, device,
                                                                                               measured, front_of, rec),
                           counts, best)
 
     def _recommendation(self, device: str, summary: Mapping, rec: str | None) -> Recommendation:
-        target = _map(summary.get("target"))
+        target = as_map(summary.get("target"))
         met = target.get("met") if isinstance(target.get("met"), bool) else None
-        objectives = ", ".join(_strs(self.pareto.get("objectives"))) or "the objectives"
-        decided = _map(summary.get("policy"))          # the tuner's policy: prefer, reason, verdict
+        objectives = ", ".join(as_strs(self.pareto.get("objectives"))) or "the objectives"
+        decided = as_map(summary.get("policy"))          # the tuner's policy: prefer, reason, verdict
         reason = summary.get("reason", decided.get("reason"))
         inferred = not isinstance(reason, str)
         if inferred:
@@ -361,9 +350,9 @@ class _Builder:
         reference = None
         if x_metric.key in base and y_metric is not None and y_metric.kind == "pct" and "agreement" in y_metric.key:
             reference = (axis_value(x_metric, base[x_metric.key]), 100.0)   # FP32 agrees with itself
-        caption = "marker area: model size" + (f"; front over {', '.join(_strs(self.pareto.get('objectives')))}"
+        caption = "marker area: model size" + (f"; front over {', '.join(as_strs(self.pareto.get('objectives')))}"
                                                if self.pareto.get("objectives") else "")
-        objectives = set(_strs(self.pareto.get("objectives")))
+        objectives = set(as_strs(self.pareto.get("objectives")))
         x_objective = "latency_ms" if x_metric.key == "latency_ms_p50" else "size_bytes"
         join = len(objectives) == 2 and x_objective in objectives
         return charts.scatter(f"{device}: {y_metric.label if y_metric else 'accuracy'} vs {x_metric.label}",
@@ -406,7 +395,7 @@ class _Builder:
         if len(self.devices) < 2:
             return None, ["one device class: nothing to compare"]
         notes = []
-        recs = {d: _map(self.per_device.get(d)).get("recommended") for d in self.devices}
+        recs = {d: as_map(self.per_device.get(d)).get("recommended") for d in self.devices}
         if len({r for r in recs.values()}) > 1:
             notes.append("each device class recommends its own candidate: " +
                          "; ".join(f"{d}: {str(r)[:10] if r else 'none'}" for d, r in recs.items()))
@@ -472,10 +461,10 @@ class _Builder:
             return None, None
         methods = [m for m in dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, Mapping)
                                             and "score" in v)]
-        scores = {m: {i: _num(_map(r.get(m)).get("score")) for i, r in enumerate(rows)} for m in methods}
+        scores = {m: {i: as_number(as_map(r.get(m)).get("score")) for i, r in enumerate(rows)} for m in methods}
         rank_by = {m: {i: pos + 1 for pos, i in enumerate(sorted((i for i, s in scores[m].items() if s is not None),
                                                                  key=lambda i: -scores[m][i]))} for m in methods}
-        details = {m: columns(flatten({k: v for k, v in _map(r.get(m)).items() if k != "score"}) for r in rows)
+        details = {m: columns(flatten({k: v for k, v in as_map(r.get(m)).items() if k != "score"}) for r in rows)
                    for m in methods}
         primary = str(self.r.get("ranking_method") or self.settings.get("ranking_method") or "")
         cols = [Column("rank", "rank", f"order the search used ({METHOD_NAMES.get(primary, primary) or 'primary'})",
@@ -487,10 +476,10 @@ class _Builder:
             cols += [Column(f"{name} {d.label}", css_key(f"{m}-{d.key}"), d.title, True) for d in details[m]]
         table = Table("ranking", cols)
         for i, r in enumerate(rows):
-            cells = [Cell(text(r.get("rank", i + 1)), _num(r.get("rank")) or i + 1), Cell(text(r.get("node"))),
+            cells = [Cell(text(r.get("rank", i + 1)), as_number(r.get("rank")) or i + 1), Cell(text(r.get("node"))),
                      Cell(text(r.get("op_type", "")))]
             for m in methods:
-                flat = flatten(_map(r.get(m)))
+                flat = flatten(as_map(r.get(m)))
                 cells += [metric_cell(Metric("score", "score"), scores[m][i]),
                           Cell(str(rank_by[m].get(i, "-")), rank_by[m].get(i, ""))]
                 cells += [metric_cell(d, flat.get(d.key)) for d in details[m]]
@@ -513,17 +502,17 @@ class _Builder:
             return []
         probe = self.r["recipe_probe"]
         blocks = []
-        sections = [(str(k), v) for k, v in _map(probe).items() if isinstance(v, Mapping) and "measured" in v]
+        sections = [(str(k), v) for k, v in as_map(probe).items() if isinstance(v, Mapping) and "measured" in v]
         if isinstance(probe, Mapping) and "measured" in probe:
             sections = [("", probe)]
         for device, section in sections:
             chosen = section.get("chosen")
-            items = [{"recipe": name, **_map(m), "chosen": name == chosen}
-                     for name, m in _map(section.get("measured")).items()]
+            items = [{"recipe": name, **as_map(m), "chosen": name == chosen}
+                     for name, m in as_map(section.get("measured")).items()]
             title = f"{device}: " if device else ""
             block = Block(f"{title}chosen recipe {text(chosen)}", records(f"probe-{len(blocks)}", items,
                                                                           ("recipe", "chosen", "candidate")))
-            block.facts = [(k, v) for k, v in facts(_map(section.get("settings")), "settings.")]
+            block.facts = [(k, v) for k, v in facts(as_map(section.get("settings")), "settings.")]
             blocks.append(block)
         if not blocks:
             blocks = self._generic("recipe probe", probe)
@@ -567,7 +556,7 @@ class _Builder:
                 steps.append(charts.Step(x, value, label, c.id))
             series[d] = sorted(steps, key=lambda s: s.index)
         target = None
-        drop = next((_num(_map(_map(self.per_device.get(d)).get("target")).get("max_agreement_drop"))
+        drop = next((as_number(as_map(as_map(self.per_device.get(d)).get("target")).get("max_agreement_drop"))
                      for d in self.devices), None)
         if drop is not None and metric.key == "top1_agreement":
             target = (1 - drop) * 100
@@ -576,12 +565,12 @@ class _Builder:
                               caption="dots: each evaluation; line: best so far per device class")
 
     def _search(self) -> list[tuple[str, str]]:
-        out = facts(_map(self.r.get("search")), "search.") if isinstance(self.r.get("search"), Mapping) else []
-        status = _map(self.r.get("status"))
+        out = facts(as_map(self.r.get("search")), "search.") if isinstance(self.r.get("search"), Mapping) else []
+        status = as_map(self.r.get("status"))
         if status.get("stopped_by"):
             out.append(("stopped by", text(status["stopped_by"])))
         for d in self.devices:
-            line = _map(_map(self.per_device.get(d)).get("target")).get("line")
+            line = as_map(as_map(self.per_device.get(d)).get("target")).get("line")
             if line:
                 out.append((f"target on {d}", text(line)))
         return out
@@ -616,7 +605,7 @@ def _cand_cell(c: Candidate, rec: str | None, recommended_on: Sequence[str] = ()
 
 
 def _runtime(value: Any) -> str:
-    info = _map(value)
+    info = as_map(value)
     if not info:
         return text(value) if value is not None else "-"
     return " ".join(text(info[k]) for k in ("runtime", "version", "options") if info.get(k))
