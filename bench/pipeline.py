@@ -25,7 +25,6 @@ next to wall time and the machine's load (this machine is shared: repeat and rea
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sqlite3

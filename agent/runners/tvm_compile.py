@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from shared.atomic import publish
-from shared.errors import DataError, EvaluationError, InvalidArgument
+from shared.errors import DataError, EvaluationError
 from shared.runners.base import UnsupportedModel
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ from pymoo.core.population import Population
 from pymoo.core.problem import Problem
 from pymoo.operators.crossover.pntx import TwoPointCrossover
 from pymoo.operators.mutation.bitflip import BitflipMutation
-from pymoo.operators.sampling.rnd import BinaryRandomSampling
 
 from coordinator.strategies.base import ExclusionSet, History, StrategyContext, is_ok
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coordinator import data as data_mod
+from coordinator import tensor_data
 from coordinator.evaluators import EvalInputs
 from coordinator.prepare import PreparedModel, prepare_model
 from coordinator.tuner.config import TuneConfig
@@ -93,8 +94,6 @@ def load_workspace(config: TuneConfig) -> Workspace:
     data checked against its inputs: all of it before the report (or anything else of this tune besides
     content-addressed caches) is written."""
     if config.data is not None:
-        from coordinator import tensor_data
-
         def data_shapes(inputs):
             return tensor_data.data_shapes(config.data, inputs, config.data_layout)
     else:
@@ -105,8 +104,6 @@ def load_workspace(config: TuneConfig) -> Workspace:
     n_cal = config.settings.calibration_images if config.settings.is_static else config.n_calibration
     layout = BATCHED
     if config.data is not None:
-        from coordinator import tensor_data
-
         dataset = tensor_data.list_tensors(config.data, prepared.inputs, config.data_layout)
         layout = dataset.layout             # calibration data is read the same way as the evaluation data
         cal_set = None if config.calibration_data is None else \
