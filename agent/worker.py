@@ -1,9 +1,13 @@
 """The agent: register with the coordinator, heartbeat, lease jobs of its device class, fetch their
 artifacts once (cached by sha256, verified), measure each job in a child process, report results.
 
-Every call to the coordinator is a unary RPC that may fail: an unreachable coordinator is retried
-with backoff, and an agent the coordinator no longer knows (restart, eviction) registers again by
-itself, handing over the jobs it is still running so their leases are kept.
+Jobs and results travel on one Work stream (agent/work_stream.py): the agent grants the
+coordinator credit for its free slots, and each result carries the credit of the slot it frees,
+so a job costs one message each way. Every other call is a unary RPC. Any call may fail: an
+unreachable coordinator is retried with backoff (a broken stream is opened again, and a result
+it did not answer goes by ReportResult), and an agent the coordinator no longer knows (restart,
+eviction) registers again by itself, handing over the jobs it is still running so their leases
+are kept.
 
 Registration hands out an identity (agent id + secret) that every later call carries as metadata;
 the coordinator accepts heartbeats, results and downloads only for the jobs this identity holds.
@@ -32,6 +36,7 @@ from agent.drain import DRAIN_FILE, STATE_FILE, write_state
 from agent.host import host_info
 from agent.runtimes import RuntimeOptions, make_runner
 from agent.sandbox import ChildWorker
+from agent.work_stream import WorkStream
 from shared.artifacts import CHUNK_BYTES, ArtifactStore, CorruptArtifact, iter_file_chunks, sha256_file
 from shared.atomic import atomic_output
 from shared.auth import AgentIdentity, Credentials
@@ -66,7 +71,6 @@ class AgentConfig:
     slots: int = 1
     job_timeout_s: float = 1800.0
     name: str = ""                        # default: host + device + work dir (stable across restarts)
-    lease_wait_s: float = 30.0            # an idle agent's long-poll (it costs the coordinator no thread)
     backoff_s: tuple[float, float] = (0.2, 5.0)
     python: str = sys.executable
     max_message_bytes: int = 64 << 20
@@ -130,6 +134,7 @@ class _Running:
     job_id: str
     attempt: int
     cancelled: bool = False      # set by other threads; the job's thread stops its worker within 0.1 s
+    reporting: bool = False      # measured: its slot is free while the result goes out
 
 
 class Agent:
@@ -156,7 +161,8 @@ class Agent:
         self._verified: set[str] = set()
         self._fetch_locks: dict[str, threading.Lock] = {}
         self._stop = threading.Event()
-        self._lease_call: grpc.Future | None = None
+        self._stream: WorkStream | None = None
+        self._owed = 0                      # credit granted on the open stream and not yet used by a job
         self._draining = threading.Event()  # no new leases; running jobs go on (agent.drain)
         self._drain_reason = ""             # "agent drain" (a request file, can be cancelled) or "stopping"
         self.drain_file = self.work_dir / DRAIN_FILE
@@ -177,12 +183,8 @@ class Agent:
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
-            self._end_long_poll()
-
-    def _end_long_poll(self) -> None:
-        """A Lease long-poll in progress ends now, not at its timeout (call with self._lock held)."""
-        if self._lease_call is not None:
-            self._lease_call.cancel()
+            if self._stream is not None:
+                self._stream.cancel()
 
     @property
     def _agent_id(self) -> str | None:
@@ -223,7 +225,8 @@ class Agent:
             elif reason == "stopping":
                 self._drain_reason = reason          # a stop is never cancelled by removing the request file
             self._lock.notify_all()
-            self._end_long_poll()
+            if self._stream is not None:
+                self._stream.close()           # the credit goes back; jobs already sent still arrive
             self._publish_state()
 
     def stop_gracefully(self, timeout: float | None = None) -> bool:
@@ -283,35 +286,49 @@ class Agent:
                 if free <= 0 or self._stop.is_set():
                     continue
                 try:
-                    resp = self._lease(agent_id, free)
-                except grpc.FutureCancelledError:       # stop() or drain() ended the long-poll
-                    continue
+                    self._serve_stream(pool)
                 except grpc.RpcError as exc:
-                    self._rpc_failed("lease", exc, agent_id)
-                    continue
-                for job in resp.jobs:   # leased even if a drain began meanwhile: run them (the drain waits)
-                    with self._lock:
-                        self._running[job.job_id] = _Running(job.job_id, job.attempt)
-                        self._publish_state()
-                    log.info("leased %s (attempt %d)", job.job_id, job.attempt)
-                    pool.submit(self._execute, job)
+                    self._rpc_failed("work stream", exc, agent_id)
         finally:
             self._shutdown(pool, heartbeat)
 
-    def _lease(self, agent_id: str, free: int) -> farm_pb2.LeaseResponse:
-        """One long-poll for up to `free` jobs, which `stop()` can cancel."""
-        call = self._stub.Lease.future(farm_pb2.LeaseRequest(agent_id=agent_id, max_jobs=free,
-                                                             wait_s=self.config.lease_wait_s),
-                                       timeout=self.config.lease_wait_s + 30, metadata=self._metadata())
+    def _serve_stream(self, pool: ThreadPoolExecutor) -> None:
+        """Take jobs from one Work stream until it ends (drain, stop, or a failure: raised), granting
+        credit as slots free up (also free devices behind a TVM agent's tracker)."""
+        stream = WorkStream(self._stub, self._metadata(), lambda jobs: self._take(jobs, pool), self._wake)
         with self._lock:
-            self._lease_call = call
-            if self._stop.is_set() or self._draining.is_set():
-                call.cancel()
+            self._stream, self._owed = stream, 0
         try:
-            return call.result()
+            while not stream.ended.is_set():
+                self._follow_drain_request()
+                with self._lock:
+                    if self._stop.is_set():
+                        stream.cancel()
+                    elif self._draining.is_set():
+                        stream.close()
+                    elif stream.open and (want := self._leasable() - self._owed) > 0:
+                        self._owed += want
+                        stream.grant(want)
+                    self._lock.wait(timeout=1.0)
         finally:
             with self._lock:
-                self._lease_call = None
+                self._stream, self._owed = None, 0
+        if stream.error is not None:
+            raise stream.error
+
+    def _take(self, jobs: list[job_pb2.Job], pool: ThreadPoolExecutor) -> None:
+        """Jobs the stream brought: run them (also when a drain began meanwhile: the drain waits)."""
+        for job in jobs:
+            with self._lock:
+                self._owed = max(0, self._owed - 1)
+                self._running[job.job_id] = _Running(job.job_id, job.attempt)
+                self._publish_state()
+            log.info("leased %s (attempt %d)", job.job_id, job.attempt)
+            pool.submit(self._execute, job)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
 
     def _shutdown(self, pool: ThreadPoolExecutor, heartbeat: threading.Thread) -> None:
         self._stop.set()
@@ -338,9 +355,10 @@ class Agent:
             self._publish_state(stopped=True)
 
     def _free(self) -> int:
-        free = self.config.slots - len(self._running)
+        busy = sum(not run.reporting for run in self._running.values())
+        free = self.config.slots - busy
         if self.devices is not None:
-            free = min(free, self.devices.available(len(self._running)))
+            free = min(free, self.devices.available(busy))
         return free
 
     def _slot_counts(self, running: int) -> tuple[int, int]:
@@ -451,6 +469,7 @@ class Agent:
                 fp32 = self._upload(job_dir / "fp32.npz", "fp32_outputs", f"fp32 {job.device}")
             with self._lock:
                 self.counters["jobs_run"] += 1
+                run.reporting = True
             self._report(job, run, result, fp32)
         except JobCancelled:
             log.info("dropped %s (attempt %d)", job.job_id, job.attempt)
@@ -559,7 +578,21 @@ class Agent:
 
     def _report(self, job: job_pb2.Job, run: _Running, result: job_pb2.DeviceResult,
                 fp32: job_pb2.Artifact | None) -> None:
-        """Deliver the result, retrying while the coordinator is unreachable (results are idempotent)."""
+        """Deliver the result on the Work stream, with the credit of the slot it frees; else (no open
+        stream, or no answer from it) by ReportResult, retrying while the coordinator is unreachable
+        (results are idempotent)."""
+        identity = self._identity
+        with self._lock:
+            stream, more = self._stream, 0
+            if stream is not None and stream.open and not self._draining.is_set():
+                more = max(0, self._leasable() - self._owed)
+                self._owed += more
+        if stream is not None and identity is not None:
+            request = farm_pb2.ReportResultRequest(agent_id=identity.agent_id, result=result, fp32_outputs=fp32)
+            resp = stream.report(request, more, timeout=30)
+            if resp is not None:
+                self._log_report(job, result, resp)
+                return
         delay = self.config.backoff_s[0]
         while not self._stop.is_set() and not run.cancelled:
             identity = self._identity
@@ -576,7 +609,10 @@ class Agent:
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.backoff_s[1])
                 continue
-            log.info("%s %s (attempt %d): %s%s", job.job_id, "accepted" if resp.accepted else "not recorded",
-                     job.attempt, job_pb2.ResultStatus.Name(result.status),
-                     f" ({resp.reason})" if resp.reason else "")
+            self._log_report(job, result, resp)
             return
+
+    @staticmethod
+    def _log_report(job: job_pb2.Job, result: job_pb2.DeviceResult, resp: farm_pb2.ReportResultResponse) -> None:
+        log.info("%s %s (attempt %d): %s%s", job.job_id, "accepted" if resp.accepted else "not recorded",
+                 job.attempt, job_pb2.ResultStatus.Name(result.status), f" ({resp.reason})" if resp.reason else "")

@@ -82,7 +82,6 @@ class AgentThread:
     def __init__(self, device: str, address: str, work_dir: Path, slots: int = 1, runtime: str = "ort",
                  credentials: Credentials = Credentials(), threads: int = 1,
                  ort_disable_optimizers: tuple[str, ...] = (), **config: Any):
-        config.setdefault("lease_wait_s", 0.5)
         config.setdefault("backoff_s", (0.1, 0.5))
         self.agent = Agent(AgentConfig(device=device, coordinator=address, work_dir=Path(work_dir), slots=slots,
                                        runtime=RuntimeOptions(runtime=runtime, threads=threads,

@@ -6,10 +6,11 @@ from importlib import metadata
 
 #: the wire protocol this build speaks (protos/qfarm/v1); bump on an incompatible change of meaning
 #: (2: .npz input sets and reference outputs, the FP32 model in candidate jobs, interleaved latency;
-#: 3: whole-feed evaluation data, EvalData.data_layout, which an older agent would run as batches)
-PROTOCOL_VERSION = 3
+#: 3: whole-feed evaluation data, EvalData.data_layout, which an older agent would run as batches;
+#: 4: jobs and results on the Work stream; a protocol-3 agent's Lease and ReportResult calls still work)
+PROTOCOL_VERSION = 4
 #: protocols a coordinator of this build accepts from agents
-COMPATIBLE_PROTOCOLS = frozenset({3})
+COMPATIBLE_PROTOCOLS = frozenset({3, 4})
 #: what an agent that predates versioned registration (it sends 0) speaks
 UNVERSIONED_PROTOCOL = 1
 

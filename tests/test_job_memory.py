@@ -110,7 +110,7 @@ def test_agent_reports_oom_as_a_crash_and_serves_the_next_job(tmp_path, files):
         data = job_pb2.EvalData(latency_runs=1)
         data.inputs.CopyFrom(ctx.register_bytes(npz_bytes({"input": inputs}), "inputs", "inputs"))
         agent = Agent(AgentConfig(device="cpu-a", coordinator=address, work_dir=tmp_path / "agent",
-                                  runtime=RuntimeOptions(threads=1), lease_wait_s=0.5, backoff_s=(0.1, 0.5),
+                                  runtime=RuntimeOptions(threads=1), backoff_s=(0.1, 0.5),
                                   job_memory_mb=LIMIT_MB))
         thread = threading.Thread(target=agent.run, daemon=True)
         thread.start()

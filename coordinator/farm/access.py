@@ -20,7 +20,7 @@ from shared.auth import Role
 
 class Pool(str, Enum):
     CONTROL = "call"        # short unary calls
-    WAIT = "lease wait"     # Lease long-polls
+    WAIT = "lease wait"     # Lease long-polls and Work streams
     STREAM = "stream"       # artifact uploads and downloads
     OPEN = "open call"      # the health service
 
@@ -50,6 +50,7 @@ ACCESS: Mapping[str, Access] = {
     _AGENTS + "FetchArtifact": Access(_AGENT, Pool.STREAM),       # only artifacts of the agent's own jobs
     _AGENTS + "UploadArtifact": Access(_AGENT, Pool.STREAM),      # only while it holds a lease
     _AGENTS + "ReportResult": Access(_AGENT, Pool.CONTROL),       # only for the attempt it holds
+    _AGENTS + "Work": Access(_AGENT, Pool.WAIT),                  # jobs and results; waits like a Lease
     _AGENTS + "Deregister": Access(_AGENT, Pool.CONTROL),
     _CAMPAIGNS + "MissingArtifacts": Access(_CLIENT, Pool.CONTROL),
     _CAMPAIGNS + "UploadArtifact": Access(_CLIENT, Pool.STREAM),

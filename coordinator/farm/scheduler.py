@@ -85,6 +85,30 @@ class TickOutcome:
     requeued: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class WorkOutcome:
+    """What one Work message did: its result's outcome (None: it carried none), the jobs leased,
+    the agent's device class, and, for an agent no longer alive, the error that ends its stream."""
+
+    report: ReportOutcome | None
+    jobs: list[job_pb2.Job]
+    device: str
+    not_alive: FailedPrecondition | None = None
+
+
+def _status(result: job_pb2.DeviceResult):
+    try:
+        return status_of(result)
+    except KeyError:
+        raise InvalidArgument(f"result status {result.status} of job {result.job_id!r} is not ok, crash or "
+                              f"unsupported", step="result") from None
+
+
+def _not_alive(row: AgentRow) -> FailedPrecondition:
+    return FailedPrecondition(f"agent {row.agent_id} is {row.state.value} ({row.reason}): register again",
+                              step="agent")
+
+
 #: dead agents are forgotten this long after their last call (results keep their id)
 FORGET_AGENTS_AFTER_S = 3600.0
 
@@ -226,20 +250,25 @@ class Scheduler:
         if max_jobs < 1:
             raise InvalidArgument(f"max_jobs={max_jobs} must be >= 1", step="lease")
         now = self.clock()
-        jobs: list[job_pb2.Job] = []
         with self.store.transaction() as c:
             row = self._live_agent(c, agent)
-            c.touch_agent(row.agent_id, now)
-            state = row.state
-            if state == AgentState.MISSING:
-                state = c.set_agent_state(row.agent_id, AgentState.IDLE, "calls resumed", current=state)
-            for queued in c.queued_jobs(row.device, max_jobs):
-                leased = c.set_job_state(queued.job_id, JobState.LEASED, now, agent_id=row.agent_id,
-                                         lease_deadline=now + self.policy.lease_ttl_s, attempt=queued.attempt + 1,
-                                         current=queued)
-                jobs.append(self.job_message(leased))
-            self._refresh_busy(c, row.agent_id, state, holds=True if jobs else None)
+            jobs = self._lease_to(c, row, row.state, max_jobs, now)
         return jobs, row.device
+
+    def _lease_to(self, c: Tx, row: AgentRow, state: AgentState, max_jobs: int, now: float) -> list[job_pb2.Job]:
+        """Lease up to `max_jobs` queued jobs of its class to a live agent whose state (in this
+        transaction) is `state`; its heard time and busy/idle state follow."""
+        c.touch_agent(row.agent_id, now)
+        if state == AgentState.MISSING:
+            state = c.set_agent_state(row.agent_id, AgentState.IDLE, "calls resumed", current=state)
+        jobs: list[job_pb2.Job] = []
+        for queued in c.queued_jobs(row.device, max_jobs):
+            leased = c.set_job_state(queued.job_id, JobState.LEASED, now, agent_id=row.agent_id,
+                                     lease_deadline=now + self.policy.lease_ttl_s, attempt=queued.attempt + 1,
+                                     current=queued)
+            jobs.append(self.job_message(leased))
+        self._refresh_busy(c, row.agent_id, state, holds=True if jobs else None)
+        return jobs
 
     def check_artifact_access(self, agent: AgentIdentity, sha256: str) -> None:
         """An agent may fetch only the artifacts of the jobs it holds leases on."""
@@ -321,42 +350,67 @@ class Scheduler:
     # ---------------------------------------------------------------- results
     def report(self, agent: AgentIdentity, result: job_pb2.DeviceResult, fp32_sha256: str = "") -> ReportOutcome:
         """Record the result of a job the agent holds (its current attempt) exactly once."""
-        try:
-            status = status_of(result)
-        except KeyError:
-            raise InvalidArgument(f"result status {result.status} of job {result.job_id!r} is not ok, crash or "
-                                  f"unsupported", step="result") from None
+        status = _status(result)
         now = self.clock()
         with self.store.transaction() as c:
             row = self._proven_agent(c, agent)      # an evicted agent may still report the attempt it holds
-            job = c.job(result.job_id)
-            holds = job is not None and job.holder == row.agent_id and job.attempt == result.attempt >= 1
-            existing = c.result(result.job_id) if job is not None else None
-            if holds and existing is not None:
-                self.counters["results_duplicate"] += 1
-                same = existing.attempt == result.attempt and existing.agent_id == row.agent_id
-                return ReportOutcome(False, True, "this attempt's result is already recorded" if same else
-                                     f"job already has the result of attempt {existing.attempt}")
-            if not holds or job is None or job.state not in (JobState.LEASED, JobState.QUEUED, JobState.CANCELLED):
-                raise PermissionDenied(f"job {result.job_id[:200]!r} attempt {result.attempt} is not leased to agent "
-                                       f"{row.agent_id}: nothing recorded", step="result")
-            if result.device != job.device:
-                raise InvalidArgument(f"result for job {result.job_id!r} names device {result.device!r}, the job "
-                                      f"is for {job.device!r}", step="result")
-            if result.candidate_id != job.candidate_id:
-                raise InvalidArgument(f"result for job {result.job_id!r} names candidate {result.candidate_id!r}, "
-                                      f"the job is for {job.candidate_id!r}", step="result")
-            if job.kind == "reference" and result.status == job_pb2.RESULT_STATUS_OK:
-                if not fp32_sha256 or not c.has_artifacts([fp32_sha256]):
-                    raise InvalidArgument(f"reference job {result.job_id!r} reported ok without an uploaded FP32 "
-                                          f"outputs artifact ({fp32_sha256 or 'none given'})", step="result")
-            c.insert_result(ResultRow(result.job_id, result.attempt, row.agent_id, status.value,
-                                      result.SerializeToString(), fp32_sha256, now))
-            c.set_job_state(result.job_id, JobState.DONE, now, current=job)
-            if is_alive(row.state):      # read in this transaction: nothing here changed it
+            outcome = self._record(c, row, result, status, fp32_sha256, now)
+            if outcome.accepted and is_alive(row.state):     # read in this transaction: nothing here changed it
                 self._refresh_busy(c, row.agent_id, row.state)
-            self.counters["results_accepted"] += 1
-        self._notify()
+        if outcome.accepted:
+            self._notify()
+        return outcome
+
+    def work(self, agent: AgentIdentity, result: job_pb2.DeviceResult | None, fp32_sha256: str,
+             max_jobs: int) -> WorkOutcome:
+        """One message of an agent's Work stream in one transaction: record its result (if any, as
+        `report`), then lease up to `max_jobs` jobs (0: none) if the agent is alive. An agent that
+        is not gets its result recorded and `not_alive` set instead of jobs."""
+        if max_jobs < 0:
+            raise InvalidArgument(f"max_jobs={max_jobs} must be >= 0", step="lease")
+        status = _status(result) if result is not None else None
+        now = self.clock()
+        with self.store.transaction() as c:
+            row = self._proven_agent(c, agent)
+            outcome = self._record(c, row, result, status, fp32_sha256, now) if result is not None else None
+            alive, jobs = is_alive(row.state), []
+            if alive and max_jobs:
+                jobs = self._lease_to(c, row, row.state, max_jobs, now)
+            elif alive and outcome is not None and outcome.accepted:
+                self._refresh_busy(c, row.agent_id, row.state)
+        if outcome is not None and outcome.accepted:
+            self._notify()
+        return WorkOutcome(outcome, jobs, row.device, None if alive else _not_alive(row))
+
+    def _record(self, c: Tx, row: AgentRow, result: job_pb2.DeviceResult, status, fp32_sha256: str,
+                now: float) -> ReportOutcome:
+        """The result of a job `row` holds becomes its one result (the caller refreshes the agent's
+        busy/idle state); a repeat is a duplicate; anything else raises and records nothing."""
+        job = c.job(result.job_id)
+        holds = job is not None and job.holder == row.agent_id and job.attempt == result.attempt >= 1
+        existing = c.result(result.job_id) if job is not None else None
+        if holds and existing is not None:
+            self.counters["results_duplicate"] += 1
+            same = existing.attempt == result.attempt and existing.agent_id == row.agent_id
+            return ReportOutcome(False, True, "this attempt's result is already recorded" if same else
+                                 f"job already has the result of attempt {existing.attempt}")
+        if not holds or job is None or job.state not in (JobState.LEASED, JobState.QUEUED, JobState.CANCELLED):
+            raise PermissionDenied(f"job {result.job_id[:200]!r} attempt {result.attempt} is not leased to agent "
+                                   f"{row.agent_id}: nothing recorded", step="result")
+        if result.device != job.device:
+            raise InvalidArgument(f"result for job {result.job_id!r} names device {result.device!r}, the job "
+                                  f"is for {job.device!r}", step="result")
+        if result.candidate_id != job.candidate_id:
+            raise InvalidArgument(f"result for job {result.job_id!r} names candidate {result.candidate_id!r}, "
+                                  f"the job is for {job.candidate_id!r}", step="result")
+        if job.kind == "reference" and result.status == job_pb2.RESULT_STATUS_OK:
+            if not fp32_sha256 or not c.has_artifacts([fp32_sha256]):
+                raise InvalidArgument(f"reference job {result.job_id!r} reported ok without an uploaded FP32 "
+                                      f"outputs artifact ({fp32_sha256 or 'none given'})", step="result")
+        c.insert_result(ResultRow(result.job_id, result.attempt, row.agent_id, status.value,
+                                  result.SerializeToString(), fp32_sha256, now))
+        c.set_job_state(result.job_id, JobState.DONE, now, current=job)
+        self.counters["results_accepted"] += 1
         return ReportOutcome(True, False)
 
     def results(self, job_ids: Iterable[str]) -> dict[str, ResultRow]:
@@ -416,8 +470,7 @@ class Scheduler:
     def _live_agent(self, c: Tx, agent: AgentIdentity) -> AgentRow:
         row = self._proven_agent(c, agent)
         if not is_alive(row.state):
-            raise FailedPrecondition(f"agent {row.agent_id} is {row.state.value} ({row.reason}): register again",
-                                     step="agent")
+            raise _not_alive(row)
         return row
 
     @staticmethod

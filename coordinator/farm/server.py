@@ -34,6 +34,7 @@ from coordinator.tuner.state import ReportPolicy
 from coordinator.farm.admission import check_campaign
 from coordinator.farm.campaign import CampaignManager
 from coordinator.farm.candidate_cap import BoundedScheduler
+from coordinator.farm import work_stream
 from coordinator.farm.evaluator import FarmContext
 from coordinator.farm.fields import check_result
 from coordinator.farm.gate import Gate
@@ -101,6 +102,20 @@ def rpc(method: Callable) -> Callable:
     async def call(self, request, context):
         try:
             return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped, logged when unexpected
+            await _abort(context, exc)
+    return call
+
+
+def rpc_stream(method: Callable) -> Callable:
+    """`rpc` for a handler that yields its responses: an error ends the stream with its status."""
+    @functools.wraps(method)
+    async def call(self, request_iterator, context):
+        try:
+            async for response in method(self, request_iterator, context):
+                yield response
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, logged when unexpected
@@ -443,6 +458,11 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
         outcome = await self.coord.in_short(self.coord.scheduler.report, agent, result, fp32)
         return farm_pb2.ReportResultResponse(accepted=outcome.accepted, duplicate=outcome.duplicate,
                                              reason=outcome.reason)
+
+    @rpc_stream
+    async def Work(self, request_iterator, context):
+        async for response in work_stream.serve(self.coord, agent_identity(context), request_iterator):
+            yield response
 
     @rpc
     async def Deregister(self, request, context):

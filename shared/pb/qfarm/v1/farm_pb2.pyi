@@ -153,6 +153,24 @@ class ReportResultResponse(_message.Message):
     reason: str
     def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class WorkRequest(_message.Message):
+    __slots__ = ("more_jobs", "result")
+    MORE_JOBS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    more_jobs: int
+    result: ReportResultRequest
+    def __init__(self, more_jobs: _Optional[int] = ..., result: _Optional[_Union[ReportResultRequest, _Mapping]] = ...) -> None: ...
+
+class WorkResponse(_message.Message):
+    __slots__ = ("jobs", "result_of", "result")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_OF_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[_job_pb2.Job]
+    result_of: JobRef
+    result: ReportResultResponse
+    def __init__(self, jobs: _Optional[_Iterable[_Union[_job_pb2.Job, _Mapping]]] = ..., result_of: _Optional[_Union[JobRef, _Mapping]] = ..., result: _Optional[_Union[ReportResultResponse, _Mapping]] = ...) -> None: ...
+
 class DeregisterRequest(_message.Message):
     __slots__ = ("agent_id",)
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]

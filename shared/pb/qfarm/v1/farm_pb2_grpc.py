@@ -64,6 +64,11 @@ class AgentServiceStub:
                 request_serializer=qfarm_dot_v1_dot_farm__pb2.ReportResultRequest.SerializeToString,
                 response_deserializer=qfarm_dot_v1_dot_farm__pb2.ReportResultResponse.FromString,
                 _registered_method=True)
+        self.Work = channel.stream_stream(
+                '/qfarm.v1.AgentService/Work',
+                request_serializer=qfarm_dot_v1_dot_farm__pb2.WorkRequest.SerializeToString,
+                response_deserializer=qfarm_dot_v1_dot_farm__pb2.WorkResponse.FromString,
+                _registered_method=True)
         self.Deregister = channel.unary_unary(
                 '/qfarm.v1.AgentService/Deregister',
                 request_serializer=qfarm_dot_v1_dot_farm__pb2.DeregisterRequest.SerializeToString,
@@ -110,6 +115,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Work(self, request_iterator, context):
+        """protocol 4: jobs and results on one stream
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Deregister(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,6 +160,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.ReportResult,
                     request_deserializer=qfarm_dot_v1_dot_farm__pb2.ReportResultRequest.FromString,
                     response_serializer=qfarm_dot_v1_dot_farm__pb2.ReportResultResponse.SerializeToString,
+            ),
+            'Work': grpc.stream_stream_rpc_method_handler(
+                    servicer.Work,
+                    request_deserializer=qfarm_dot_v1_dot_farm__pb2.WorkRequest.FromString,
+                    response_serializer=qfarm_dot_v1_dot_farm__pb2.WorkResponse.SerializeToString,
             ),
             'Deregister': grpc.unary_unary_rpc_method_handler(
                     servicer.Deregister,
@@ -317,6 +334,33 @@ class AgentService:
             '/qfarm.v1.AgentService/ReportResult',
             qfarm_dot_v1_dot_farm__pb2.ReportResultRequest.SerializeToString,
             qfarm_dot_v1_dot_farm__pb2.ReportResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Work(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/qfarm.v1.AgentService/Work',
+            qfarm_dot_v1_dot_farm__pb2.WorkRequest.SerializeToString,
+            qfarm_dot_v1_dot_farm__pb2.WorkResponse.FromString,
             options,
             channel_credentials,
             insecure,
