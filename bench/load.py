@@ -5,19 +5,20 @@ command plus a job source), measured from outside with psutil. Numbers, not a ti
 Phases, in one run against one coordinator:
 
   idle      N agents that behave like real idle agents for `--seconds` (after all registered and
-            a warm-up): a heartbeat every interval the coordinator asks for, a Lease long-poll
-            always open. Coordinator CPU (user + sys) and % of one core, heartbeat latency p50/p99
-            from Locust's statistics and, apart from the bench process's own load, from one more
-            agent heartbeating every 0.1 s in a process of its own (bench/load_probe.py), failed calls, agents the coordinator marked missing or
-            evicted (every tick's outcome, counted in the coordinator process), their states at
-            the end (GetStatus and the store).
-  dispatch  for each K in `--k`: K fresh agents of their own device class; once each holds its
-            long-poll, `--jobs` jobs are queued through the scheduler (one transaction each, as
-            a campaign queues them) and the agents lease, "run" (`--job-s`) and report them.
-            Results fully processed per second (first job queued -> last result durable in
-            SQLite, the coordinator's own timestamps), coordinator CPU per job, Lease/ReportResult
-            latency, and the store checked: every job done with exactly one result, recorded by
-            the agent that held its one lease.
+            a warm-up): a heartbeat every interval the coordinator asks for, a Work stream always
+            open and waiting for jobs. Coordinator CPU (user + sys) and % of one core, heartbeat
+            latency p50/p99 from Locust's statistics and, apart from the bench process's own load,
+            from one more agent heartbeating every 0.1 s in a process of its own
+            (bench/load_probe.py), failed calls, agents the coordinator marked missing or evicted
+            (every tick's outcome, counted in the coordinator process), their states at the end
+            (GetStatus and the store).
+  dispatch  for each K in `--k`: K fresh agents of their own device class; once each one's stream
+            waits, `--jobs` jobs are queued through the scheduler (one transaction each, as a
+            campaign queues them) and the agents take them on their streams, "run" them
+            (`--job-s`) and report them there. Results fully processed per second (first job
+            queued -> last result durable in SQLite, the coordinator's own timestamps),
+            coordinator CPU per job, job and result latency on the stream, and the store checked:
+            every job done with exactly one result, recorded by the agent that held its one lease.
   memory    the coordinator's RSS sampled every second over the whole run, per phase.
 
 Targets (a 2-core machine; the tables say met / NOT met): idle 1000 agents < 50% of one core,
@@ -84,6 +85,27 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+#: the priority this process started at: the coordinator and the probe run at it (`at_start`)
+START_PRIORITY = os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def lower_agents_priority(nice: int) -> int:
+    """The fake agents stand in for devices on other machines, yet share this machine's cores with
+    the coordinator: run them `nice` steps lower (this thread, and every thread and process it
+    starts later), and start the coordinator and the probe back at START_PRIORITY, so what the
+    coordinator answers is not queued behind the load generator. Raising a priority back needs
+    root (CAP_SYS_NICE): without it nothing changes. Returns the steps applied."""
+    if nice <= 0 or os.geteuid() != 0:
+        return 0
+    os.setpriority(os.PRIO_PROCESS, 0, START_PRIORITY + nice)      # Linux: this thread; inherited from here
+    return nice
+
+
+def at_start() -> None:
+    """preexec_fn of the coordinator and the probe: the priority this bench started at."""
+    os.setpriority(os.PRIO_PROCESS, 0, START_PRIORITY)
+
+
 def off_hub(fn, *args):
     """Blocking work (pipes, SQLite, a status call) on gevent's thread pool: the fake agents' greenlets
     keep running meanwhile (nothing in this process is monkey-patched)."""
@@ -111,6 +133,7 @@ class Coordinator:
                "--max-agents", str(max(10_000, 2 * args.agents)), "--max-calls", lifted, "--max-calls-per-peer", lifted,
                "--max-lease-waits", str(max(10_000, 2 * args.agents)), "--max-lease-waits-per-peer", lifted]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "wb"),
+                                     preexec_fn=at_start,
                                      text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 120
         while not (port_file.is_file() and port_file.read_text().strip()):
@@ -245,7 +268,7 @@ class Probe:
     def __init__(self, coord: Coordinator):
         self._proc = subprocess.Popen([sys.executable, str(HERE / "load_probe.py"), "--address", coord.address,
                                        "--token-file", str(coord.token_files["agent"])], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, cwd=ROOT)
+                                      stdout=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=at_start)
 
     def finish(self) -> dict:
         out, _ = off_hub(self._proc.communicate, "", 120)
@@ -343,7 +366,7 @@ class Bench:
         """N agents idle for the window: the coordinator's cost, heartbeat latency, agents missing."""
         args, coord = self.args, self.coord
         started, ticks0 = time.monotonic(), coord.command("ticks")
-        plan = Plan(device="load-idle", agent_token=coord.agent_token, lease_wait_s=args.lease_wait)
+        plan = Plan(device="load-idle", agent_token=coord.agent_token)
         swarm = Swarm.start(self.bridge, coord, plan, args.agents, args.connections)
         registered_s = time.monotonic() - started
         gevent.sleep(args.warmup)
@@ -354,14 +377,16 @@ class Bench:
             gevent.sleep(args.seconds)
         probed = probe.finish()
         ticks2 = coord.command("ticks")
-        heartbeat, polls, errors = swarm.call_stats("Heartbeat"), swarm.call_stats("Lease (empty)"), swarm.errors()
+        heartbeat, streams, errors = swarm.call_stats("Heartbeat"), swarm.call_stats("Work stream"), swarm.errors()
+        waiting = coord.command("counters", device=plan.device)["lease_waiters"]
         states = Counter(a.state for a in coord.status().agents if a.device == plan.device)
         stored = off_hub(agent_states, coord, plan.device)
         swarm.stop()
         return {
-            "agents": args.agents, "heartbeat_interval_s": args.heartbeat_interval, "lease_wait_s": args.lease_wait,
+            "agents": args.agents, "heartbeat_interval_s": args.heartbeat_interval,
             "connections": len(swarm.connections), "registered_in_s": registered_s, **window.numbers(),
-            "heartbeat": heartbeat, "probe_heartbeat": probed, "long_polls": polls, "errors": errors,
+            "heartbeat": heartbeat, "probe_heartbeat": probed, "streams_failed": streams, "streams_waiting": waiting,
+            "errors": errors,
             "missing_window": _new(ticks1, ticks2, "missing"), "evicted_window": _new(ticks1, ticks2, "evicted"),
             "missing_phase": _new(ticks0, ticks2, "missing"), "evicted_phase": _new(ticks0, ticks2, "evicted"),
             "states_at_end": dict(states), "store_states_at_end": stored,
@@ -371,12 +396,11 @@ class Bench:
         """K idle agents, then `--jobs` jobs queued: how fast results are in, at what CPU, exactly once."""
         args, coord = self.args, self.coord
         prefix = f"load-k{k}-{secrets.token_hex(3)}"
-        plan = Plan(device=f"load-k{k}", agent_token=coord.agent_token, lease_wait_s=args.lease_wait,
-                    job_s=args.job_s, slots=args.slots)
+        plan = Plan(device=f"load-k{k}", agent_token=coord.agent_token, job_s=args.job_s, slots=args.slots)
         swarm, tally = (swarm := Swarm.start(self.bridge, coord, plan, k, args.connections)), swarm.tally
         deadline = time.monotonic() + 30
         while coord.command("counters", device=plan.device)["lease_waiters"] < k and time.monotonic() < deadline:
-            gevent.sleep(0.05)       # every agent holds its long-poll: dispatch starts from idle agents
+            gevent.sleep(0.05)       # every agent's stream waits: dispatch starts from idle agents
         swarm.env.stats.reset_all()
         counters0 = coord.command("counters")
         with Window(self, f"dispatch-k{k}") as window:
@@ -385,7 +409,7 @@ class Bench:
             while tally.accepted + tally.refused + tally.duplicate < args.jobs and time.monotonic() < deadline:
                 gevent.sleep(0.01)
         counters1 = coord.command("counters")
-        calls = {name: swarm.call_stats(name) for name in ("Lease (jobs)", "ReportResult", "Heartbeat")}
+        calls = {name: swarm.call_stats(name) for name in ("Work (jobs)", "Work (result)", "Heartbeat")}
         errors = swarm.errors()
         swarm.stop()
         store = off_hub(check_store, coord, prefix)
@@ -459,13 +483,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str], li
     parser.add_argument("--jobs", type=int, default=2000, help="dispatch: jobs per round")
     parser.add_argument("--job-s", type=float, default=0.0, help="dispatch: seconds a fake agent 'runs' a job")
     parser.add_argument("--slots", type=int, default=1,
-                        help="dispatch: slots per fake agent (a Lease asks for up to its free slots)")
+                        help="dispatch: slots per fake agent (its stream's credit)")
     parser.add_argument("--round-timeout", type=float, default=300.0, help="dispatch: give up a round after this")
     parser.add_argument("--heartbeat-interval", type=float, default=2.0,
                         help="coordinator serve --heartbeat-interval (missing after 3x, evicted after 10x: the "
                              "defaults' ratios)")
-    parser.add_argument("--lease-wait", type=float, default=load_agents.Plan.lease_wait_s,
-                        help="a fake agent's long-poll wait_s (agent/worker.py's)")
+    parser.add_argument("--agents-nice", type=int, default=10,
+                        help="run the fake agents this much lower in priority than the coordinator and the probe "
+                             "(they stand in for other machines; 0: the same priority; needs root)")
     parser.add_argument("--connections", type=int, default=0,
                         help="TCP connections the fake agents share (0: one per agent, as real agents have)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -485,7 +510,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str], li
 def run(args: argparse.Namespace, phases: set[str], ks: list[int], work: Path) -> dict:
     """Every phase against one coordinator; the report (without verdicts)."""
     report: dict = {"machine": {"cores": os.cpu_count(), "cpu_flags": cpu_flags(), "loadavg_start": loadavg(),
-                                "locust": __import__("locust").__version__, "grpcio": grpc.__version__},
+                                "locust": __import__("locust").__version__, "grpcio": grpc.__version__,
+                                "agents_nice": lower_agents_priority(args.agents_nice)},
                     "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     with ExitStack() as stack:
         coord = Coordinator(work, args)

@@ -4,9 +4,10 @@ like agent/worker.py's loop without running anything:
 
   * register (this build's protocol version), again when the coordinator forgets them;
   * heartbeat every interval the coordinator asks for, listing the jobs they run;
-  * keep a Lease long-poll open while they have a free slot (the wait_s a real agent asks for);
+  * keep a Work stream open, granting credit for their free slots: the coordinator sends jobs on
+    it as they are queued, and an idle agent's stream waits there (what agent/worker.py does);
   * for each leased job, "run" it (`Plan.job_s`, 0 by default) and report a result with the
-    fields a real ONNX Runtime agent fills, proving the identity that holds the lease;
+    fields a real ONNX Runtime agent fills on the stream, with the credit of the slot it frees;
   * deregister when stopped, as a real agent does on SIGTERM.
 
 Locust's pattern for protocols other than HTTP: a client that wraps the calls and fires Locust's
@@ -64,7 +65,6 @@ class Plan:
 
     device: str                       # device class they register under
     agent_token: str | None           # the agent role's token (None: a coordinator without tokens)
-    lease_wait_s: float = 30.0        # agent/worker.py's AgentConfig.lease_wait_s
     job_s: float = 0.0                # how long "running" a job takes
     slots: int = 1
 
@@ -200,6 +200,46 @@ class AgentClient:
         return response
 
 
+class WorkCall:
+    """One Work stream, driven from greenlets: every read and write runs on the gRPC loop (writes one
+    at a time, as grpc.aio requires) and is timed there."""
+
+    def __init__(self, client: AgentClient):
+        self.client = client
+        metadata = client.metadata()
+
+        async def open_call():
+            return client.stub.Work(metadata=metadata)
+
+        self.call = client.bridge.run(open_call())
+        self._writing = gevent.lock.BoundedSemaphore()
+
+    def write(self, request: farm_pb2.WorkRequest) -> float:
+        """Send one message; the loop's clock when it was handed to gRPC."""
+        async def timed_write():
+            started = time.perf_counter()
+            await self.call.write(request)
+            return started
+
+        with self._writing:
+            return self.client.bridge.run(timed_write())
+
+    def read(self) -> tuple[farm_pb2.WorkResponse | None, float]:
+        """The next message (None: the coordinator ended the stream) and the loop's clock when it came;
+        an RpcError when the stream failed."""
+        async def timed_read():
+            response = await self.call.read()
+            return (None if response is grpc.aio.EOF else response), time.perf_counter()
+
+        return self.client.bridge.run(timed_read())
+
+    def cancel(self) -> None:
+        async def cancel():
+            self.call.cancel()
+
+        self.client.bridge.run(cancel())
+
+
 class ResultRefused(Exception):
     """A report the coordinator answered without recording it (Locust counts it as a failure)."""
 
@@ -216,10 +256,6 @@ def ok_result(job: job_pb2.Job) -> job_pb2.DeviceResult:
                                     options="graph_optimization_level=all; intra_op_threads=1"))
     result.outputs.add(name="logits", sqnr_db=31.5, cosine=0.9993, kl=0.004)
     return result
-
-
-def _lease_label(response: farm_pb2.LeaseResponse) -> str:
-    return "Lease (jobs)" if response.jobs else "Lease (empty)"
 
 
 class FakeAgent(User):
@@ -239,7 +275,9 @@ class FakeAgent(User):
         self._beats = None
         self._registering = gevent.lock.BoundedSemaphore()
         self._jobs = gevent.pool.Group()               # jobs "running", one greenlet each
-        self._slot_freed = gevent.event.Event()
+        self.stream: WorkCall | None = None
+        self._granted_at = 0.0                         # when credit last went out (the loop's clock)
+        self._answers: dict[tuple[str, int], gevent.event.AsyncResult] = {}
         self._register()
         self._beats = gevent.spawn(self._heartbeats)
 
@@ -248,6 +286,8 @@ class FakeAgent(User):
             self._beats.kill()
         if getattr(self, "_jobs", None) is not None:
             self._jobs.kill()
+        if getattr(self, "stream", None) is not None:
+            self.stream.cancel()
         if getattr(self, "client", None) is None or self.client.identity is None:
             return
         try:
@@ -316,25 +356,39 @@ class FakeAgent(User):
 
     @task
     def serve(self) -> None:
-        """As agent/worker.py's loop: wait for a free slot, then one Lease long-poll for up to the
-        free slots; each job it hands out runs (and is reported) on its own greenlet."""
+        """As agent/worker.py: one Work stream with credit for every free slot; each job it brings
+        runs (and is reported on the stream) on its own greenlet; a failed stream is opened again."""
         plan, tally = self.plan, self.tally
-        while plan.slots - len(self.running) <= 0:
-            self._slot_freed.wait()
-            self._slot_freed.clear()
-        identity, free = self.client.identity, plan.slots - len(self.running)
-        request = farm_pb2.LeaseRequest(agent_id=identity.agent_id, max_jobs=free, wait_s=plan.lease_wait_s)
+        identity = self.client.identity
         try:
-            resp = self.client.call("Lease", request, plan.lease_wait_s + 30, label=_lease_label)
+            self.stream = stream = WorkCall(self.client)
+            self._granted_at = stream.write(farm_pb2.WorkRequest(more_jobs=plan.slots - len(self.running)))
+            while True:
+                response, arrived = stream.read()
+                if response is None:
+                    return
+                if response.jobs:
+                    self._fire("Work (jobs)", arrived - self._granted_at, response.ByteSize())
+                    tally.leased += len(response.jobs)
+                    for job in response.jobs:
+                        self.running[job.job_id] = job.attempt
+                        self._jobs.spawn(self._run, job)
+                if response.HasField("result_of"):
+                    waiter = self._answers.pop((response.result_of.job_id, response.result_of.attempt), None)
+                    if waiter is not None:
+                        waiter.set((response.result, arrived))
         except grpc.RpcError as exc:
+            self._fire("Work stream", 0.0, 0, exc)
             self._failed(exc, identity)
-            return
-        if not resp.jobs:
-            return
-        tally.leased += len(resp.jobs)
-        for job in resp.jobs:
-            self.running[job.job_id] = job.attempt
-            self._jobs.spawn(self._run, job)
+        finally:
+            self.stream = None
+            for waiter in self._answers.values():
+                waiter.set((None, 0.0))
+            self._answers = {}
+
+    def _fire(self, name: str, seconds: float, length: int, exception: Exception | None = None) -> None:
+        self.environment.events.request.fire(request_type=REQUEST_TYPE, name=name, response_time=1000 * seconds,
+                                             response_length=length, exception=exception, context={})
 
     def _run(self, job: job_pb2.Job) -> None:
         try:
@@ -343,25 +397,33 @@ class FakeAgent(User):
             self._report(job)
         finally:
             self.running.pop(job.job_id, None)
-            self._slot_freed.set()
 
     def _report(self, job: job_pb2.Job) -> None:
-        tally = self.tally
+        """On the stream with one more credit (the slot this job frees), as agent/worker.py does."""
+        tally, stream = self.tally, self.stream
         request = farm_pb2.ReportResultRequest(agent_id=self.client.identity.agent_id, result=ok_result(job))
+        if stream is None:
+            tally.refused += 1
+            return
+        waiter = self._answers[(job.job_id, job.attempt)] = gevent.event.AsyncResult()
         try:
-            resp = self.client.call("ReportResult", request, 30)
+            sent = self._granted_at = stream.write(farm_pb2.WorkRequest(result=request, more_jobs=1))
         except grpc.RpcError:
             tally.refused += 1
             return
-        if resp.accepted:
+        answer, arrived = waiter.get(timeout=60)
+        if answer is None:
+            tally.refused += 1
+            self._fire("Work (result)", 0.0, 0, ResultRefused("the stream ended before the answer"))
+        elif answer.accepted:
             tally.accepted += 1
-        elif resp.duplicate:
+            self._fire("Work (result)", arrived - sent, answer.ByteSize())
+        elif answer.duplicate:
             tally.duplicate += 1
+            self._fire("Work (result)", arrived - sent, answer.ByteSize())
         else:
             tally.refused += 1
-            self.environment.events.request.fire(request_type=REQUEST_TYPE, name="ReportResult (not recorded)",
-                                                 response_time=0, response_length=0, context={},
-                                                 exception=ResultRefused(resp.reason))
+            self._fire("Work (result, not recorded)", 0.0, 0, ResultRefused(answer.reason))
 
 
 def group(plan: Plan, connections: Connections) -> tuple[type[FakeAgent], Tally]:

@@ -18,7 +18,7 @@ Commands are JSON lines on stdin; each answer is one stdout line starting with M
       garbage collections and of the server loop's lag (a 20 ms sleep's lateness) after those
       counts, and the counts now: what holds calls up
     {"op": "counters", "device": "load-k16"} -> the scheduler's result counters, lease transactions
-      (all, empty), Lease long-polls waiting (of that class; all without "device"), idle agents
+      (all, empty), Lease long-polls and Work streams waiting (of that class; all without "device"), idle agents
       answered from memory
 
 End of stdin stops the coordinator (SIGTERM to itself): the bench cannot leave it behind."""
@@ -131,6 +131,17 @@ class Feeder:
             return outcome
 
         scheduler.lease_and_device = counted_lease
+        work = scheduler.work
+
+        def counted_work(agent, result, fp32, max_jobs):
+            outcome = work(agent, result, fp32, max_jobs)
+            if max_jobs:
+                with self._lock:
+                    self.leases["transactions"] += 1
+                    self.leases["empty"] += not outcome.jobs
+            return outcome
+
+        scheduler.work = counted_work
         self.server = server
         asyncio.run_coroutine_threadsafe(self._loop_lag(), server._loop)    # the server's event loop
         self._ready.set()
@@ -164,7 +175,7 @@ class Feeder:
                     "counts": {k: len(v) for k, v in self.pauses.items()}}
 
     def counters(self, device: str | None = None) -> dict:
-        """Results counted by the scheduler, Lease long-polls waiting (of one class, or all), idle
+        """Results counted by the scheduler, Lease long-polls and Work streams waiting (of one class, or all), idle
         agents whose heartbeats are answered from memory."""
         coord = self.server.coordinator
 

@@ -91,16 +91,17 @@ def _pauses(row: dict) -> str:
 
 
 def print_idle(idle: dict) -> None:
-    hb, polls = idle["heartbeat"], idle["long_polls"]
-    print(f"\n(a) {idle['agents']} idle agents: heartbeat every {idle['heartbeat_interval_s']:g} s + Lease long-poll "
-          f"wait_s={idle['lease_wait_s']:g}, {idle['connections']} TCP connections; all registered in "
-          f"{idle['registered_in_s']:.1f} s ({idle['register_retries']} retries)")
+    hb = idle["heartbeat"]
+    print(f"\n(a) {idle['agents']} idle agents: heartbeat every {idle['heartbeat_interval_s']:g} s + a Work stream "
+          f"waiting for jobs, {idle['connections']} TCP connections; all registered in "
+          f"{idle['registered_in_s']:.1f} s ({idle['register_retries']} retries); streams waiting at the end "
+          f"{idle['streams_waiting']}, failed {idle['streams_failed']['calls']}")
     print(f"    {'window s':>9} {'coord CPU s':>11} {'% core':>7} {'bench CPU s':>11} {'heartbeats':>10} {'failed':>6} "
-          f"{'p50 ms':>6} {'p99 ms':>6} {'max ms':>7} {'polls':>6} {'missing':>7} {'evicted':>7} "
+          f"{'p50 ms':>6} {'p99 ms':>6} {'max ms':>7} {'missing':>7} {'evicted':>7} "
           f"{'load avg start':>15} {'load avg end':>15}")
     print(f"    {idle['window_s']:9.1f} {idle['coordinator_cpu_s']:11.2f} {idle['coordinator_core_pct']:7.1f} "
           f"{idle['bench_cpu_s']:11.2f} {hb['calls']:10d} {hb['failures']:6d} {_ms(hb.get('p50_ms')):>6} "
-          f"{_ms(hb.get('p99_ms')):>6} {_ms(hb.get('max_ms')):>7} {polls['calls']:6d} {idle['missing_phase']:7d} "
+          f"{_ms(hb.get('p99_ms')):>6} {_ms(hb.get('max_ms')):>7} {idle['missing_phase']:7d} "
           f"{idle['evicted_phase']:7d} {_load(idle['loadavg_start']):>15} {_load(idle['loadavg_end']):>15}")
     probe = idle.get("probe_heartbeat")
     if probe:
@@ -117,17 +118,18 @@ def print_dispatch(dispatch: list[dict]) -> None:
     print(f"\n(b) dispatch: {first['jobs']} jobs per round, each run {first['job_s']:g} s by a fake agent with "
           f"{first['slots']} slot(s); results/s = first job queued -> last result in SQLite (the coordinator's clock)")
     print(f"    {'K':>4} {'results/s':>9} {'span s':>7} {'coord CPU s':>11} {'ms/job':>6} {'submit s':>8} "
-          f"{'bench CPU s':>11} {'lease tx/job':>12} {'lease p50/p99':>13} {'report p50/p99':>14} {'jobs':>5} "
+          f"{'bench CPU s':>11} {'lease tx/job':>12} {'job p50/p99':>13} {'result p50/p99':>14} {'jobs':>5} "
           f"{'results':>7} {'1 each':>6} {'load avg start':>15}")
     for row in dispatch:
-        lease, report = row["calls"]["Lease (jobs)"], row["calls"]["ReportResult"]
+        lease, report = row["calls"]["Work (jobs)"], row["calls"]["Work (result)"]
         print(f"    {row['k']:4d} {row['results_per_s']:9.0f} {row['processed_s']:7.2f} "
               f"{row['coordinator_cpu_s']:11.2f} {row['cpu_ms_per_job']:6.2f} {row['submit_cpu_s']:8.2f} {row['bench_cpu_s']:11.2f} "
               f"{row['lease_transactions'] / row['jobs']:12.2f} {_pair(lease):>13} {_pair(report):>14} "
               f"{row['store']['jobs']:5d} {row['store']['results']:7d} {'yes' if exactly_once(row) else 'NO':>6} "
               f"{_load(row['loadavg_start']):>15}")
     print("    ms/job: all the coordinator's CPU over the round, job submission included (submit s: the part of the "
-          "thread that queued them); latencies as Locust rounds them")
+          "thread that queued them); job: credit sent -> jobs on the stream, result: result sent -> its answer; "
+          "latencies as Locust rounds them")
     for row in dispatch:
         print(f"    K={row['k']} in the coordinator (ms): {_pauses(row)}")
 
@@ -147,7 +149,8 @@ def print_report(report: dict) -> None:
     machine = report["machine"]
     print(f"\nmachine: {machine['cores']} cores, CPU flags {machine['cpu_flags'] or 'none'}, load average at start "
           f"{machine['loadavg_start']}, at end {machine['loadavg_end']}; Locust {machine['locust']}, grpcio "
-          f"{machine['grpcio']}")
+          f"{machine['grpcio']}; fake agents at nice +{machine.get('agents_nice', 0)} relative to the coordinator "
+          f"and the probe")
     if report.get("idle"):
         print_idle(report["idle"])
     if report.get("dispatch"):

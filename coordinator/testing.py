@@ -19,6 +19,7 @@ This is the one module that composes the coordinator with agents (scripts/layeri
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -212,6 +213,39 @@ class ProtocolAgent:
     def deregister(self, timeout: float = 10) -> None:
         self.stub.Deregister(farm_pb2.DeregisterRequest(agent_id=self.agent_id), metadata=self.metadata(),
                              timeout=timeout)
+
+    def work(self, timeout: float = 60) -> "ProtocolWork":
+        """Open this agent's Work stream (jobs and results on one call)."""
+        return ProtocolWork(self, timeout)
+
+
+class ProtocolWork:
+    """A Work stream played message by message: `send` credit and results, `receive` what the
+    coordinator sends (None once it ended the stream normally; its error when it failed)."""
+
+    def __init__(self, agent: ProtocolAgent, timeout: float):
+        self.agent = agent
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._responses = agent.stub.Work(iter(self._outbox.get, None), metadata=agent.metadata(), timeout=timeout)
+
+    def send(self, more_jobs: int = 0, result: job_pb2.DeviceResult | None = None,
+             fp32: job_pb2.Artifact | None = None) -> None:
+        request = farm_pb2.WorkRequest(more_jobs=more_jobs)
+        if result is not None:
+            request.result.CopyFrom(farm_pb2.ReportResultRequest(agent_id=self.agent.agent_id, result=result,
+                                                                 fp32_outputs=fp32))
+        self._outbox.put(request)
+
+    def receive(self) -> farm_pb2.WorkResponse | None:
+        return next(self._responses, None)
+
+    def close(self) -> None:
+        """Half-close: the credit goes back."""
+        self._outbox.put(None)
+
+    def cancel(self) -> None:
+        self._outbox.put(None)
+        self._responses.cancel()
 
 
 def ok_result(job: job_pb2.Job, **fields) -> job_pb2.DeviceResult:

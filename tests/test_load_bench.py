@@ -50,6 +50,7 @@ def test_idle_agents_stay_alive_and_every_heartbeat_succeeds(run):
     assert idle["states_at_end"] == {"idle": AGENTS} == idle["store_states_at_end"]
     assert idle["heartbeat"]["calls"] >= AGENTS and idle["heartbeat"]["failures"] == 0
     assert idle["reregistered"] == 0 and idle["errors"] == {}
+    assert idle["streams_waiting"] == AGENTS and idle["streams_failed"]["calls"] == 0   # each one's Work stream waits
     assert idle["coordinator_cpu_s"] > 0 and idle["heartbeat"]["p99_ms"] is not None
     probe = idle["probe_heartbeat"]            # one more agent, timed in a process of its own
     assert probe["calls"] >= 1 and probe["failed"] == 0 and probe["p99_ms"] is not None
@@ -63,7 +64,7 @@ def test_every_job_is_leased_once_and_has_exactly_one_result(run):
         assert store["jobs"] == store["done"] == store["results"] == store["results_by_lease_holder"] == JOBS
         assert store["jobs_by_result_count"] == {"1": JOBS} and store["leased_more_than_once"] == 0
         assert row["leased"] == row["accepted"] == JOBS and row["duplicate"] == row["refused"] == 0
-        assert row["calls"]["ReportResult"]["calls"] == JOBS and row["calls"]["ReportResult"]["failures"] == 0
+        assert row["calls"]["Work (result)"]["calls"] == JOBS and row["calls"]["Work (result)"]["failures"] == 0
         assert row["lease_transactions"] >= JOBS and row["results_per_s"] > 0 and row["cpu_ms_per_job"] > 0
 
 
