@@ -17,16 +17,13 @@ this one, so an agent holds at most one wait."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import Any, AsyncIterator
 
 from coordinator.farm.fields import check_result
 from shared.artifacts import check_sha
 from shared.auth import AgentIdentity
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from shared.pb.qfarm.v1 import farm_pb2, job_pb2
-
-if TYPE_CHECKING:
-    from coordinator.farm.server import Coordinator
 
 MAX_CREDIT = 64          # jobs an agent may be owed at once (MAX_JOBS_PER_LEASE of a Lease call)
 
@@ -46,9 +43,10 @@ def read_request(request: farm_pb2.WorkRequest, agent: AgentIdentity,
     return request.more_jobs, check_result(report.result), fp32
 
 
-async def serve(coord: "Coordinator", agent: AgentIdentity,
+async def serve(coord: Any, agent: AgentIdentity,
                 requests: AsyncIterator[farm_pb2.WorkRequest]) -> AsyncIterator[farm_pb2.WorkResponse]:
-    """The responses of one agent's stream, until the agent half-closes it (or an error ends it)."""
+    """The responses of one agent's stream, until the agent half-closes it (or an error ends it).
+    `coord`: the server's Coordinator (server.py, which imports this module)."""
     loop = asyncio.get_running_loop()
     max_wait = coord.config.policy.max_wait_s
     device = coord.agent_devices.get(agent.agent_id)
