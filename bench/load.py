@@ -92,18 +92,30 @@ START_PRIORITY = os.getpriority(os.PRIO_PROCESS, 0)
 def lower_agents_priority(nice: int) -> int:
     """The fake agents stand in for devices on other machines, yet share this machine's cores with
     the coordinator: run them `nice` steps lower (this thread, and every thread and process it
-    starts later), and start the coordinator and the probe back at START_PRIORITY, so what the
-    coordinator answers is not queued behind the load generator. Raising a priority back needs
-    root (CAP_SYS_NICE): without it nothing changes. Returns the steps applied."""
+    starts later), and put the coordinator and the probe back at START_PRIORITY (`restore`), so
+    what the coordinator answers is not queued behind the load generator. Raising a priority back
+    needs root (CAP_SYS_NICE): without it nothing changes. Returns the steps applied."""
     if nice <= 0 or os.geteuid() != 0:
         return 0
-    os.setpriority(os.PRIO_PROCESS, 0, START_PRIORITY + nice)      # Linux: this thread; inherited from here
+    for tid in os.listdir("/proc/self/task"):      # Linux: per thread; threads started later inherit it
+        os.setpriority(os.PRIO_PROCESS, int(tid), START_PRIORITY + nice)
     return nice
 
 
-def at_start() -> None:
-    """preexec_fn of the coordinator and the probe: the priority this bench started at."""
-    os.setpriority(os.PRIO_PROCESS, 0, START_PRIORITY)
+def restore(proc: subprocess.Popen, again_after_s: float = 2.0) -> None:
+    """Every thread of a child back at START_PRIORITY, now and once more when its start-up threads
+    exist (threads it starts later inherit from these). From the parent: a preexec_fn would run
+    Python in a forked child of a process with gRPC threads, which crashes."""
+    def each_thread() -> None:
+        try:
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                os.setpriority(os.PRIO_PROCESS, int(tid), START_PRIORITY)
+        except (FileNotFoundError, ProcessLookupError):      # it has ended (or a thread has)
+            return
+
+    if os.getpriority(os.PRIO_PROCESS, 0) != START_PRIORITY:
+        each_thread()
+        gevent.spawn_later(again_after_s, each_thread)
 
 
 def off_hub(fn, *args):
@@ -133,13 +145,13 @@ class Coordinator:
                "--max-agents", str(max(10_000, 2 * args.agents)), "--max-calls", lifted, "--max-calls-per-peer", lifted,
                "--max-lease-waits", str(max(10_000, 2 * args.agents)), "--max-lease-waits-per-peer", lifted]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.log, "wb"),
-                                     preexec_fn=at_start,
                                      text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         deadline = time.monotonic() + 120
         while not (port_file.is_file() and port_file.read_text().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the coordinator did not start; its log:\n{self.log.read_text()[-3000:]}")
             gevent.sleep(0.1)
+        restore(self.proc)           # its serving threads exist now
         self.address = f"127.0.0.1:{port_file.read_text().strip()}"
         self.ps = psutil.Process(self.proc.pid)
         self._status_channel = grpc.insecure_channel(self.address)
@@ -268,7 +280,8 @@ class Probe:
     def __init__(self, coord: Coordinator):
         self._proc = subprocess.Popen([sys.executable, str(HERE / "load_probe.py"), "--address", coord.address,
                                        "--token-file", str(coord.token_files["agent"])], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=at_start)
+                                      stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        restore(self._proc)
 
     def finish(self) -> dict:
         out, _ = off_hub(self._proc.communicate, "", 120)
