@@ -436,7 +436,8 @@ class Agent:
             self._follow_drain_request()         # noticed within a heartbeat, also while a long-poll waits
             with self._lock:
                 running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
-            free, busy = self._slot_counts(len(running))
+                measuring = sum(not r.reporting for r in self._running.values())   # a reporting job's slot is free
+            free, busy = self._slot_counts(measuring)
             try:
                 resp = self._stub.Heartbeat(farm_pb2.HeartbeatRequest(
                     agent_id=agent_id, running=running, free_slots=free, busy_slots=busy), timeout=10,

@@ -417,7 +417,8 @@ class Bench:
         swarm.env.stats.reset_all()
         counters0 = coord.command("counters")
         with Window(self, f"dispatch-k{k}") as window:
-            submitted = coord.command("submit", device=plan.device, count=args.jobs, prefix=prefix)
+            submitted = coord.command("submit", device=plan.device, count=args.jobs, prefix=prefix,
+                                      batch=args.queue_batch)
             deadline = time.monotonic() + args.round_timeout
             while tally.accepted + tally.refused + tally.duplicate < args.jobs and time.monotonic() < deadline:
                 gevent.sleep(0.01)
@@ -429,7 +430,8 @@ class Bench:
         span = (store["last_result_at"] or 0) - (store["first_queued_at"] or 0)
         numbers = window.numbers()
         return {
-            "k": k, "slots": args.slots, "jobs": args.jobs, "job_s": args.job_s, **numbers,
+            "k": k, "slots": args.slots, "jobs": args.jobs, "job_s": args.job_s, "queue_batch": args.queue_batch,
+            **numbers,
             "processed_s": span, "results_per_s": store["results"] / span if span > 0 else 0.0,
             "cpu_ms_per_job": 1000 * numbers["coordinator_cpu_s"] / args.jobs,
             "submit_cpu_s": submitted["cpu_s"], "submit_wall_s": submitted["wall_s"],
@@ -495,6 +497,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str], li
     parser.add_argument("--k", default="1,4,16,64,256", help="dispatch: comma-separated agent counts")
     parser.add_argument("--jobs", type=int, default=2000, help="dispatch: jobs per round")
     parser.add_argument("--job-s", type=float, default=0.0, help="dispatch: seconds a fake agent 'runs' a job")
+    parser.add_argument("--queue-batch", type=int, default=1,
+                        help="dispatch: jobs queued per transaction (1: as a one-device campaign queues them, "
+                             "while the agents run; --jobs: all at once, so the round measures dispatch alone)")
     parser.add_argument("--slots", type=int, default=1,
                         help="dispatch: slots per fake agent (its stream's credit)")
     parser.add_argument("--round-timeout", type=float, default=300.0, help="dispatch: give up a round after this")

@@ -278,6 +278,7 @@ class FakeAgent(User):
         self.stream: WorkCall | None = None
         self._granted_at = 0.0                         # when credit last went out (the loop's clock)
         self._answers: dict[tuple[str, int], gevent.event.AsyncResult] = {}
+        self.reporting: set[str] = set()              # jobs whose result is out: their slots are free
         self._register()
         self._beats = gevent.spawn(self._heartbeats)
 
@@ -342,8 +343,9 @@ class FakeAgent(User):
             gevent.sleep(self.interval)
             identity = self.client.identity
             running = [farm_pb2.JobRef(job_id=j, attempt=a) for j, a in self.running.items()]
+            busy = len(running) - len(self.reporting)      # a reporting job's slot is free (its credit went out)
             request = farm_pb2.HeartbeatRequest(agent_id=identity.agent_id, running=running,
-                                                free_slots=self.plan.slots - len(running), busy_slots=len(running))
+                                                free_slots=self.plan.slots - busy, busy_slots=busy)
             try:
                 resp = self.client.call("Heartbeat", request, 10)
             except grpc.RpcError as exc:
@@ -394,8 +396,10 @@ class FakeAgent(User):
         try:
             if self.plan.job_s:
                 gevent.sleep(self.plan.job_s)
+            self.reporting.add(job.job_id)
             self._report(job)
         finally:
+            self.reporting.discard(job.job_id)
             self.running.pop(job.job_id, None)
 
     def _report(self, job: job_pb2.Job) -> None:

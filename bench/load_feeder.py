@@ -2,8 +2,9 @@
 plus one thread that takes commands on stdin.
 
 A campaign would measure the tuner (building candidates, reports) along with dispatch; to measure
-dispatch alone, jobs go in through the scheduler's public API (`Scheduler.submit`, what the farm's
-evaluator calls for each candidate), one transaction each, as a campaign queues them. The jobs
+dispatch alone, jobs go in through the scheduler's public API (`Scheduler.submit_many`, what the
+farm's evaluator calls for each candidate), one transaction per job (a one-device campaign) or per
+batch. The jobs
 are shaped like real candidate jobs (artifact references, settings, excluded nodes). The thread
 also counts what the scheduler's tick returns (agents it marked missing or evicted), so the bench
 sees every such change and not only the states a status call happens to catch, and the lease
@@ -11,7 +12,7 @@ transactions (and those that found nothing: wasted work per job).
 
 Commands are JSON lines on stdin; each answer is one stdout line starting with MARK:
 
-    {"op": "submit", "device": "load-k16", "count": 2000, "prefix": "k16-ab12"}
+    {"op": "submit", "device": "load-k16", "count": 2000, "prefix": "k16-ab12", "batch": 1}
       -> {"submitted": 2000, "cpu_s": ..., "wall_s": ...}     (cpu_s: this thread's CPU time)
     {"op": "ticks"} -> {"missing": {agent id: times}, "evicted": {...}}
     {"op": "pauses", "tick": 0, "gc": 0, "loop_lag": 0} -> durations of the scheduler's ticks, of full
@@ -155,12 +156,13 @@ class Feeder:
             with self._lock:
                 self.pauses["loop_lag"].append(max(0.0, loop.time() - due))
 
-    def submit(self, device: str, count: int, prefix: str) -> dict:
+    def submit(self, device: str, count: int, prefix: str, batch: int = 1) -> dict:
+        """Queue `count` jobs, `batch` per transaction (1: as a one-device campaign queues its candidates)."""
         scheduler = self.server.coordinator.scheduler
         cpu0, wall0 = time.thread_time(), time.monotonic()
-        for index in range(count):      # a campaign per round: campaigns have a cap on their candidates
-            scheduler.submit(bench_job(f"{prefix}-{index:06d}", device, index), "candidate", PRIORITY_CANDIDATE,
-                             f"{CAMPAIGN}-{prefix}")
+        for start in range(0, count, batch):      # a campaign per round: campaigns have a cap on their candidates
+            jobs = [bench_job(f"{prefix}-{index:06d}", device, index) for index in range(start, min(count, start + batch))]
+            scheduler.submit_many(jobs, "candidate", PRIORITY_CANDIDATE, f"{CAMPAIGN}-{prefix}")
         return {"submitted": count, "cpu_s": time.thread_time() - cpu0, "wall_s": time.monotonic() - wall0}
 
     def ticks(self) -> dict:

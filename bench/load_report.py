@@ -115,8 +115,9 @@ def print_idle(idle: dict) -> None:
 
 def print_dispatch(dispatch: list[dict]) -> None:
     first = dispatch[0]
-    print(f"\n(b) dispatch: {first['jobs']} jobs per round, each run {first['job_s']:g} s by a fake agent with "
-          f"{first['slots']} slot(s); results/s = first job queued -> last result in SQLite (the coordinator's clock)")
+    print(f"\n(b) dispatch: {first['jobs']} jobs per round, queued {first.get('queue_batch', 1)} per transaction, each "
+          f"run {first['job_s']:g} s by a fake agent with {first['slots']} slot(s); results/s = first job queued -> "
+          f"last result in SQLite (the coordinator's clock)")
     print(f"    {'K':>4} {'results/s':>9} {'span s':>7} {'coord CPU s':>11} {'ms/job':>6} {'submit s':>8} "
           f"{'bench CPU s':>11} {'lease tx/job':>12} {'job p50/p99':>13} {'result p50/p99':>14} {'jobs':>5} "
           f"{'results':>7} {'1 each':>6} {'load avg start':>15}")

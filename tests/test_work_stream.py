@@ -193,3 +193,35 @@ def test_a_newer_wait_of_the_same_agent_ends_the_older_stream(farm):
     submit(server, "j")
     assert [j.job_id for j in second.receive().jobs] == ["j"]
     second.cancel()
+
+
+def test_the_agents_stream_brings_jobs_answers_results_and_hands_unanswered_ones_back(tmp_path):
+    """agent/work_stream.py against a real coordinator: jobs reach `on_jobs`, a result is answered on
+    the stream; once half-closed (or broken) it answers nothing, so the agent reports by unary call."""
+    from agent.work_stream import WorkStream
+
+    with coordinator(tmp_path / "coord", policy=POLICY) as (server, address), grpc.insecure_channel(address) as channel:
+        agent = ProtocolAgent(channel, "cpu-a")
+        agent.register()
+        submit(server, "j1", "j2")
+        jobs: list[job_pb2.Job] = []
+        arrived, ended = threading.Event(), threading.Event()
+        stream = WorkStream(agent.stub, agent.metadata(), lambda got: (jobs.extend(got), arrived.set()), ended.set)
+        stream.grant(1)
+        assert arrived.wait(10) and [j.job_id for j in jobs] == ["j1"]
+        arrived.clear()
+        request = farm_pb2.ReportResultRequest(agent_id=agent.agent_id, result=ok_result(jobs[0]))
+        answer = stream.report(request, more_jobs=1, timeout=10)
+        assert answer is not None and answer.accepted
+        assert arrived.wait(10) and [j.job_id for j in jobs] == ["j1", "j2"]      # the result's credit
+        stream.close()
+        assert ended.wait(10) and stream.error is None and not stream.open
+        late = farm_pb2.ReportResultRequest(agent_id=agent.agent_id, result=ok_result(jobs[1]))
+        assert stream.report(late, more_jobs=0, timeout=10) is None                  # goes by ReportResult
+        assert agent.report(ok_result(jobs[1])).accepted
+
+        broken_end = threading.Event()
+        broken = WorkStream(agent.stub, agent.metadata(), lambda got: None, broken_end.set)
+        broken.grant(MAX_CREDIT + 1)                       # refused: the stream ends with the error
+        assert broken_end.wait(10) and broken.error is not None
+        assert broken.error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 from coordinator.farm.scheduler import LeasePolicy, Scheduler
 from coordinator.farm.store import Store
@@ -28,12 +28,13 @@ class BoundedScheduler(Scheduler):
                 self._candidates[campaign_id] = c.campaign_candidate_ids(campaign_id)
         return self._candidates[campaign_id]
 
-    def submit(self, job: job_pb2.Job, kind: str, priority: int, campaign_id: str):
+    def submit_many(self, jobs: Sequence[job_pb2.Job], kind: str, priority: int, campaign_id: str):
         if kind == "candidate":
             with self._guard:
                 known = self._known(campaign_id)
-                if job.candidate.id not in known:
-                    self.limits.check("max_campaign_candidates", len(known) + 1,
-                                      f"the number of candidates of campaign {campaign_id}")
-                    known.add(job.candidate.id)
-        return super().submit(job, kind, priority, campaign_id)
+                for job in jobs:
+                    if job.candidate.id not in known:
+                        self.limits.check("max_campaign_candidates", len(known) + 1,
+                                          f"the number of candidates of campaign {campaign_id}")
+                        known.add(job.candidate.id)
+        return super().submit_many(jobs, kind, priority, campaign_id)

@@ -209,14 +209,15 @@ class FarmEvaluator:
         with self.ctx.store.transaction() as c:
             c.put_candidate(cand.id, cand.spec.model_sha256, candidate.SerializeToString(),
                             self.ctx.scheduler.clock())
-        pending = {}
+        pending, jobs = {}, []
         for device in self.devices:
             job = job_pb2.Job(job_id=f"{cand.id}@{device}/{key}", device=device, data=evaldata)
             job.candidate.CopyFrom(candidate)
             job.fp32_outputs.CopyFrom(self._fp32[device])
             job.fp32_model.CopyFrom(self._base)          # timed interleaved with the candidate
-            self.ctx.scheduler.submit(job, "candidate", PRIORITY_CANDIDATE, self.campaign_id)
+            jobs.append(job)
             pending[job.job_id] = (cand.id, device)
+        self.ctx.scheduler.submit_many(jobs, "candidate", PRIORITY_CANDIDATE, self.campaign_id)
         return pending
 
     def _start_cursor(self) -> None:

@@ -296,25 +296,33 @@ class Scheduler:
     # ---------------------------------------------------------------- jobs
     def submit(self, job: job_pb2.Job, kind: str, priority: int, campaign_id: str) -> JobState:
         """Queue a job unless it exists; a cancelled one is queued again. Links it to the campaign."""
-        if not job.job_id or not job.device:
-            raise InvalidArgument("a job needs a job_id and a device", step="submit")
+        return self.submit_many([job], kind, priority, campaign_id)[0]
+
+    def submit_many(self, jobs: Sequence[job_pb2.Job], kind: str, priority: int, campaign_id: str) -> list[JobState]:
+        """`submit` for several jobs in one transaction (a candidate's jobs on every device class)."""
+        for job in jobs:
+            if not job.job_id or not job.device:
+                raise InvalidArgument("a job needs a job_id and a device", step="submit")
         now = self.clock()
+        states = []
         with self.store.transaction() as c:
-            existing = c.job(job.job_id)
-            if existing is None:
-                stored = job_pb2.Job()
-                stored.CopyFrom(job)
-                stored.attempt = 0
-                c.insert_job(job.job_id, job.device, kind, job.candidate.id, stored.SerializeToString(),
-                             priority, now)
-                state = JobState.QUEUED
-            elif existing.state == JobState.CANCELLED:
-                state = c.set_job_state(job.job_id, JobState.QUEUED, now).state
-            else:
-                state = existing.state
-            c.link_job(campaign_id, job.job_id)
-        self._notify([job.device] if state == JobState.QUEUED else [])
-        return state
+            for job in jobs:
+                existing = c.job(job.job_id)
+                if existing is None:
+                    stored = job_pb2.Job()
+                    stored.CopyFrom(job)
+                    stored.attempt = 0
+                    c.insert_job(job.job_id, job.device, kind, job.candidate.id, stored.SerializeToString(),
+                                 priority, now)
+                    state = JobState.QUEUED
+                elif existing.state == JobState.CANCELLED:
+                    state = c.set_job_state(job.job_id, JobState.QUEUED, now).state
+                else:
+                    state = existing.state
+                c.link_job(campaign_id, job.job_id)
+                states.append(state)
+        self._notify({job.device for job, state in zip(jobs, states) if state == JobState.QUEUED})
+        return states
 
     def cancel_unwanted(self, campaign_id: str) -> int:
         """Cancel the campaign's unfinished jobs that no other live campaign wants."""

@@ -74,6 +74,7 @@ MAX_REPLY_BYTES = 64 << 20  # our own replies (a report with its PNGs); what cal
 MIN_MESSAGE_BYTES = CHUNK_BYTES + (64 << 10)   # an artifact chunk and its envelope must fit in one message
 MAX_JOBS_PER_LEASE = 64
 LEASE_REPLY_MARGIN_S = 0.2    # a long-poll answers this long before the caller's own deadline
+SHORT_LOCK_WAIT_S = 0.001     # the event loop waits this long for the store (a job queued, a result), then hands off
 SERVICES = ("", "qfarm.v1.AgentService", "qfarm.v1.CampaignService")
 
 
@@ -195,7 +196,7 @@ class Coordinator:
         thread and back costs more CPU than the transaction itself (a few SQLite statements and a
         commit that writes the WAL, no fsync: checkpoints run on the tick thread, store.py); the
         loop never waits for the store lock, so a tick or a campaign holding it delays no one."""
-        held = self.store.hold_if_free()
+        held = self.store.hold_if_free(SHORT_LOCK_WAIT_S)
         if not held:
             return await self.in_store(fn, *args)
         try:

@@ -158,9 +158,9 @@ class Store:
             if self._checkpointer is not None:
                 self._checkpointer.close()
 
-    def hold_if_free(self) -> bool:
-        """Take the store's lock if nobody holds it now (then `release` it); never waits."""
-        return self._lock.acquire(blocking=False)
+    def hold_if_free(self, wait_s: float = 0.0) -> bool:
+        """Take the store's lock if it is free now or within `wait_s` (then `release` it)."""
+        return self._lock.acquire(timeout=wait_s) if wait_s > 0 else self._lock.acquire(blocking=False)
 
     def release(self) -> None:
         self._lock.release()
