@@ -2,10 +2,12 @@
 bare grpc.aio server (one generic method that returns its request, no auth, no store), driven by
 a grpc.aio client in another process with 16 calls in flight, as 16 fake agents keep them.
 
-A dispatched job costs at least two such calls (Lease, ReportResult), so twice this number is
-what the coordinator's CPU per job cannot go below on the machine, whatever it does per call.
-Printed per variant: `plain` answers on the loop, `hop` also passes through a thread pool and
-back (what a store call on an executor adds). Numbers, not a test.
+On the unary protocol (protocol 3) a dispatched job costs at least two such calls (Lease,
+ReportResult): twice this number is what the coordinator's CPU per job cannot go below there. On
+the Work stream a job is one message each way on a call that stays open: `stream` measures one
+such round trip (16 streams, each writing a message and reading the answer). Printed per variant:
+`plain` answers on the loop, `hop` also passes through a thread pool and back (what a store call
+on an executor adds), `stream` as said. Numbers, not a test.
 
     python bench/grpc_floor.py --calls 10000 --repeats 3"""
 from __future__ import annotations
@@ -31,10 +33,15 @@ def _serve(port_queue, variant: str) -> None:
             await asyncio.get_running_loop().run_in_executor(pool, bytes, request)
         return request
 
+    async def echo_stream(requests, context):
+        async for request in requests:
+            yield request
+
     async def main() -> None:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "floor.Floor", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}),))
+            "floor.Floor", {"Echo": grpc.unary_unary_rpc_method_handler(echo),
+                            "EchoStream": grpc.stream_stream_rpc_method_handler(echo_stream)}),))
         port_queue.put(server.add_insecure_port("127.0.0.1:0"))
         await server.start()
         await server.wait_for_termination()
@@ -42,11 +49,20 @@ def _serve(port_queue, variant: str) -> None:
     asyncio.run(main())
 
 
-async def _drive(port: int, calls: int, in_flight: int) -> None:
+async def _drive(port: int, calls: int, in_flight: int, variant: str) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         echo = channel.unary_unary("/floor.Floor/Echo")
+        echo_stream = channel.stream_stream("/floor.Floor/EchoStream")
 
         async def caller(n: int) -> None:
+            if variant == "stream":
+                call = echo_stream()
+                for _ in range(n):
+                    await call.write(PAYLOAD)
+                    await call.read()
+                await call.done_writing()
+                await call.code()
+                return
             for _ in range(n):
                 await echo(PAYLOAD)
 
@@ -54,15 +70,15 @@ async def _drive(port: int, calls: int, in_flight: int) -> None:
 
 
 def measure(variant: str, calls: int, in_flight: int) -> tuple[float, float]:
-    """(server CPU ms per call, calls per second) after a warm-up of calls // 5."""
+    """(server CPU ms per call or stream round trip, per second) after a warm-up of calls // 5."""
     ports: mp.Queue = mp.Queue()
     server = mp.Process(target=_serve, args=(ports, variant), daemon=True)
     server.start()
     try:
         port, ps = ports.get(timeout=60), psutil.Process(server.pid)
-        asyncio.run(_drive(port, calls // 5, in_flight))
+        asyncio.run(_drive(port, calls // 5, in_flight, variant))
         cpu0, t0 = sum(ps.cpu_times()[:2]), time.monotonic()
-        asyncio.run(_drive(port, calls, in_flight))
+        asyncio.run(_drive(port, calls, in_flight, variant))
         cpu, wall = sum(ps.cpu_times()[:2]) - cpu0, time.monotonic() - t0
     finally:
         server.kill()
@@ -78,9 +94,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"grpcio {grpc.__version__}, {os.cpu_count()} cores, load average {os.getloadavg()}")
     for repeat in range(args.repeats):
-        for variant in ("plain", "hop"):          # interleaved: the machine's load moves
+        for variant in ("plain", "hop", "stream"):          # interleaved: the machine's load moves
             ms, rate = measure(variant, args.calls, args.in_flight)
-            print(f"  {repeat + 1} {variant:5}: server CPU {ms:.3f} ms per call, {rate:.0f} calls/s")
+            unit = "round trip" if variant == "stream" else "call"
+            print(f"  {repeat + 1} {variant:6}: server CPU {ms:.3f} ms per {unit}, {rate:.0f}/s")
     print(f"load average at the end {os.getloadavg()}")
 
 

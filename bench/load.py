@@ -12,10 +12,12 @@ Phases, in one run against one coordinator:
             (bench/load_probe.py), failed calls, agents the coordinator marked missing or evicted
             (every tick's outcome, counted in the coordinator process), their states at the end
             (GetStatus and the store).
-  dispatch  for each K in `--k`: K fresh agents of their own device class; once each one's stream
-            waits, `--jobs` jobs are queued through the scheduler (one transaction each, as a
-            campaign queues them) and the agents take them on their streams, "run" them
-            (`--job-s`) and report them there. Results fully processed per second (first job
+  dispatch  for each `--queue-batch` and each K in `--k`: K fresh agents of their own device
+            class; once each one's stream waits, `--jobs` jobs are queued through the scheduler
+            (by default two sets of rounds: all in one transaction, which measures dispatch alone,
+            then one transaction per job while the agents run, as a one-device campaign queues its
+            candidates) and the agents take them on their streams, "run" them (`--job-s`) and
+            report them there. Results fully processed per second (first job
             queued -> last result durable in SQLite, the coordinator's own timestamps),
             coordinator CPU per job, job and result latency on the stream, and the store checked:
             every job done with exactly one result, recorded by the agent that held its one lease.
@@ -25,7 +27,7 @@ Targets (a 2-core machine; the tables say met / NOT met): idle 1000 agents < 50%
 heartbeat p99 < 50 ms, 0 agents missing over 5 minutes; dispatch >= 1000 results/s at K >= 16,
 <= 1 ms coordinator CPU per job, every job exactly one result.
 
-    python bench/load.py                                   # 1000 agents x 300 s, K = 1..256, 2000 jobs each
+    python bench/load.py                                   # 1000 agents x 300 s, K = 1..256 x 2, 2000 jobs each
     python bench/load.py --agents 200 --seconds 30 --k 16 --jobs 500 --json out.json
     python bench/load.py --phases dispatch --profile prof/  # py-spy on the coordinator per phase
 
@@ -405,7 +407,7 @@ class Bench:
             "states_at_end": dict(states), "store_states_at_end": stored,
             "reregistered": swarm.tally.reregistered, "register_retries": swarm.tally.register_retries}
 
-    def dispatch(self, k: int) -> dict:
+    def dispatch(self, k: int, batch: int) -> dict:
         """K idle agents, then `--jobs` jobs queued: how fast results are in, at what CPU, exactly once."""
         args, coord = self.args, self.coord
         prefix = f"load-k{k}-{secrets.token_hex(3)}"
@@ -416,9 +418,9 @@ class Bench:
             gevent.sleep(0.05)       # every agent's stream waits: dispatch starts from idle agents
         swarm.env.stats.reset_all()
         counters0 = coord.command("counters")
-        with Window(self, f"dispatch-k{k}") as window:
+        with Window(self, f"dispatch-k{k}-b{batch}") as window:
             submitted = coord.command("submit", device=plan.device, count=args.jobs, prefix=prefix,
-                                      batch=args.queue_batch)
+                                      batch=batch)
             deadline = time.monotonic() + args.round_timeout
             while tally.accepted + tally.refused + tally.duplicate < args.jobs and time.monotonic() < deadline:
                 gevent.sleep(0.01)
@@ -430,7 +432,7 @@ class Bench:
         span = (store["last_result_at"] or 0) - (store["first_queued_at"] or 0)
         numbers = window.numbers()
         return {
-            "k": k, "slots": args.slots, "jobs": args.jobs, "job_s": args.job_s, "queue_batch": args.queue_batch,
+            "k": k, "slots": args.slots, "jobs": args.jobs, "job_s": args.job_s, "queue_batch": batch,
             **numbers,
             "processed_s": span, "results_per_s": store["results"] / span if span > 0 else 0.0,
             "cpu_ms_per_job": 1000 * numbers["coordinator_cpu_s"] / args.jobs,
@@ -439,6 +441,10 @@ class Bench:
             "empty_lease_transactions": _delta(counters0, counters1, "lease_transactions_empty"),
             "leased": tally.leased, "accepted": tally.accepted, "duplicate": tally.duplicate, "refused": tally.refused,
             "reregistered": tally.reregistered, "calls": calls, "errors": errors, "store": store}
+
+
+def round_name(k: int, batch: int, jobs: int) -> str:
+    return f"dispatch K={k}" + (", queued ahead" if batch >= jobs else f", queued {batch} per transaction")
 
 
 def spread(seconds: list[float]) -> dict:
@@ -497,18 +503,20 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str], li
     parser.add_argument("--k", default="1,4,16,64,256", help="dispatch: comma-separated agent counts")
     parser.add_argument("--jobs", type=int, default=2000, help="dispatch: jobs per round")
     parser.add_argument("--job-s", type=float, default=0.0, help="dispatch: seconds a fake agent 'runs' a job")
-    parser.add_argument("--queue-batch", type=int, default=1,
-                        help="dispatch: jobs queued per transaction (1: as a one-device campaign queues them, "
-                             "while the agents run; --jobs: all at once, so the round measures dispatch alone)")
+    parser.add_argument("--queue-batch", default="0,1",
+                        help="dispatch: comma-separated, one set of rounds each: jobs queued per transaction "
+                             "(0: the whole round in one, so it measures dispatch alone; 1: one each while the "
+                             "agents run, as a one-device campaign queues its candidates)")
     parser.add_argument("--slots", type=int, default=1,
                         help="dispatch: slots per fake agent (its stream's credit)")
     parser.add_argument("--round-timeout", type=float, default=300.0, help="dispatch: give up a round after this")
     parser.add_argument("--heartbeat-interval", type=float, default=2.0,
                         help="coordinator serve --heartbeat-interval (missing after 3x, evicted after 10x: the "
                              "defaults' ratios)")
-    parser.add_argument("--agents-nice", type=int, default=10,
+    parser.add_argument("--agents-nice", type=int, default=0,
                         help="run the fake agents this much lower in priority than the coordinator and the probe "
-                             "(they stand in for other machines; 0: the same priority; needs root)")
+                             "(they stand in for other machines; needs root). Locust then times its calls in a "
+                             "process that waits longer for a core: the probe's latencies say more")
     parser.add_argument("--connections", type=int, default=0,
                         help="TCP connections the fake agents share (0: one per agent, as real agents have)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
@@ -519,6 +527,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, set[str], li
     if phases - {"idle", "dispatch"} or not phases:
         parser.error(f"--phases {args.phases!r}: choose from idle, dispatch")
     ks = [int(k) for k in args.k.split(",") if k.strip()] if "dispatch" in phases else []
+    try:
+        args.queue_batches = [int(b) or args.jobs for b in args.queue_batch.split(",") if b.strip()]
+    except ValueError:
+        args.queue_batches = []
+    if any(b < 0 for b in args.queue_batches) or not args.queue_batches:
+        parser.error(f"--queue-batch {args.queue_batch!r}: jobs per transaction, >= 0 each (0: the whole round)")
     if any(k < 1 for k in ks) or min(args.agents, args.jobs, args.slots) < 1:
         parser.error("--agents, --jobs, --slots and every K must be >= 1")
     args.connections = args.connections or 1 << 30
@@ -545,10 +559,11 @@ def run(args: argparse.Namespace, phases: set[str], ks: list[int], work: Path) -
             begin = time.monotonic()
             report["idle"] = bench.idle()
             spans["idle"] = (begin, time.monotonic())
-        for k in ks:
-            begin = time.monotonic()
-            report.setdefault("dispatch", []).append(bench.dispatch(k))
-            spans[f"dispatch K={k}"] = (begin, time.monotonic())
+        for batch in args.queue_batches:
+            for k in ks:
+                begin = time.monotonic()
+                report.setdefault("dispatch", []).append(bench.dispatch(k, batch))
+                spans[round_name(k, batch, args.jobs)] = (begin, time.monotonic())
         end = monitor.sample()[0]
         report["memory"] = {**monitor.rss_between(boot, end),
                             "phases": {name: monitor.rss_between(*span) for name, span in spans.items()},

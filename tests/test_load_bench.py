@@ -58,7 +58,7 @@ def test_idle_agents_stay_alive_and_every_heartbeat_succeeds(run):
 
 def test_every_job_is_leased_once_and_has_exactly_one_result(run):
     _, report, _ = run
-    assert [row["k"] for row in report["dispatch"]] == list(KS)
+    assert [(row["k"], row["queue_batch"]) for row in report["dispatch"]] == [(k, b) for b in (JOBS, 1) for k in KS]
     for row in report["dispatch"]:
         store = row["store"]
         assert store["jobs"] == store["done"] == store["results"] == store["results_by_lease_holder"] == JOBS
@@ -71,5 +71,6 @@ def test_every_job_is_leased_once_and_has_exactly_one_result(run):
 def test_memory_is_sampled_over_the_whole_run(run):
     _, report, _ = run
     memory = report["memory"]
-    assert set(memory["phases"]) == {"idle", *(f"dispatch K={k}" for k in KS)}
+    assert set(memory["phases"]) == {"idle", *(f"dispatch K={k}, {how}" for k in KS
+                                               for how in ("queued ahead", "queued 1 per transaction"))}
     assert len(memory["samples"]) >= 5 and 0 < memory["rss_start_mb"] <= memory["rss_peak_mb"]
