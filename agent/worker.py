@@ -44,6 +44,7 @@ from shared.errors import InvalidArgument, QfarmError
 from shared.evaluate import EvalSpec
 from shared.feeds import BATCHED
 from shared.latency import DEFAULT_LATENCY_LOCK, check_lock_path
+from shared.limits import MAX_WORK_CREDIT
 from shared.metrics import check_metric_path
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2
 from shared.results import CrashCause, CrashKind, DeviceResult, runtime_message
@@ -306,7 +307,7 @@ class Agent:
                         stream.cancel()
                     elif self._draining.is_set():
                         stream.close()
-                    elif stream.open and (want := self._leasable() - self._owed) > 0:
+                    elif stream.open and (want := self._wanted()) > 0:
                         self._owed += want
                         stream.grant(want)
                     self._lock.wait(timeout=1.0)
@@ -325,6 +326,11 @@ class Agent:
                 self._publish_state()
             log.info("leased %s (attempt %d)", job.job_id, job.attempt)
             pool.submit(self._execute, job)
+
+    def _wanted(self) -> int:
+        """More credit to grant: the free slots not yet owed, never more than the stream keeps
+        (call with self._lock held)."""
+        return max(0, min(self._leasable(), MAX_WORK_CREDIT) - self._owed)
 
     def _wake(self) -> None:
         with self._lock:
@@ -586,7 +592,7 @@ class Agent:
         with self._lock:
             stream, more = self._stream, 0
             if stream is not None and stream.open and not self._draining.is_set():
-                more = max(0, self._leasable() - self._owed)
+                more = self._wanted()
                 self._owed += more
         if stream is not None and identity is not None:
             request = farm_pb2.ReportResultRequest(agent_id=identity.agent_id, result=result, fp32_outputs=fp32)

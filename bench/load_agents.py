@@ -48,6 +48,7 @@ from locust import User, constant, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
 from shared.auth import METADATA_KEY, SCHEME, AgentIdentity  # noqa: E402
+from shared.limits import MAX_WORK_CREDIT  # noqa: E402
 from shared.pb.qfarm.v1 import farm_pb2, farm_pb2_grpc, job_pb2  # noqa: E402
 from shared.version import PROTOCOL_VERSION  # noqa: E402
 
@@ -364,7 +365,8 @@ class FakeAgent(User):
         identity = self.client.identity
         try:
             self.stream = stream = WorkCall(self.client)
-            self._granted_at = stream.write(farm_pb2.WorkRequest(more_jobs=plan.slots - len(self.running)))
+            credit = min(plan.slots - len(self.running), MAX_WORK_CREDIT)     # what a stream keeps, at most
+            self._granted_at = stream.write(farm_pb2.WorkRequest(more_jobs=credit))
             while True:
                 response, arrived = stream.read()
                 if response is None:

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from shared.errors import InvalidArgument, ResourceExhausted
 
+#: jobs an agent may be owed at once on its Work stream (farm.proto: WorkRequest.more_jobs, 0 to this
+#: per message; credit above it is not kept): the agent never grants more, the coordinator refuses more
+MAX_WORK_CREDIT = 64
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -225,3 +225,19 @@ def test_the_agents_stream_brings_jobs_answers_results_and_hands_unanswered_ones
         broken.grant(MAX_CREDIT + 1)                       # refused: the stream ends with the error
         assert broken_end.wait(10) and broken.error is not None
         assert broken.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_agent_with_more_slots_than_a_stream_keeps_grants_what_the_stream_keeps(tmp_path, caplog):
+    """A real Agent with 100 slots: it grants the stream's 64 jobs, and more as they are taken,
+    instead of a grant the coordinator refuses (which would end and reopen its stream forever)."""
+    from coordinator.testing import AgentThread
+
+    with coordinator(tmp_path / "coord", policy=POLICY) as (server, address), \
+            AgentThread("cpu-a", address, tmp_path / "agent", slots=100) as agent:
+        wait_until(lambda: server.coordinator.waiters.waiting("cpu-a") == 1, 30, "the agent's stream to wait")
+        with agent._lock:
+            assert agent._owed == MAX_CREDIT and agent._stream is not None
+        stream = agent._stream
+        time.sleep(0.5)                 # a refused grant would have ended this stream by now
+        assert agent._stream is stream and stream.error is None and agent.counters["registrations"] == 1
+    assert "work stream failed" not in caplog.text

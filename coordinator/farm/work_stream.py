@@ -23,9 +23,10 @@ from coordinator.farm.fields import check_result
 from shared.artifacts import check_sha
 from shared.auth import AgentIdentity
 from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from shared.limits import MAX_WORK_CREDIT
 from shared.pb.qfarm.v1 import farm_pb2, job_pb2
 
-MAX_CREDIT = 64          # jobs an agent may be owed at once (MAX_JOBS_PER_LEASE of a Lease call)
+MAX_CREDIT = MAX_WORK_CREDIT      # jobs an agent may be owed at once (a Lease call's MAX_JOBS_PER_LEASE)
 
 
 def read_request(request: farm_pb2.WorkRequest, agent: AgentIdentity,
