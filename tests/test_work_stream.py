@@ -241,3 +241,21 @@ def test_an_agent_with_more_slots_than_a_stream_keeps_grants_what_the_stream_kee
         time.sleep(0.5)                 # a refused grant would have ended this stream by now
         assert agent._stream is stream and stream.error is None and agent.counters["registrations"] == 1
     assert "work stream failed" not in caplog.text
+
+
+def test_messages_without_a_result_or_credit_cost_no_transaction(farm):
+    """A message with neither a result nor credit changes nothing, so it opens no transaction."""
+    server, agent, _ = farm
+    submit(server, "j")
+    [job] = agent.lease()
+    store = server.coordinator.store
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    work = agent.work()
+    for _ in range(20):
+        work.send(more_jobs=0)
+    work.send(result=ok_result(job))                 # answered after the 20 before it: messages keep order
+    assert work.receive().result.accepted
+    store._conn.set_trace_callback(None)
+    assert sum(sql.startswith("BEGIN") for sql in seen) == 1, seen       # the result's, and no other
+    work.close()

@@ -64,6 +64,8 @@ async def serve(coord: Any, agent: AgentIdentity,
                 reading = asyncio.ensure_future(anext(requests))
                 more, result, fp32 = read_request(request, agent)
                 credit = min(credit + more, MAX_CREDIT)
+                if result is None and not credit:
+                    continue                               # nothing to record, nothing to lease
             since = coord.waiters.version(device) if device is not None else None
             outcome = await coord.in_short(coord.scheduler.work, agent, result, fp32, credit)
             device = coord.agent_devices[agent.agent_id] = outcome.device
