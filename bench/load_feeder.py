@@ -122,16 +122,6 @@ class Feeder:
             return outcome
 
         scheduler.tick = counted_tick
-        lease = scheduler.lease_and_device
-
-        def counted_lease(agent, max_jobs):
-            outcome = lease(agent, max_jobs)
-            with self._lock:
-                self.leases["transactions"] += 1
-                self.leases["empty"] += not outcome[0]        # (jobs, device)
-            return outcome
-
-        scheduler.lease_and_device = counted_lease
         work = scheduler.work
 
         def counted_work(agent, result, fp32, max_jobs):

@@ -249,11 +249,10 @@ class Scheduler:
         """`lease`, and the agent's device class (what a long-poll then waits for)."""
         if max_jobs < 1:
             raise InvalidArgument(f"max_jobs={max_jobs} must be >= 1", step="lease")
-        now = self.clock()
-        with self.store.transaction() as c:
-            row = self._live_agent(c, agent)
-            jobs = self._lease_to(c, row, row.state, max_jobs, now)
-        return jobs, row.device
+        outcome = self.work(agent, None, "", max_jobs)
+        if outcome.not_alive is not None:
+            raise outcome.not_alive
+        return outcome.jobs, outcome.device
 
     def _lease_to(self, c: Tx, row: AgentRow, state: AgentState, max_jobs: int, now: float) -> list[job_pb2.Job]:
         """Lease up to `max_jobs` queued jobs of its class to a live agent whose state (in this
@@ -357,17 +356,9 @@ class Scheduler:
 
     # ---------------------------------------------------------------- results
     def report(self, agent: AgentIdentity, result: job_pb2.DeviceResult, fp32_sha256: str = "") -> ReportOutcome:
-        """Record the result of a job the agent holds (its current attempt) exactly once."""
-        status = _status(result)
-        now = self.clock()
-        with self.store.transaction() as c:
-            row = self._proven_agent(c, agent)      # an evicted agent may still report the attempt it holds
-            outcome = self._record(c, row, result, status, fp32_sha256, now)
-            if outcome.accepted and is_alive(row.state):     # read in this transaction: nothing here changed it
-                self._refresh_busy(c, row.agent_id, row.state)
-        if outcome.accepted:
-            self._notify()
-        return outcome
+        """Record the result of a job the agent holds (its current attempt) exactly once; an evicted
+        agent may still report the attempt it holds."""
+        return self.work(agent, result, fp32_sha256, 0).report
 
     def work(self, agent: AgentIdentity, result: job_pb2.DeviceResult | None, fp32_sha256: str,
              max_jobs: int) -> WorkOutcome:
@@ -381,7 +372,7 @@ class Scheduler:
         with self.store.transaction() as c:
             row = self._proven_agent(c, agent)
             outcome = self._record(c, row, result, status, fp32_sha256, now) if result is not None else None
-            alive, jobs = is_alive(row.state), []
+            alive, jobs = is_alive(row.state), []       # read in this transaction: recording does not change it
             if alive and max_jobs:
                 jobs = self._lease_to(c, row, row.state, max_jobs, now)
             elif alive and outcome is not None and outcome.accepted:
