@@ -12,9 +12,9 @@ import pytest
 
 from coordinator.farm.scheduler import LeasePolicy
 from coordinator.farm.states import JobState
-from coordinator.farm.work_stream import MAX_CREDIT
 from coordinator.testing import ManualClock, ProtocolAgent, coordinator, ok_result
 from shared.auth import AgentIdentity, Credentials, ServerSecurity
+from shared.limits import MAX_WORK_CREDIT
 from shared.pb.qfarm.v1 import farm_pb2, job_pb2
 from tests.security_support import coordinator_never_errs  # noqa: F401  (autouse fixture)
 
@@ -99,7 +99,7 @@ def test_half_closing_takes_the_credit_back(farm):
     assert job_state(server, "after").state == JobState.QUEUED
 
 
-@pytest.mark.parametrize("more", [-1, MAX_CREDIT + 1])
+@pytest.mark.parametrize("more", [-1, MAX_WORK_CREDIT + 1])
 def test_credit_out_of_bounds_ends_the_stream_naming_the_value(farm, more):
     _, agent, _ = farm
     work = agent.work()
@@ -222,7 +222,7 @@ def test_the_agents_stream_brings_jobs_answers_results_and_hands_unanswered_ones
 
         broken_end = threading.Event()
         broken = WorkStream(agent.stub, agent.metadata(), lambda got: None, broken_end.set)
-        broken.grant(MAX_CREDIT + 1)                       # refused: the stream ends with the error
+        broken.grant(MAX_WORK_CREDIT + 1)                       # refused: the stream ends with the error
         assert broken_end.wait(10) and broken.error is not None
         assert broken.error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
@@ -236,7 +236,7 @@ def test_an_agent_with_more_slots_than_a_stream_keeps_grants_what_the_stream_kee
             AgentThread("cpu-a", address, tmp_path / "agent", slots=100) as agent:
         wait_until(lambda: server.coordinator.waiters.waiting("cpu-a") == 1, 30, "the agent's stream to wait")
         with agent._lock:
-            assert agent._owed == MAX_CREDIT and agent._stream is not None
+            assert agent._owed == MAX_WORK_CREDIT and agent._stream is not None
         stream = agent._stream
         time.sleep(0.5)                 # a refused grant would have ended this stream by now
         assert agent._stream is stream and stream.error is None and agent.counters["registrations"] == 1

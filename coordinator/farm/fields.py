@@ -11,7 +11,9 @@ from typing import Mapping
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from shared.errors import InvalidArgument
+from shared.artifacts import check_sha
+from shared.auth import AgentIdentity
+from shared.errors import InvalidArgument, PermissionDenied
 from shared.pb.qfarm.v1 import farm_pb2, job_pb2
 
 MAX_TEXT_CHARS = 256                 # names, host and runtime fields
@@ -94,6 +96,21 @@ def _walk(message: Message, where: str) -> None:
                 _walk(item, name)
             elif fd.cpp_type in (FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64) and item < 0:
                 raise InvalidArgument(f"{name}={item} must be >= 0", step="register")
+
+
+def check_claim(agent: AgentIdentity, claimed: str) -> None:
+    """A request that names another agent than the one its call proves is refused."""
+    if claimed and claimed != agent.agent_id:
+        raise PermissionDenied(f"the request names agent {claimed[:64]!r} but proves agent {agent.agent_id!r}",
+                               step="agent")
+
+
+def check_report(request: farm_pb2.ReportResultRequest, agent: AgentIdentity) -> tuple[job_pb2.DeviceResult, str]:
+    """A result report, by ReportResult or on the Work stream: the checked result to record and
+    its FP32 outputs' sha256 ("" when none)."""
+    check_claim(agent, request.agent_id)
+    result = check_result(request.result)
+    return result, check_sha(request.fp32_outputs.sha256) if request.fp32_outputs.sha256 else ""
 
 
 def check_result(result: job_pb2.DeviceResult) -> job_pb2.DeviceResult:

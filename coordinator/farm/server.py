@@ -36,7 +36,7 @@ from coordinator.farm.campaign import CampaignManager
 from coordinator.farm.candidate_cap import BoundedScheduler
 from coordinator.farm import work_stream
 from coordinator.farm.evaluator import FarmContext
-from coordinator.farm.fields import check_result
+from coordinator.farm.fields import check_claim, check_report
 from coordinator.farm.gate import Gate
 from coordinator.farm.presence import Presence
 from coordinator.farm.registration import check_registration, check_running
@@ -192,10 +192,11 @@ class Coordinator:
 
     async def in_short(self, fn: Callable[..., Any], *args: Any) -> Any:
         """A short transaction of the agents' hot path (heartbeat, lease, result): run right here on
-        the loop when the store is free at this instant, else on the store pool. Handing it to a
-        thread and back costs more CPU than the transaction itself (a few SQLite statements and a
-        commit that writes the WAL, no fsync: checkpoints run on the tick thread, store.py); the
-        loop never waits for the store lock, so a tick or a campaign holding it delays no one."""
+        the loop when the store is free now or within SHORT_LOCK_WAIT_S, else on the store pool.
+        Handing it to a thread and back costs more CPU than the transaction itself (a few SQLite
+        statements and a commit that writes the WAL, no fsync: checkpoints run on the tick thread,
+        store.py), and more than waiting out another short transaction; the loop waits no longer
+        than that, so a tick or a campaign holding the lock delays no one."""
         held = self.store.hold_if_free(SHORT_LOCK_WAIT_S)
         if not held:
             return await self.in_store(fn, *args)
@@ -357,9 +358,7 @@ def agent_identity(context: grpc.aio.ServicerContext, claimed: str = "") -> Agen
     if identity is None:
         raise PermissionDenied("agent calls must carry the identity of the agent's registration (metadata "
                                "qfarm-agent-id and qfarm-agent-secret): register first", step="agent")
-    if claimed and claimed != identity.agent_id:
-        raise PermissionDenied(f"the request names agent {claimed[:64]!r} but proves agent {identity.agent_id!r}",
-                               step="agent")
+    check_claim(identity, claimed)
     return identity
 
 
@@ -453,9 +452,8 @@ class AgentServicer(farm_pb2_grpc.AgentServiceServicer):
 
     @rpc
     async def ReportResult(self, request, context):
-        agent = agent_identity(context, request.agent_id)
-        result = check_result(request.result)
-        fp32 = check_sha(request.fp32_outputs.sha256) if request.fp32_outputs.sha256 else ""
+        agent = agent_identity(context)
+        result, fp32 = check_report(request, agent)
         outcome = await self.coord.in_short(self.coord.scheduler.report, agent, result, fp32)
         return farm_pb2.ReportResultResponse(accepted=outcome.accepted, duplicate=outcome.duplicate,
                                              reason=outcome.reason)

@@ -19,29 +19,20 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator
 
-from coordinator.farm.fields import check_result
-from shared.artifacts import check_sha
+from coordinator.farm.fields import check_report
 from shared.auth import AgentIdentity
-from shared.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from shared.errors import FailedPrecondition, InvalidArgument
 from shared.limits import MAX_WORK_CREDIT
 from shared.pb.qfarm.v1 import farm_pb2, job_pb2
-
-MAX_CREDIT = MAX_WORK_CREDIT      # jobs an agent may be owed at once (a Lease call's MAX_JOBS_PER_LEASE)
-
 
 def read_request(request: farm_pb2.WorkRequest, agent: AgentIdentity,
                  ) -> tuple[int, job_pb2.DeviceResult | None, str]:
     """(more credit, the checked result or None, its FP32 outputs sha) of one message."""
-    if not 0 <= request.more_jobs <= MAX_CREDIT:
-        raise InvalidArgument(f"more_jobs={request.more_jobs} must be 0 to {MAX_CREDIT}", step="work")
+    if not 0 <= request.more_jobs <= MAX_WORK_CREDIT:
+        raise InvalidArgument(f"more_jobs={request.more_jobs} must be 0 to {MAX_WORK_CREDIT}", step="work")
     if not request.HasField("result"):
         return request.more_jobs, None, ""
-    report = request.result
-    if report.agent_id and report.agent_id != agent.agent_id:
-        raise PermissionDenied(f"the result names agent {report.agent_id[:64]!r} but the stream proves agent "
-                               f"{agent.agent_id!r}", step="agent")
-    fp32 = check_sha(report.fp32_outputs.sha256) if report.fp32_outputs.sha256 else ""
-    return request.more_jobs, check_result(report.result), fp32
+    return (request.more_jobs, *check_report(request.result, agent))
 
 
 async def serve(coord: Any, agent: AgentIdentity,
@@ -63,7 +54,7 @@ async def serve(coord: Any, agent: AgentIdentity,
                     return                                 # half-closed: the agent took its credit back
                 reading = asyncio.ensure_future(anext(requests))
                 more, result, fp32 = read_request(request, agent)
-                credit = min(credit + more, MAX_CREDIT)
+                credit = min(credit + more, MAX_WORK_CREDIT)
                 if result is None and not credit:
                     continue                               # nothing to record, nothing to lease
             since = coord.waiters.version(device) if device is not None else None
