@@ -360,8 +360,12 @@ class Agent:
         with self._lock:
             self._publish_state(stopped=True)
 
+    def _measuring(self) -> int:
+        """Jobs holding a slot: running, not yet reporting (call with self._lock held)."""
+        return sum(not run.reporting for run in self._running.values())
+
     def _free(self) -> int:
-        busy = sum(not run.reporting for run in self._running.values())
+        busy = self._measuring()
         free = self.config.slots - busy
         if self.devices is not None:
             free = min(free, self.devices.available(busy))
@@ -439,10 +443,10 @@ class Agent:
             agent_id = self._ensure_registered()
             if agent_id is None:
                 return
-            self._follow_drain_request()         # noticed within a heartbeat, also while a long-poll waits
+            self._follow_drain_request()         # noticed within a heartbeat, also while the stream waits
             with self._lock:
                 running = [farm_pb2.JobRef(job_id=r.job_id, attempt=r.attempt) for r in self._running.values()]
-                measuring = sum(not r.reporting for r in self._running.values())   # a reporting job's slot is free
+                measuring = self._measuring()
             free, busy = self._slot_counts(measuring)
             try:
                 resp = self._stub.Heartbeat(farm_pb2.HeartbeatRequest(

@@ -180,7 +180,7 @@ class AgentClient:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return self._auth + (self.identity.metadata() if self.identity is not None else ())
 
-    def call(self, name: str, request, timeout: float, label: Callable[[object], str] | None = None):
+    def call(self, name: str, request, timeout: float):
         """One unary call; RpcError (after firing it as a failure) when it fails."""
         method, metadata = getattr(self.stub, name), self.metadata()
 
@@ -193,7 +193,7 @@ class AgentClient:
             return response, None, time.perf_counter() - started
 
         response, error, elapsed = self.bridge.run(timed())
-        self._fire(request_type=REQUEST_TYPE, name=label(response) if label and error is None else name,
+        self._fire(request_type=REQUEST_TYPE, name=name,
                    response_time=1000 * elapsed, response_length=0 if error else response.ByteSize(),
                    exception=error, context={})
         if error is not None:
@@ -330,7 +330,7 @@ class FakeAgent(User):
 
     def _failed(self, exc: grpc.RpcError, identity: AgentIdentity) -> None:
         """agent/worker.py's reaction: register again when the coordinator forgot the identity the
-        failed call used (once, whichever of heartbeat and long-poll notices first), else back off."""
+        failed call used (once, whichever of heartbeat and stream notices first), else back off."""
         if exc.code() not in REREGISTER:
             gevent.sleep(BACKOFF_S[0])
             return
