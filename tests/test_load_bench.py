@@ -74,3 +74,11 @@ def test_memory_is_sampled_over_the_whole_run(run):
     assert set(memory["phases"]) == {"idle", *(f"dispatch K={k}, {how}" for k in KS
                                                for how in ("queued ahead", "queued 1 per transaction"))}
     assert len(memory["samples"]) >= 5 and 0 < memory["rss_start_mb"] <= memory["rss_peak_mb"]
+
+
+@pytest.mark.parametrize("value", ["x", "-1", ""])
+def test_a_bad_queue_batch_is_named_without_a_traceback(value):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "--queue-batch", value],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and f"--queue-batch {value!r}" in proc.stderr
+    assert "Traceback" not in proc.stderr

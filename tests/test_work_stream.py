@@ -259,3 +259,26 @@ def test_messages_without_a_result_or_credit_cost_no_transaction(farm):
     store._conn.set_trace_callback(None)
     assert sum(sql.startswith("BEGIN") for sql in seen) == 1, seen       # the result's, and no other
     work.close()
+
+
+def test_an_oversize_or_out_of_bounds_result_on_the_stream_is_refused_and_the_coordinator_serves_on(tmp_path):
+    """A message above max_message_bytes is refused by gRPC; a result whose text breaks its bound
+    is refused by the result check, as by ReportResult; neither records anything."""
+    from shared.limits import Limits
+
+    limits = Limits(max_message_bytes=2 << 20)
+    with coordinator(tmp_path / "coord", policy=POLICY, limits=limits) as (server, address), \
+            grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        agent = ProtocolAgent(channel, "cpu-a")
+        agent.register()
+        submit(server, "j")
+        [job] = agent.lease()
+        for text, code in (("x" * (3 << 20), grpc.StatusCode.RESOURCE_EXHAUSTED),
+                           ("y" * 5000, grpc.StatusCode.INVALID_ARGUMENT)):
+            work = agent.work()
+            work.send(result=ok_result(job, crash_cause=text))
+            with pytest.raises(grpc.RpcError) as err:
+                work.receive()
+            assert err.value.code() == code
+        assert not server.coordinator.scheduler.results(["j"]) and job_state(server, "j").state == JobState.LEASED
+        assert agent.report(ok_result(job)).accepted                  # and it serves on
